@@ -1,0 +1,12 @@
+//! Link libtorch_cuda into the binaries even though no symbol of it is referenced directly:
+//! without `--no-as-needed` the linker drops it and CUDA is silently unavailable at run time.
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
+        let dir = std::path::Path::new(&lib);
+        if dir.join("libtorch_cuda.so").exists() {
+            println!("cargo:rustc-link-arg-bins=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
+        }
+    }
+}

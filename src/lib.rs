@@ -1,0 +1,4 @@
+//! pixelseq: sequence models on CIFAR-10 read pixel by pixel.
+pub mod data;
+pub mod models;
+pub mod train;

@@ -1,0 +1,62 @@
+//! The model zoo. Every model reads the same input, the raw pixels of a batch as a `Uint8` tensor
+//! of shape (B, L, C) — L = 1,024 steps, C = 1 (grayscale LRA Image) or 3 (RGB sCIFAR) — and returns
+//! float32 logits of shape (B, 10). How pixels become vectors (a 256-entry embedding or a linear
+//! map of normalised values) is each model's choice, made with [`common::InputEncoder`].
+//!
+//! Parameters are tagged with an optimizer group through `nn::Path::set_group`: [`DECAY`] (the
+//! default; 1-D tensors in it, biases and norm gains, are exempt from weight decay), [`NO_DECAY`]
+//! (embeddings and anything the paper exempts) and [`SSM`] (state-space parameters that the paper
+//! trains with their own small learning rate and no weight decay). The trainer follows the tags.
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use tch::nn;
+
+pub mod common;
+
+/// Optimizer group of matrices that take weight decay (1-D tensors in it are exempt).
+pub const DECAY: usize = 0;
+/// Optimizer group that never takes weight decay (embeddings, norms, biases by choice).
+pub const NO_DECAY: usize = 1;
+/// State-space parameters (S4D's A and Δ, LRU's ν, θ, γ, B): `optim.ssm_lr`, no weight decay.
+pub const SSM: usize = 2;
+
+/// Number of CIFAR-10 classes.
+pub const NUM_CLASSES: i64 = 10;
+
+/// The shape of what the data pipeline feeds a model: (B, seq_len, channels) raw pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputSpec {
+    /// Values per step: 1 for grayscale (LRA Image), 3 for RGB (sCIFAR).
+    pub channels: i64,
+    /// Number of steps (1,024 for a 32×32 image).
+    pub seq_len: i64,
+}
+
+/// One model of the zoo with its hyperparameters; `name` selects it in TOML.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "kebab-case")]
+pub enum ModelConfig {}
+
+impl ModelConfig {
+    /// The name used in presets (`model.name`).
+    pub fn name(&self) -> &'static str {
+        match *self {}
+    }
+
+    /// Checks every field against the input before any tensor exists.
+    pub fn validate(&self, _input: &InputSpec) -> Result<()> {
+        match *self {}
+    }
+
+    /// Builds the model under `p` (validating first).
+    pub fn build(&self, _p: &nn::Path, input: &InputSpec) -> Result<Box<dyn nn::ModuleT>> {
+        self.validate(input)?;
+        match *self {}
+    }
+}
+
+/// Number of trainable scalars in a variable store.
+pub fn param_count(vs: &nn::VarStore) -> i64 {
+    vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
+}
