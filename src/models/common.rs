@@ -49,7 +49,10 @@ impl InputEncoder {
     pub fn new(p: &nn::Path, mode: InputMode, input: &InputSpec, d: i64, vocab: i64, init: nn::Init) -> InputEncoder {
         match mode {
             InputMode::Embed => {
-                let cfg = nn::EmbeddingConfig { ws_init: init, ..Default::default() };
+                let cfg = nn::EmbeddingConfig {
+                    ws_init: init,
+                    ..Default::default()
+                };
                 InputEncoder::Embed(nn::embedding(p, vocab, d, cfg))
             }
             InputMode::Linear => InputEncoder::Linear(nn::linear(p, input.channels, d, Default::default())),
@@ -60,7 +63,10 @@ impl InputEncoder {
     pub fn validate(mode: InputMode, input: &InputSpec, vocab: i64) -> Result<()> {
         if mode == InputMode::Embed {
             if input.channels != 1 {
-                bail!("model.input = \"embed\" needs grayscale pixels (task lra-image); this task has {} channels — use input = \"linear\"", input.channels);
+                bail!(
+                    "model.input = \"embed\" needs grayscale pixels (task lra-image); this task has {} channels — use input = \"linear\"",
+                    input.channels
+                );
             }
             if vocab < 256 {
                 bail!("model.vocab = {vocab} is too small: pixel tokens take 256 values");
@@ -72,7 +78,7 @@ impl InputEncoder {
     pub fn forward(&self, xs: &Tensor) -> Tensor {
         match self {
             InputEncoder::Embed(e) => xs.squeeze_dim(-1).to_kind(Kind::Int64).apply(e), // (B, L, d)
-            InputEncoder::Linear(l) => normalise(xs).apply(l),                           // (B, L, d)
+            InputEncoder::Linear(l) => normalise(xs).apply(l),                          // (B, L, d)
         }
     }
 }
