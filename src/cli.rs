@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use tch::{nn, Device};
 
 use crate::config::{preset_names, Precision, RunConfig};
-use crate::data::{self, DataArgs};
+use crate::data::{self, cli::DataArgs};
 use crate::models::param_count;
 use crate::train::{self, run::today};
 
@@ -138,7 +138,7 @@ pub struct EvalArgs {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Data(args) => data::run_cli(args),
+        Command::Data(args) => data::cli::run_cli(args),
         Command::Train(args) => train_cmd(args),
         Command::Eval(args) => eval_cmd(args),
         Command::Presets => presets_cmd(),
@@ -239,7 +239,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     let which = if a.last { "last" } else { "best" };
     let state = train::checkpoint::load(&a.run.join("checkpoints").join(which), &mut vs, None)?;
     let precision = train::amp::resolve(cfg.train.precision, device);
-    let (loss, acc) = train::evaluate(model.as_ref(), &split, &cfg.task, 256, precision);
+    let (loss, acc) = train::evaluate(model.as_ref(), &split, &cfg.task, 256, None, precision);
     println!(
         "{}: {} checkpoint (step {}), {} split: accuracy {:.2}% ({} images), loss {:.4}",
         a.run.display(),

@@ -117,8 +117,11 @@ pub struct Train {
     pub max_minutes: Option<f64>,
     /// Steps between validation passes; 0 = once per epoch.
     pub eval_every: u64,
-    /// Batch size for evaluation (0 = same as training).
+    /// Batch size for evaluation (0 = the training batch size, at least 256).
     pub eval_batch_size: i64,
+    /// Validation batches per evaluation during training (0 = the whole split), as the
+    /// Nyströmformer code scores 20 dev batches; the final test always scores every image.
+    pub eval_batches: i64,
     pub seed: u64,
     /// Mixup alpha; 0 = off.
     pub mixup: f64,
@@ -136,6 +139,7 @@ impl Default for Train {
             max_minutes: None,
             eval_every: 0,
             eval_batch_size: 0,
+            eval_batches: 0,
             seed: 0,
             mixup: 0.0,
             cutmix: 0.0,
@@ -315,6 +319,9 @@ impl RunConfig {
         }
         if t.eval_batch_size < 0 {
             bail!("key `train.eval_batch_size` = {}: must be >= 0", t.eval_batch_size);
+        }
+        if t.eval_batches < 0 {
+            bail!("key `train.eval_batches` = {}: must be >= 0 (0 = whole split)", t.eval_batches);
         }
         if t.max_steps.is_none() && t.epochs == 0 {
             bail!("key `train.epochs` = 0: give a budget (epochs >= 1 or max_steps)");

@@ -68,9 +68,10 @@ fn step_seed(seed: u64, step: u64) -> i64 {
     (SplitMix64::derive(seed, 2, step).next_u64() >> 1) as i64
 }
 
-/// Loss and accuracy of `model` on a whole split (every image, no dropped remainder).
-pub fn evaluate(model: &dyn ModuleT, split: &Split, task: &TaskConfig, batch: i64, precision: Precision) -> (f64, f64) {
-    let n = split.len();
+/// Loss and accuracy of `model` on the first `limit` images of a split (`None`: every image,
+/// no dropped remainder).
+pub fn evaluate(model: &dyn ModuleT, split: &Split, task: &TaskConfig, batch: i64, limit: Option<i64>, precision: Precision) -> (f64, f64) {
+    let n = limit.map_or(split.len(), |l| l.min(split.len()));
     let (mut loss, mut correct) = (
         Tensor::zeros([], (Kind::Float, split.labels.device())),
         Tensor::zeros([], (Kind::Int64, split.labels.device())),
@@ -151,6 +152,7 @@ pub fn run(cfg: &RunConfig, data: &Dataset, opts: &Options) -> Result<RunRecord>
     let total = t.max_steps.unwrap_or(t.epochs * steps_per_epoch);
     let eval_every = if t.eval_every == 0 { steps_per_epoch } else { t.eval_every };
     let eval_bs = if t.eval_batch_size > 0 { t.eval_batch_size } else { bs.max(256) };
+    let val_limit = (t.eval_batches > 0).then(|| t.eval_batches * eval_bs);
 
     let last_dir = dir.join("checkpoints").join("last");
     let best_dir = dir.join("checkpoints").join("best");
@@ -304,7 +306,7 @@ pub fn run(cfg: &RunConfig, data: &Dataset, opts: &Options) -> Result<RunRecord>
                     last_dir.display()
                 );
             }
-            let (val_loss, val_acc) = evaluate(model.as_ref(), &data.val, &cfg.task, eval_bs, precision);
+            let (val_loss, val_acc) = evaluate(model.as_ref(), &data.val, &cfg.task, eval_bs, val_limit, precision);
             state.step = step;
             state.t = opt.t;
             state.elapsed_s = started.elapsed().as_secs_f64();
@@ -355,7 +357,7 @@ pub fn run(cfg: &RunConfig, data: &Dataset, opts: &Options) -> Result<RunRecord>
     }
 
     let best = checkpoint::load(&best_dir, &mut vs, None).context("no best checkpoint to test")?;
-    let (test_loss, test_acc) = evaluate(model.as_ref(), &data.test, &cfg.task, eval_bs, precision);
+    let (test_loss, test_acc) = evaluate(model.as_ref(), &data.test, &cfg.task, eval_bs, None, precision);
     eprintln!(
         "test accuracy {:.2}% (best val {:.2}% at step {}){}",
         100.0 * test_acc,
