@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use tch::nn;
 
 pub mod common;
+pub mod lipschitz;
+pub mod trellisnet;
 
 /// Optimizer group of matrices that take weight decay (1-D tensors in it are exempt).
 pub const DECAY: usize = 0;
@@ -36,23 +38,35 @@ pub struct InputSpec {
 /// One model of the zoo with its hyperparameters; `name` selects it in TOML.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "name", rename_all = "kebab-case")]
-pub enum ModelConfig {}
+pub enum ModelConfig {
+    Trellisnet(trellisnet::Config),
+    LipschitzRnn(lipschitz::Config),
+}
 
 impl ModelConfig {
     /// The name used in presets (`model.name`).
     pub fn name(&self) -> &'static str {
-        match *self {}
+        match self {
+            ModelConfig::Trellisnet(_) => "trellisnet",
+            ModelConfig::LipschitzRnn(_) => "lipschitz-rnn",
+        }
     }
 
     /// Checks every field against the input before any tensor exists.
-    pub fn validate(&self, _input: &InputSpec) -> Result<()> {
-        match *self {}
+    pub fn validate(&self, input: &InputSpec) -> Result<()> {
+        match self {
+            ModelConfig::Trellisnet(cfg) => cfg.validate(input),
+            ModelConfig::LipschitzRnn(cfg) => cfg.validate(input),
+        }
     }
 
     /// Builds the model under `p` (validating first).
-    pub fn build(&self, _p: &nn::Path, input: &InputSpec) -> Result<Box<dyn nn::ModuleT>> {
+    pub fn build(&self, p: &nn::Path, input: &InputSpec) -> Result<Box<dyn nn::ModuleT>> {
         self.validate(input)?;
-        match *self {}
+        Ok(match self {
+            ModelConfig::Trellisnet(cfg) => Box::new(trellisnet::TrellisNet::new(p, cfg, input)),
+            ModelConfig::LipschitzRnn(cfg) => Box::new(lipschitz::LipschitzRnn::new(p, cfg, input)),
+        })
     }
 }
 
