@@ -15,6 +15,8 @@ use tch::nn;
 pub mod common;
 pub mod lru;
 pub mod s4d;
+pub mod lipschitz;
+pub mod trellisnet;
 
 /// Optimizer group of matrices that take weight decay (1-D tensors in it are exempt).
 pub const DECAY: usize = 0;
@@ -41,6 +43,8 @@ pub struct InputSpec {
 pub enum ModelConfig {
     S4d(s4d::Config),
     Lru(lru::Config),
+    Trellisnet(trellisnet::Config),
+    LipschitzRnn(lipschitz::Config),
 }
 
 impl ModelConfig {
@@ -49,6 +53,8 @@ impl ModelConfig {
         match self {
             ModelConfig::S4d(_) => "s4d",
             ModelConfig::Lru(_) => "lru",
+            ModelConfig::Trellisnet(_) => "trellisnet",
+            ModelConfig::LipschitzRnn(_) => "lipschitz-rnn",
         }
     }
 
@@ -57,6 +63,8 @@ impl ModelConfig {
         match self {
             ModelConfig::S4d(cfg) => cfg.validate(input),
             ModelConfig::Lru(cfg) => cfg.validate(input),
+            ModelConfig::Trellisnet(cfg) => cfg.validate(input),
+            ModelConfig::LipschitzRnn(cfg) => cfg.validate(input),
         }
     }
 
@@ -66,6 +74,8 @@ impl ModelConfig {
         Ok(match self {
             ModelConfig::S4d(cfg) => Box::new(s4d::S4d::new(p, cfg, input)),
             ModelConfig::Lru(cfg) => Box::new(lru::Lru::new(p, cfg, input)),
+            ModelConfig::Trellisnet(cfg) => Box::new(trellisnet::TrellisNet::new(p, cfg, input)),
+            ModelConfig::LipschitzRnn(cfg) => Box::new(lipschitz::LipschitzRnn::new(p, cfg, input)),
         })
     }
 }
