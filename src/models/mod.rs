@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use tch::nn;
 
 pub mod common;
+pub mod fnet;
+pub mod pit;
 
 /// Optimizer group of matrices that take weight decay (1-D tensors in it are exempt).
 pub const DECAY: usize = 0;
@@ -36,23 +38,35 @@ pub struct InputSpec {
 /// One model of the zoo with its hyperparameters; `name` selects it in TOML.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "name", rename_all = "kebab-case")]
-pub enum ModelConfig {}
+pub enum ModelConfig {
+    Fnet(fnet::Config),
+    Pit(pit::Config),
+}
 
 impl ModelConfig {
     /// The name used in presets (`model.name`).
     pub fn name(&self) -> &'static str {
-        match *self {}
+        match self {
+            ModelConfig::Fnet(_) => "fnet",
+            ModelConfig::Pit(_) => "pit",
+        }
     }
 
     /// Checks every field against the input before any tensor exists.
-    pub fn validate(&self, _input: &InputSpec) -> Result<()> {
-        match *self {}
+    pub fn validate(&self, input: &InputSpec) -> Result<()> {
+        match self {
+            ModelConfig::Fnet(cfg) => cfg.validate(input),
+            ModelConfig::Pit(cfg) => cfg.validate(input),
+        }
     }
 
     /// Builds the model under `p` (validating first).
-    pub fn build(&self, _p: &nn::Path, input: &InputSpec) -> Result<Box<dyn nn::ModuleT>> {
+    pub fn build(&self, p: &nn::Path, input: &InputSpec) -> Result<Box<dyn nn::ModuleT>> {
         self.validate(input)?;
-        match *self {}
+        Ok(match self {
+            ModelConfig::Fnet(cfg) => Box::new(fnet::FNet::new(p, cfg, input)),
+            ModelConfig::Pit(cfg) => Box::new(pit::Pit::new(p, cfg, input)),
+        })
     }
 }
 
