@@ -94,7 +94,7 @@ pub fn nonzero_mask(xs: &Tensor) -> Tensor {
 pub mod testing {
     //! Checks shared by every model's tests.
     use super::super::{InputSpec, ModelConfig};
-    use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
+    use tch::{nn, Device, Kind, Tensor};
 
     /// A random batch of raw pixels (B, L, C), uint8.
     pub fn random_pixels(b: i64, input: &InputSpec) -> Tensor {

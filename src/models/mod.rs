@@ -17,6 +17,8 @@ pub mod lru;
 pub mod s4d;
 pub mod lipschitz;
 pub mod trellisnet;
+pub mod fnet;
+pub mod pit;
 
 /// Optimizer group of matrices that take weight decay (1-D tensors in it are exempt).
 pub const DECAY: usize = 0;
@@ -45,6 +47,8 @@ pub enum ModelConfig {
     Lru(lru::Config),
     Trellisnet(trellisnet::Config),
     LipschitzRnn(lipschitz::Config),
+    Fnet(fnet::Config),
+    Pit(pit::Config),
 }
 
 impl ModelConfig {
@@ -55,6 +59,8 @@ impl ModelConfig {
             ModelConfig::Lru(_) => "lru",
             ModelConfig::Trellisnet(_) => "trellisnet",
             ModelConfig::LipschitzRnn(_) => "lipschitz-rnn",
+            ModelConfig::Fnet(_) => "fnet",
+            ModelConfig::Pit(_) => "pit",
         }
     }
 
@@ -65,6 +71,8 @@ impl ModelConfig {
             ModelConfig::Lru(cfg) => cfg.validate(input),
             ModelConfig::Trellisnet(cfg) => cfg.validate(input),
             ModelConfig::LipschitzRnn(cfg) => cfg.validate(input),
+            ModelConfig::Fnet(cfg) => cfg.validate(input),
+            ModelConfig::Pit(cfg) => cfg.validate(input),
         }
     }
 
@@ -76,6 +84,8 @@ impl ModelConfig {
             ModelConfig::Lru(cfg) => Box::new(lru::Lru::new(p, cfg, input)),
             ModelConfig::Trellisnet(cfg) => Box::new(trellisnet::TrellisNet::new(p, cfg, input)),
             ModelConfig::LipschitzRnn(cfg) => Box::new(lipschitz::LipschitzRnn::new(p, cfg, input)),
+            ModelConfig::Fnet(cfg) => Box::new(fnet::FNet::new(p, cfg, input)),
+            ModelConfig::Pit(cfg) => Box::new(pit::Pit::new(p, cfg, input)),
         })
     }
 }
