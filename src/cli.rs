@@ -100,6 +100,9 @@ pub struct TrainArgs {
     /// CIFAR-10 folder, official archive or prepared cache (default: $PIXELSEQ_DATA, then the cache dir).
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Download the official CIFAR-10 archive into the data location if no data is there.
+    #[arg(long)]
+    pub download: bool,
     #[command(flatten)]
     pub device: DeviceArgs,
     /// Budget in epochs (train.epochs).
@@ -192,6 +195,12 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
             (cfg, dir, a.preset.clone())
         }
     };
+    if a.download {
+        let (root, _) = data::source::root(a.data.as_deref())?;
+        if data::source::find(&root, Some(cfg.task.name))?.is_none() {
+            data::source::download(&root)?;
+        }
+    }
     let dataset = data::load(a.data.as_deref(), cfg.task.name)?.to_device(device);
     if a.resume.is_none() {
         std::fs::create_dir_all(&dir).with_context(|| format!("failed to create run directory `{}`", dir.display()))?;
