@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use tch::nn;
 
 pub mod common;
+pub mod nystromformer;
+pub mod transformer;
 
 /// Optimizer group of matrices that take weight decay (1-D tensors in it are exempt).
 pub const DECAY: usize = 0;
@@ -36,23 +38,39 @@ pub struct InputSpec {
 /// One model of the zoo with its hyperparameters; `name` selects it in TOML.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "name", rename_all = "kebab-case")]
-pub enum ModelConfig {}
+pub enum ModelConfig {
+    Transformer(transformer::Config),
+    Nystromformer(nystromformer::Config),
+}
 
 impl ModelConfig {
     /// The name used in presets (`model.name`).
     pub fn name(&self) -> &'static str {
-        match *self {}
+        match self {
+            ModelConfig::Transformer(_) => "transformer",
+            ModelConfig::Nystromformer(_) => "nystromformer",
+        }
     }
 
     /// Checks every field against the input before any tensor exists.
-    pub fn validate(&self, _input: &InputSpec) -> Result<()> {
-        match *self {}
+    pub fn validate(&self, input: &InputSpec) -> Result<()> {
+        match self {
+            ModelConfig::Transformer(cfg) => cfg.validate(input),
+            ModelConfig::Nystromformer(cfg) => cfg.validate(input),
+        }
     }
 
     /// Builds the model under `p` (validating first).
-    pub fn build(&self, _p: &nn::Path, input: &InputSpec) -> Result<Box<dyn nn::ModuleT>> {
+    pub fn build(&self, p: &nn::Path, input: &InputSpec) -> Result<Box<dyn nn::ModuleT>> {
         self.validate(input)?;
-        match *self {}
+        match self {
+            ModelConfig::Transformer(cfg) => {
+                Ok(Box::new(transformer::Transformer::new(p, cfg, input)))
+            }
+            ModelConfig::Nystromformer(cfg) => {
+                Ok(Box::new(nystromformer::Nystromformer::new(p, cfg, input)))
+            }
+        }
     }
 }
 
