@@ -21,11 +21,13 @@
 //!
 //! Deliberate choice, Z₀ ([`PinvInit`]): the paper sets Z₀ = Aᵀ/(‖A‖₁‖A‖∞) per matrix. The code's
 //! default "original" option divides by one maximum column sum taken over the whole batch and all
-//! heads; its README (Feb 27th, 2021) calls that a scale bug and recommends the per-matrix form, but a
-//! key-name typo (`inv_coeff_init_option` tested, `inv_init_coeff_option` read) keeps the option
-//! unreachable, so the reported 41.58% used "original". Here the default is the paper's per-matrix
-//! Z₀: with the global maximum, an image's prediction depends on which other images share its batch
-//! (and on the batch size at evaluation). `pinv_init = "original"` restores the code's behaviour.
+//! heads; its README (Feb 27th, 2021) calls that a scale bug and recommends the per-matrix form,
+//! but a key-name typo (`inv_coeff_init_option` tested, `inv_init_coeff_option` read) keeps that
+//! option unreachable, and the LRA scores were posted on Feb 14th: 41.58% came from "original".
+//! Here the default is the paper's per-matrix Z₀, because with the global maximum an image's
+//! prediction depends on which other images share its batch (and on the evaluation batch size).
+//! Both start the same iteration, the global one with a smaller step, so accuracy should not move;
+//! `pinv_init = "original"` restores the code's behaviour exactly.
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -40,7 +42,7 @@ use super::InputSpec;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PinvInit {
-    /// Z₀ = Aᵀ/(‖A‖₁‖A‖∞) for each (image, head) matrix (paper, Eq. 16 and its text).
+    /// Z₀ = Aᵀ/(‖A‖₁‖A‖∞) for each (image, head) matrix (the paper, Section 3).
     Paper,
     /// Z₀ = Aᵀ / (largest column sum over the whole batch and all heads), `attention_nystrom.py`'s
     /// default "original": predictions then depend on the rest of the batch.
@@ -171,32 +173,6 @@ fn iterative_pinv(a: &Tensor, iters: i64, init: PinvInit) -> Tensor {
     z
 }
 
-/// F·A⁺·(B·V) for scaled, masked `q`, `k` and `v` (B, H, L, Dh); `bias` (B, 1, 1, L) masks keys.
-fn nystrom_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    bias: Option<&Tensor>,
-    landmarks: i64,
-    iters: i64,
-    init: PinvInit,
-) -> Tensor {
-    let (b, h, l, dh) = q.size4().unwrap();
-    let segments = [b, h, landmarks, l / landmarks, dh];
-    let q_land = q.reshape(segments).mean_dim(-2, false, None); // (B, H, m, Dh)
-    let k_land = k.reshape(segments).mean_dim(-2, false, None); // (B, H, m, Dh)
-    let f = q.matmul(&k_land.transpose(-1, -2)).softmax(-1, None); // (B, H, L, m)
-    let a = q_land.matmul(&k_land.transpose(-1, -2)).softmax(-1, None); // (B, H, m, m)
-    let logits = q_land.matmul(&k.transpose(-1, -2)); // (B, H, m, L)
-    let bm = match bias {
-        Some(bias) => logits + bias, // (B, H, m, L)
-        None => logits,
-    }
-    .softmax(-1, None); // (B, H, m, L)
-    f.matmul(&iterative_pinv(&a, iters, init))
-        .matmul(&bm.matmul(v)) // (B, H, L, Dh)
-}
-
 /// Nyström attention with the depthwise convolution skip, one per block.
 #[derive(Debug)]
 struct Nystrom {
@@ -211,22 +187,59 @@ impl Nystrom {
     fn new(p: &nn::Path, cfg: &Config) -> Nystrom {
         let k = cfg.conv_kernel;
         let bound = 1.0 / (k as f64).sqrt(); // PyTorch Conv2d default, fan_in = 1·K·1
-        let conv = (k > 0).then(|| {
-            (p / "conv").var(
-                "weight",
-                &[cfg.n_heads, 1, k, 1],
-                Init::Uniform {
-                    lo: -bound,
-                    up: bound,
-                },
-            )
-        });
+        let init = Init::Uniform {
+            lo: -bound,
+            up: bound,
+        };
+        let conv = (k > 0).then(|| (p / "conv").var("weight", &[cfg.n_heads, 1, k, 1], init));
         Nystrom {
             landmarks: cfg.landmarks,
             pinv_iters: cfg.pinv_iters,
             pinv_init: cfg.pinv_init,
             conv,
         }
+    }
+
+    /// F·A⁺·(B·V) for scaled, masked `q`, `k` and `v` (B, H, L, Dh); `bias` (B, 1, 1, L) masks keys.
+    fn approximate(&self, q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Tensor {
+        let (b, h, l, dh) = q.size4().unwrap();
+        let segments = [b, h, self.landmarks, l / self.landmarks, dh];
+        let q_land = q.reshape(segments).mean_dim(-2, false, None); // (B, H, m, Dh)
+        let k_land = k.reshape(segments).mean_dim(-2, false, None); // (B, H, m, Dh)
+        let f = q.matmul(&k_land.transpose(-1, -2)).softmax(-1, None); // (B, H, L, m)
+        let a = q_land.matmul(&k_land.transpose(-1, -2)).softmax(-1, None); // (B, H, m, m)
+        let logits = q_land.matmul(&k.transpose(-1, -2)); // (B, H, m, L)
+        let logits = match bias {
+            Some(bias) => logits + bias, // (B, H, m, L)
+            None => logits,
+        };
+        let bv = logits.softmax(-1, None).matmul(v); // (B, H, m, Dh)
+        let a_pinv = iterative_pinv(&a, self.pinv_iters, self.pinv_init); // (B, H, m, m)
+        f.matmul(&a_pinv).matmul(&bv) // (B, H, L, Dh)
+    }
+
+    /// The attention on float32 inputs (B, H, L, Dh).
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, keep: Option<&Tensor>) -> Tensor {
+        let (b, h, l, dh) = q.size4().unwrap();
+        let scale = (dh as f64).powf(-0.25);
+        let keep_rows = keep.map(|keep| keep.to_kind(Kind::Float).view([b, 1, l, 1])); // (B, 1, L, 1)
+        let zero_padding = |t: &Tensor| match &keep_rows {
+            Some(rows) => t * rows, // (B, H, L, Dh)
+            None => t.shallow_clone(),
+        };
+        let q = zero_padding(q) * scale; // (B, H, L, Dh)
+        let k = zero_padding(k) * scale; // (B, H, L, Dh)
+        let bias = keep.map(|keep| key_bias(keep, Kind::Float)); // (B, 1, 1, L)
+        let ys = if self.landmarks == l {
+            // Every position is its own landmark: exact softmax (B, H, L, Dh), as the reference does.
+            Tensor::scaled_dot_product_attention(&q, &k, v, bias, 0.0, false, 1.0, false)
+        } else {
+            self.approximate(&q, &k, v, bias.as_ref()) // (B, H, L, Dh)
+        };
+        let Some(w) = &self.conv else { return ys };
+        let padding = [w.size()[2] / 2, 0];
+        let skip = zero_padding(v).conv2d(w, None::<Tensor>, [1, 1], padding, [1, 1], h); // (B, H, L, Dh)
+        ys + skip // (B, H, L, Dh)
     }
 }
 
@@ -239,44 +252,9 @@ impl Mixer for Nystrom {
         keep: Option<&Tensor>,
         _train: bool,
     ) -> Tensor {
-        tch::autocast(false, || {
-            let (b, h, l, dh) = q.size4().unwrap();
-            let scale = (dh as f64).powf(-0.25);
-            let (q, k, v) = (
-                q.to_kind(Kind::Float) * scale,
-                k.to_kind(Kind::Float) * scale,
-                v.to_kind(Kind::Float),
-            ); // (B, H, L, Dh)
-            let (q, k, v_masked, bias) = match keep {
-                Some(keep) => {
-                    let m = keep.to_kind(Kind::Float).view([b, 1, l, 1]); // (B, 1, L, 1)
-                    (q * &m, k * &m, &v * &m, Some(key_bias(keep, Kind::Float)))
-                    // (B, H, L, Dh) ×3, (B, 1, 1, L)
-                }
-                None => (q, k, v.shallow_clone(), None),
-            };
-            let ys = if self.landmarks == l {
-                // Every position is its own landmark: exact softmax, as the reference does.
-                Tensor::scaled_dot_product_attention(&q, &k, &v, bias, 0.0, false, 1.0, false)
-            // (B, H, L, Dh)
-            } else {
-                nystrom_attention(
-                    &q,
-                    &k,
-                    &v,
-                    bias.as_ref(),
-                    self.landmarks,
-                    self.pinv_iters,
-                    self.pinv_init,
-                ) // (B, H, L, Dh)
-            };
-            match &self.conv {
-                Some(w) => {
-                    ys + v_masked.conv2d(w, None::<Tensor>, [1, 1], [w.size()[2] / 2, 0], [1, 1], h)
-                } // (B, H, L, Dh)
-                None => ys,
-            }
-        })
+        // The reference computes attention in float32 with autocast off.
+        let float = |t: &Tensor| t.to_kind(Kind::Float); // (B, H, L, Dh)
+        tch::autocast(false, || self.attend(&float(q), &float(k), &float(v), keep))
     }
 }
 
@@ -395,12 +373,18 @@ mod tests {
         // Keys equal to queries make A = softmax(QKᵀ) well conditioned, so A⁺ is exact after 6 steps.
         let q = Tensor::randn([2, 2, l, dh], opts) * scale; // (B, H, L, Dh)
         let v = Tensor::randn([2, 2, l, dh], opts); // (B, H, L, Dh)
-        let approx = nystrom_attention(&q, &q, &v, None, l, 6, PinvInit::Paper);
+        let nystrom = |landmarks| Nystrom {
+            landmarks,
+            pinv_iters: 6,
+            pinv_init: PinvInit::Paper,
+            conv: None,
+        };
+        let approx = nystrom(l).approximate(&q, &q, &v, None);
         let exact = q.matmul(&q.transpose(-1, -2)).softmax(-1, None).matmul(&v);
         let err = (&approx - &exact).abs().max().double_value(&[]);
         assert!(err < 1e-3, "max error {err}");
         // Fewer landmarks only approximate it.
-        let coarse = nystrom_attention(&q, &q, &v, None, 16, 6, PinvInit::Paper);
+        let coarse = nystrom(16).approximate(&q, &q, &v, None);
         assert!(!coarse.allclose(&exact, 1e-3, 1e-3, false));
     }
 

@@ -196,57 +196,54 @@ impl Config {
     }
 }
 
-/// A dense layer initialised by `init`; `classifier` picks the LRA head's flax default.
-pub(crate) fn dense(
-    p: &nn::Path,
-    fan_in: i64,
-    fan_out: i64,
-    bias: bool,
-    init: Initialisation,
-    classifier: bool,
-) -> nn::Linear {
-    let (ws_init, bs_init) = match (init, classifier) {
-        (Initialisation::Lra, false) => {
-            let bound = (6.0 / (fan_in + fan_out) as f64).sqrt(); // Xavier uniform
-            (
-                Init::Uniform {
-                    lo: -bound,
-                    up: bound,
-                },
-                Init::Randn {
-                    mean: 0.0,
-                    stdev: 1e-6,
-                },
-            )
-        }
-        (Initialisation::Lra, true) => {
-            let stdev = 1.0 / (fan_in as f64).sqrt(); // LeCun normal
-            (Init::Randn { mean: 0.0, stdev }, Init::Const(0.0))
-        }
-        (Initialisation::Pytorch, _) => {
-            let bound = 1.0 / (fan_in as f64).sqrt();
-            (
-                Init::Uniform {
-                    lo: -bound,
-                    up: bound,
-                },
-                Init::Uniform {
-                    lo: -bound,
-                    up: bound,
-                },
-            )
-        }
+fn uniform(bound: f64) -> Init {
+    Init::Uniform {
+        lo: -bound,
+        up: bound,
+    }
+}
+
+fn normal(stdev: f64) -> Init {
+    Init::Randn { mean: 0.0, stdev }
+}
+
+/// A dense layer of a block: LRA's Xavier-uniform kernel and N(0, 1e-6) bias, or PyTorch's
+/// default U(±1/√fan_in) for both.
+fn dense(p: &nn::Path, fan_in: i64, fan_out: i64, bias: bool, init: Initialisation) -> nn::Linear {
+    let (ws_init, bs_init) = match init {
+        Initialisation::Lra => (
+            uniform((6.0 / (fan_in + fan_out) as f64).sqrt()),
+            normal(1e-6),
+        ),
+        Initialisation::Pytorch => (
+            uniform(1.0 / (fan_in as f64).sqrt()),
+            uniform(1.0 / (fan_in as f64).sqrt()),
+        ),
     };
-    nn::linear(
-        p,
-        fan_in,
-        fan_out,
-        nn::LinearConfig {
-            ws_init,
-            bs_init: Some(bs_init),
-            bias,
-        },
-    )
+    let cfg = nn::LinearConfig {
+        ws_init,
+        bs_init: Some(bs_init),
+        bias,
+    };
+    nn::linear(p, fan_in, fan_out, cfg)
+}
+
+/// A dense layer of the classifier: flax `nn.Dense`'s default LeCun-normal kernel (untruncated)
+/// and zero bias for LRA, PyTorch's default otherwise.
+fn head_dense(p: &nn::Path, fan_in: i64, fan_out: i64, init: Initialisation) -> nn::Linear {
+    let (ws_init, bs_init) = match init {
+        Initialisation::Lra => (normal(1.0 / (fan_in as f64).sqrt()), Init::Const(0.0)),
+        Initialisation::Pytorch => (
+            uniform(1.0 / (fan_in as f64).sqrt()),
+            uniform(1.0 / (fan_in as f64).sqrt()),
+        ),
+    };
+    let cfg = nn::LinearConfig {
+        ws_init,
+        bs_init: Some(bs_init),
+        bias: true,
+    };
+    nn::linear(p, fan_in, fan_out, cfg)
 }
 
 /// (B, L) bool, true where a key may be attended → (B, 1, 1, L) additive bias of `kind`.
@@ -282,24 +279,17 @@ impl Mixer for Softmax {
         train: bool,
     ) -> Tensor {
         let p = if train { self.dropout } else { 0.0 };
-        let Some(keep) = keep else {
-            return Tensor::scaled_dot_product_attention(
-                q,
-                k,
-                v,
-                None::<Tensor>,
-                p,
-                false,
-                None,
-                false,
-            ); // (B, H, L, Dh)
-        };
-        let (b, l) = keep.size2().unwrap();
-        let bias = key_bias(keep, q.kind()); // (B, 1, 1, L)
-        let ys = Tensor::scaled_dot_product_attention(q, k, v, Some(bias), p, false, None, false); // (B, H, L, Dh)
-                                                                                                   // LRA masks query rows too: a black query attends uniformly to every position.
-        let uniform = v.mean_dim(-2, true, None); // (B, H, 1, Dh)
-        ys.where_self(&keep.view([b, 1, l, 1]), &uniform) // (B, H, L, Dh)
+        let bias = keep.map(|keep| key_bias(keep, q.kind())); // (B, 1, 1, L)
+        let ys = Tensor::scaled_dot_product_attention(q, k, v, bias, p, false, None, false);
+        match keep {
+            // LRA masks query rows too: a black query attends uniformly to every position.
+            Some(keep) => {
+                let (b, l) = keep.size2().unwrap();
+                let uniform = v.mean_dim(-2, true, None); // (B, H, 1, Dh)
+                ys.where_self(&keep.view([b, 1, l, 1]), &uniform) // (B, H, L, Dh)
+            }
+            None => ys, // (B, H, L, Dh)
+        }
     }
 }
 
@@ -318,10 +308,10 @@ impl<M: Mixer> SelfAttention<M> {
     fn new(p: &nn::Path, cfg: &Config, mixer: M) -> Self {
         let (d, e) = (cfg.d_model, cfg.qkv_dim);
         SelfAttention {
-            q: dense(&(p / "q"), d, e, cfg.attn_bias, cfg.init, false),
-            k: dense(&(p / "k"), d, e, cfg.attn_bias, cfg.init, false),
-            v: dense(&(p / "v"), d, e, cfg.attn_bias, cfg.init, false),
-            out: dense(&(p / "out"), e, d, cfg.attn_bias, cfg.init, false),
+            q: dense(&(p / "q"), d, e, cfg.attn_bias, cfg.init),
+            k: dense(&(p / "k"), d, e, cfg.attn_bias, cfg.init),
+            v: dense(&(p / "v"), d, e, cfg.attn_bias, cfg.init),
+            out: dense(&(p / "out"), e, d, cfg.attn_bias, cfg.init),
             mixer,
             n_heads: cfg.n_heads,
         }
@@ -360,22 +350,8 @@ impl<M: Mixer> Block<M> {
             ln1: nn::layer_norm(p / "ln1", vec![cfg.d_model], ln),
             attn: SelfAttention::new(&(p / "attn"), cfg, mixer),
             ln2: nn::layer_norm(p / "ln2", vec![cfg.d_model], ln),
-            fc1: dense(
-                &(p / "fc1"),
-                cfg.d_model,
-                cfg.mlp_dim,
-                true,
-                cfg.init,
-                false,
-            ),
-            fc2: dense(
-                &(p / "fc2"),
-                cfg.mlp_dim,
-                cfg.d_model,
-                true,
-                cfg.init,
-                false,
-            ),
+            fc1: dense(&(p / "fc1"), cfg.d_model, cfg.mlp_dim, true, cfg.init),
+            fc2: dense(&(p / "fc2"), cfg.mlp_dim, cfg.d_model, true, cfg.init),
             dropout: cfg.dropout,
             gelu: cfg.gelu,
         }
@@ -416,7 +392,7 @@ pub(crate) struct Encoder<M> {
 }
 
 impl<M: Mixer> Encoder<M> {
-    /// `mixer(i)` builds the token mixer of block `i` under the path it is given.
+    /// `mixer` builds the token mixer of each block under the path it is given (`blocks.<i>.attn`).
     pub(crate) fn new(
         p: &nn::Path,
         cfg: &Config,
@@ -424,34 +400,18 @@ impl<M: Mixer> Encoder<M> {
         mut mixer: impl FnMut(&nn::Path) -> M,
     ) -> Self {
         let d = cfg.d_model;
-        let group = if cfg.input == InputMode::Embed {
-            NO_DECAY
-        } else {
-            DECAY
+        let group = match cfg.input {
+            InputMode::Embed => NO_DECAY,
+            InputMode::Linear => DECAY,
         };
-        let token_init = Init::Randn {
-            mean: 0.0,
-            stdev: cfg.token_init_std,
-        };
-        let embed = InputEncoder::new(
-            &(p.set_group(group) / "embed"),
-            cfg.input,
-            input,
-            d,
-            cfg.vocab,
-            token_init,
-        );
+        let token_init = normal(cfg.token_init_std);
+        let embed_path = p.set_group(group) / "embed";
+        let embed = InputEncoder::new(&embed_path, cfg.input, input, d, cfg.vocab, token_init);
         let emb = p.set_group(NO_DECAY);
-        let cls = (cfg.pool == Pool::Cls).then(|| emb.zeros("cls", &[1, 1, d])); // (1, 1, d)
-        let positions = input.seq_len + i64::from(cfg.pool == Pool::Cls);
-        let pos = emb.var(
-            "pos",
-            &[1, positions, d],
-            Init::Randn {
-                mean: 0.0,
-                stdev: 0.02,
-            },
-        ); // (1, L', d)
+        let with_cls = cfg.pool == Pool::Cls;
+        let cls = with_cls.then(|| emb.zeros("cls", &[1, 1, d])); // (1, 1, d)
+        let positions = input.seq_len + i64::from(with_cls);
+        let pos = emb.var("pos", &[1, positions, d], normal(0.02)); // (1, L', d)
         let blocks = (0..cfg.n_layers)
             .map(|i| {
                 let bp = p / "blocks" / i;
@@ -469,22 +429,8 @@ impl<M: Mixer> Encoder<M> {
             pos,
             blocks,
             norm: nn::layer_norm(p / "norm", vec![d], ln),
-            head_hidden: dense(
-                &(p / "head" / "hidden"),
-                d,
-                cfg.mlp_dim,
-                true,
-                cfg.init,
-                true,
-            ),
-            head_out: dense(
-                &(p / "head" / "out"),
-                cfg.mlp_dim,
-                NUM_CLASSES,
-                true,
-                cfg.init,
-                true,
-            ),
+            head_hidden: head_dense(&(p / "head" / "hidden"), d, cfg.mlp_dim, cfg.init),
+            head_out: head_dense(&(p / "head" / "out"), cfg.mlp_dim, NUM_CLASSES, cfg.init),
             dropout: cfg.dropout,
             pool: cfg.pool,
             mask_black_pixels: cfg.mask_black_pixels,
@@ -515,9 +461,8 @@ impl<M: Mixer> ModuleT for Encoder<M> {
         let pooled = match (self.pool, &keep) {
             (Pool::Cls, _) => hs.select(1, 0),                 // (B, d)
             (Pool::Mean, None) => hs.mean_dim(1, false, None), // (B, d)
-            (Pool::Mean, Some(k)) => {
-                (&hs * k.unsqueeze(-1).to_kind(hs.kind())).mean_dim(1, false, None)
-            } // (B, d)
+            // Black positions count as zeros; the mean still divides by L (Nyström `model.py`).
+            (Pool::Mean, Some(k)) => (hs * k.unsqueeze(-1)).mean_dim(1, false, None), // (B, d)
         };
         let logits = pooled.apply(&self.head_hidden).relu().apply(&self.head_out); // (B, 10)
         logits.to_kind(Kind::Float)
