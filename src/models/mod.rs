@@ -19,6 +19,8 @@ pub mod lipschitz;
 pub mod trellisnet;
 pub mod fnet;
 pub mod pit;
+pub mod nystromformer;
+pub mod transformer;
 
 /// Optimizer group of matrices that take weight decay (1-D tensors in it are exempt).
 pub const DECAY: usize = 0;
@@ -49,6 +51,8 @@ pub enum ModelConfig {
     LipschitzRnn(lipschitz::Config),
     Fnet(fnet::Config),
     Pit(pit::Config),
+    Transformer(transformer::Config),
+    Nystromformer(nystromformer::Config),
 }
 
 impl ModelConfig {
@@ -61,6 +65,8 @@ impl ModelConfig {
             ModelConfig::LipschitzRnn(_) => "lipschitz-rnn",
             ModelConfig::Fnet(_) => "fnet",
             ModelConfig::Pit(_) => "pit",
+            ModelConfig::Transformer(_) => "transformer",
+            ModelConfig::Nystromformer(_) => "nystromformer",
         }
     }
 
@@ -73,6 +79,8 @@ impl ModelConfig {
             ModelConfig::LipschitzRnn(cfg) => cfg.validate(input),
             ModelConfig::Fnet(cfg) => cfg.validate(input),
             ModelConfig::Pit(cfg) => cfg.validate(input),
+            ModelConfig::Transformer(cfg) => cfg.validate(input),
+            ModelConfig::Nystromformer(cfg) => cfg.validate(input),
         }
     }
 
@@ -87,6 +95,14 @@ impl ModelConfig {
             ModelConfig::Fnet(cfg) => Box::new(fnet::FNet::new(p, cfg, input)),
             ModelConfig::Pit(cfg) => Box::new(pit::Pit::new(p, cfg, input)),
         })
+        match self {
+            ModelConfig::Transformer(cfg) => {
+                Ok(Box::new(transformer::Transformer::new(p, cfg, input)))
+            }
+            ModelConfig::Nystromformer(cfg) => {
+                Ok(Box::new(nystromformer::Nystromformer::new(p, cfg, input)))
+            }
+        }
     }
 }
 
