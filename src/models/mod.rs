@@ -94,15 +94,9 @@ impl ModelConfig {
             ModelConfig::LipschitzRnn(cfg) => Box::new(lipschitz::LipschitzRnn::new(p, cfg, input)),
             ModelConfig::Fnet(cfg) => Box::new(fnet::FNet::new(p, cfg, input)),
             ModelConfig::Pit(cfg) => Box::new(pit::Pit::new(p, cfg, input)),
+            ModelConfig::Transformer(cfg) => Box::new(transformer::Transformer::new(p, cfg, input)),
+            ModelConfig::Nystromformer(cfg) => Box::new(nystromformer::Nystromformer::new(p, cfg, input)),
         })
-        match self {
-            ModelConfig::Transformer(cfg) => {
-                Ok(Box::new(transformer::Transformer::new(p, cfg, input)))
-            }
-            ModelConfig::Nystromformer(cfg) => {
-                Ok(Box::new(nystromformer::Nystromformer::new(p, cfg, input)))
-            }
-        }
     }
 }
 
