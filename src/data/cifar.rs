@@ -22,16 +22,45 @@ pub const ALL_IMAGES: usize = TRAIN_IMAGES + TEST_IMAGES;
 
 /// The six files in load order with the sha256 of the official `cifar-10-binary.tar.gz` contents.
 pub const FILES: [(&str, &str); 6] = [
-    ("data_batch_1.bin", "cee916563c9f80d84e3cc88e17fdc0941787f1244f00a67874d45b261883ada5"),
-    ("data_batch_2.bin", "a591ca11fa1708a91ee40f54b3da4784ccd871ecf2137de63f51ada8b3fa57ed"),
-    ("data_batch_3.bin", "bbe8596564c0f86427f876058170b84dac6670ddf06d79402899d93ceea26f67"),
-    ("data_batch_4.bin", "014e562d6e23c72197cc727519169a60359f5eccd8945ad5a09d710285ff4e48"),
-    ("data_batch_5.bin", "755304fc0b379caeae8c14f0dac912fbc7d6cd469eb67a1029a08a39453a9add"),
-    ("test_batch.bin", "8e2eb146ae340b09e24670f29cabc6326dba54da8789dab6768acf480273f65b"),
+    (
+        "data_batch_1.bin",
+        "cee916563c9f80d84e3cc88e17fdc0941787f1244f00a67874d45b261883ada5",
+    ),
+    (
+        "data_batch_2.bin",
+        "a591ca11fa1708a91ee40f54b3da4784ccd871ecf2137de63f51ada8b3fa57ed",
+    ),
+    (
+        "data_batch_3.bin",
+        "bbe8596564c0f86427f876058170b84dac6670ddf06d79402899d93ceea26f67",
+    ),
+    (
+        "data_batch_4.bin",
+        "014e562d6e23c72197cc727519169a60359f5eccd8945ad5a09d710285ff4e48",
+    ),
+    (
+        "data_batch_5.bin",
+        "755304fc0b379caeae8c14f0dac912fbc7d6cd469eb67a1029a08a39453a9add",
+    ),
+    (
+        "test_batch.bin",
+        "8e2eb146ae340b09e24670f29cabc6326dba54da8789dab6768acf480273f65b",
+    ),
 ];
 
 /// Class names in label order (`batches.meta.txt`).
-pub const CLASSES: [&str; 10] = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
+pub const CLASSES: [&str; 10] = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+];
 
 /// Lower-case hex of a sha256 digest.
 pub fn hex(digest: &[u8]) -> String {
@@ -51,16 +80,39 @@ pub struct Images {
 }
 
 impl Images {
-    /// The grayscale version (`channels == 1`) of RGB images, pixel by pixel with [`super::gray_pixel`].
+    /// The grayscale version (`channels == 1`) of RGB images, pixel by pixel with
+    /// [`super::gray_pixel`]; images are spread over threads.
     pub fn to_gray(&self) -> Images {
         assert_eq!(self.channels, 3, "to_gray needs RGB images");
-        let mut pixels = Vec::with_capacity(self.labels.len() * PIXELS);
-        for img in self.pixels.chunks_exact(3 * PIXELS) {
-            let (r, rest) = img.split_at(PIXELS);
-            let (g, b) = rest.split_at(PIXELS);
-            pixels.extend(r.iter().zip(g).zip(b).map(|((&r, &g), &b)| super::gray_pixel(r, g, b)));
+        let n = self.labels.len();
+        let mut pixels = vec![0u8; n * PIXELS];
+        let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+        let per_thread = n.div_ceil(threads).max(1);
+        std::thread::scope(|s| {
+            for (src, dst) in self
+                .pixels
+                .chunks(per_thread * 3 * PIXELS)
+                .zip(pixels.chunks_mut(per_thread * PIXELS))
+            {
+                s.spawn(move || {
+                    for (img, out) in src
+                        .chunks_exact(3 * PIXELS)
+                        .zip(dst.chunks_exact_mut(PIXELS))
+                    {
+                        let (r, rest) = img.split_at(PIXELS);
+                        let (g, b) = rest.split_at(PIXELS);
+                        for (k, y) in out.iter_mut().enumerate() {
+                            *y = super::gray_pixel(r[k], g[k], b[k]);
+                        }
+                    }
+                });
+            }
+        });
+        Images {
+            channels: 1,
+            labels: self.labels.clone(),
+            pixels,
         }
-        Images { channels: 1, labels: self.labels.clone(), pixels }
     }
 }
 
@@ -68,8 +120,13 @@ impl Images {
 fn read_verified(path: &Path, sha256: &str) -> Result<Vec<u8>> {
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!("CIFAR-10 file `{}` is missing", path.display()),
-        Err(e) => return Err(e).with_context(|| format!("failed to read CIFAR-10 file `{}`", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("CIFAR-10 file `{}` is missing", path.display())
+        }
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("failed to read CIFAR-10 file `{}`", path.display()))
+        }
     };
     if meta.len() != FILE_BYTES {
         bail!(
@@ -78,9 +135,13 @@ fn read_verified(path: &Path, sha256: &str) -> Result<Vec<u8>> {
             meta.len()
         );
     }
-    let bytes = std::fs::read(path).with_context(|| format!("failed to read CIFAR-10 file `{}`", path.display()))?;
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("failed to read CIFAR-10 file `{}`", path.display()))?;
     if bytes.len() as u64 != FILE_BYTES {
-        bail!("CIFAR-10 file `{}` changed size while being read", path.display());
+        bail!(
+            "CIFAR-10 file `{}` changed size while being read",
+            path.display()
+        );
     }
     let got = hex(&Sha256::digest(&bytes));
     if got != sha256 {
@@ -101,8 +162,14 @@ pub fn verify_dir(dir: &Path) -> Result<()> {
 /// per file) into RGB [`Images`].
 pub fn read_dir(dir: &Path) -> Result<Images> {
     let files: Vec<Result<Vec<u8>>> = std::thread::scope(|s| {
-        let handles: Vec<_> = FILES.iter().map(|&(name, sha)| s.spawn(move || read_verified(&dir.join(name), sha))).collect();
-        handles.into_iter().map(|h| h.join().expect("reader thread panicked")).collect()
+        let handles: Vec<_> = FILES
+            .iter()
+            .map(|&(name, sha)| s.spawn(move || read_verified(&dir.join(name), sha)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("reader thread panicked"))
+            .collect()
     });
     let mut labels = Vec::with_capacity(ALL_IMAGES);
     let mut pixels = Vec::with_capacity(ALL_IMAGES * 3 * PIXELS);
@@ -112,7 +179,11 @@ pub fn read_dir(dir: &Path) -> Result<Images> {
             pixels.extend_from_slice(&rec[1..]);
         }
     }
-    Ok(Images { channels: 3, labels, pixels })
+    Ok(Images {
+        channels: 3,
+        labels,
+        pixels,
+    })
 }
 
 /// One checked fact about the loaded data.
@@ -135,19 +206,49 @@ pub fn facts(images: &Images) -> Vec<Fact> {
             counts[usize::from(l.min(9))] += 1;
         }
         let ok = labels.iter().all(|&l| l < 10) && counts.iter().all(|&c| c == per_class);
-        out.push(Fact { what: format!("{split}: {} images, per class {counts:?} (expected {per_class} each)", labels.len()), ok });
+        out.push(Fact {
+            what: format!(
+                "{split}: {} images, per class {counts:?} (expected {per_class} each)",
+                labels.len()
+            ),
+            ok,
+        });
     }
-    let first = |labels: &[u8]| labels.iter().take(5).map(|&l| CLASSES.get(usize::from(l)).copied().unwrap_or("?")).collect::<Vec<_>>();
+    let first = |labels: &[u8]| {
+        labels
+            .iter()
+            .take(5)
+            .map(|&l| CLASSES.get(usize::from(l)).copied().unwrap_or("?"))
+            .collect::<Vec<_>>()
+    };
     for (file, labels, expected) in [
-        ("data_batch_1", train, ["frog", "truck", "truck", "deer", "automobile"]),
-        ("test_batch", test, ["cat", "ship", "ship", "airplane", "frog"]),
+        (
+            "data_batch_1",
+            train,
+            ["frog", "truck", "truck", "deer", "automobile"],
+        ),
+        (
+            "test_batch",
+            test,
+            ["cat", "ship", "ship", "airplane", "frog"],
+        ),
     ] {
         let got = first(labels);
-        out.push(Fact { what: format!("{file} starts {} (expected {})", got.join(", "), expected.join(", ")), ok: got == expected });
+        out.push(Fact {
+            what: format!(
+                "{file} starts {} (expected {})",
+                got.join(", "),
+                expected.join(", ")
+            ),
+            ok: got == expected,
+        });
     }
     let means = channel_means(&images.pixels[..TRAIN_IMAGES * 3 * PIXELS]);
     let expected = [125.307, 122.950, 113.865];
-    let ok = means.iter().zip(expected).all(|(m, e)| (m - e).abs() <= 0.001);
+    let ok = means
+        .iter()
+        .zip(expected)
+        .all(|(m, e)| (m - e).abs() <= 0.001);
     out.push(Fact {
         what: format!(
             "training channel means ({:.4}, {:.4}, {:.4}) (expected ({:.3}, {:.3}, {:.3}) within 0.001)",
@@ -196,7 +297,11 @@ pub mod tests {
     fn facts_catch_wrong_labels() {
         let mut images = shared_rgb().clone();
         images.labels[0] = 0;
-        let failed: Vec<_> = facts(&images).into_iter().filter(|f| !f.ok).map(|f| f.what).collect();
+        let failed: Vec<_> = facts(&images)
+            .into_iter()
+            .filter(|f| !f.ok)
+            .map(|f| f.what)
+            .collect();
         assert_eq!(failed.len(), 2, "{failed:?}");
         assert!(failed[0].starts_with("train"));
         assert!(failed[1].starts_with("data_batch_1 starts airplane, truck"));
@@ -230,7 +335,10 @@ pub mod tests {
         bytes[12_345] ^= 1;
         std::fs::write(&path, bytes).unwrap();
         let err = format!("{:#}", read_dir(dir.path()).unwrap_err());
-        assert!(err.contains("data_batch_3.bin") && err.contains("fails its checksum"), "{err}");
+        assert!(
+            err.contains("data_batch_3.bin") && err.contains("fails its checksum"),
+            "{err}"
+        );
         assert!(!err.contains('\n'), "{err}");
     }
 
@@ -241,24 +349,43 @@ pub mod tests {
         let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         f.set_len(FILE_BYTES - 3073).unwrap();
         let err = format!("{:#}", read_dir(dir.path()).unwrap_err());
-        assert!(err.contains("test_batch.bin") && err.contains("30726927 bytes") && err.contains("truncated"), "{err}");
+        assert!(
+            err.contains("test_batch.bin")
+                && err.contains("30726927 bytes")
+                && err.contains("truncated"),
+            "{err}"
+        );
     }
 
     #[test]
     fn missing_file_is_named() {
-        let names: Vec<_> = all_names().into_iter().filter(|&n| n != "data_batch_4.bin").collect();
+        let names: Vec<_> = all_names()
+            .into_iter()
+            .filter(|&n| n != "data_batch_4.bin")
+            .collect();
         let dir = copy_of_shared(&names);
         let err = format!("{:#}", read_dir(dir.path()).unwrap_err());
-        assert!(err.contains("data_batch_4.bin") && err.contains("is missing"), "{err}");
+        assert!(
+            err.contains("data_batch_4.bin") && err.contains("is missing"),
+            "{err}"
+        );
     }
 
     #[test]
     fn gray_planes_follow_gray_pixel() {
-        let rgb = Images { channels: 3, labels: vec![7], pixels: (0..3 * PIXELS).map(|i| (i * 7 % 256) as u8).collect() };
+        let rgb = Images {
+            channels: 3,
+            labels: vec![7],
+            pixels: (0..3 * PIXELS).map(|i| (i * 7 % 256) as u8).collect(),
+        };
         let gray = rgb.to_gray();
         assert_eq!(gray.pixels.len(), PIXELS);
         for k in [0, 1, 500, 1023] {
-            let (r, g, b) = (rgb.pixels[k], rgb.pixels[PIXELS + k], rgb.pixels[2 * PIXELS + k]);
+            let (r, g, b) = (
+                rgb.pixels[k],
+                rgb.pixels[PIXELS + k],
+                rgb.pixels[2 * PIXELS + k],
+            );
             assert_eq!(gray.pixels[k], super::super::gray_pixel(r, g, b));
         }
         assert_eq!(gray.labels, vec![7]);

@@ -33,7 +33,7 @@ pub enum DataCommand {
     Prepare {
         #[arg(long)]
         task: TaskName,
-        /// Output file [default: pixelseq-<task>.zst in the data folder]
+        /// Output file [default: `pixelseq-TASK.zst` in the data folder]
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
@@ -54,7 +54,7 @@ pub fn run_cli(args: DataArgs) -> Result<()> {
         DataCommand::Download { to } => {
             let dir = match to {
                 Some(d) => d,
-                None => source::root(data)?.0,
+                None => data_dir(data)?,
             };
             let folder = source::download(&dir)?;
             cifar::verify_dir(&folder)?;
@@ -73,7 +73,11 @@ pub fn run_cli(args: DataArgs) -> Result<()> {
             };
             prepared::write(&out, task, &images)?;
             let size = std::fs::metadata(&out)?.len();
-            println!("wrote {} ({size} bytes); use it with --data {}", out.display(), out.display());
+            println!(
+                "wrote {} ({size} bytes); use it with --data {}",
+                out.display(),
+                out.display()
+            );
             Ok(())
         }
         DataCommand::Export { task, out } => {
@@ -91,7 +95,11 @@ pub fn run_cli(args: DataArgs) -> Result<()> {
 /// The folder a data location stands for: itself, or the folder of a file.
 fn data_dir(data: Option<&Path>) -> Result<PathBuf> {
     let (root, _) = source::root(data)?;
-    Ok(if root.is_file() { root.parent().map(Path::to_path_buf).unwrap_or_default() } else { root })
+    Ok(if root.is_file() {
+        root.parent().map(Path::to_path_buf).unwrap_or_default()
+    } else {
+        root
+    })
 }
 
 /// The official files (RGB, verified) from the data location, never a prepared cache.
@@ -122,7 +130,11 @@ fn verify(data: Option<&Path>) -> Result<()> {
     }
     let failed = facts.iter().filter(|f| !f.ok).count();
     if failed > 0 {
-        bail!("{failed} of {} checks failed on the CIFAR-10 files in `{}`", facts.len(), folder.display());
+        bail!(
+            "{failed} of {} checks failed on the CIFAR-10 files in `{}`",
+            facts.len(),
+            folder.display()
+        );
     }
     println!("all checks passed");
     Ok(())
@@ -139,7 +151,8 @@ mod tests {
     /// sha256 of `pixelseq data export --task lra-image`, equal byte for byte to the records that
     /// `tf.image.rgb_to_grayscale` gives (TensorFlow 2.21 CPU, per image in a `tf.data` map as
     /// LRA's input pipeline does): `scripts/tf_gray_reference.py`.
-    const TF_EXPORT_SHA256: &str = "c3b072d784e877a7902111dbb538348ef2974cbe041248ba9acd45b0e638f4d4";
+    const TF_EXPORT_SHA256: &str =
+        "c3b072d784e877a7902111dbb538348ef2974cbe041248ba9acd45b0e638f4d4";
 
     #[test]
     fn export_matches_tensorflow() {
@@ -161,13 +174,35 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("gray.bin");
         let shared = shared_cifar_dir();
-        let args = ["pixelseq", "export", "--task", "lra-image", "--out", out.to_str().unwrap(), "--data", shared.to_str().unwrap()];
+        let args = [
+            "pixelseq",
+            "export",
+            "--task",
+            "lra-image",
+            "--out",
+            out.to_str().unwrap(),
+            "--data",
+            shared.to_str().unwrap(),
+        ];
         run_cli(Cli::parse_from(args).data).unwrap();
         assert_eq!(std::fs::metadata(&out).unwrap().len(), 60_000 * 1025);
-        run_cli(Cli::parse_from(["pixelseq", "--data", shared.to_str().unwrap(), "verify"]).data).unwrap();
-        let err = format!("{:#}", run_cli(Cli::parse_from(["pixelseq", "verify", "--data", dir.path().to_str().unwrap()]).data).unwrap_err());
-        assert!(err.contains("no CIFAR-10 data") && err.contains("pixelseq data download"), "{err}");
-        let err = Cli::try_parse_from(["pixelseq", "prepare", "--task", "cifar"]).unwrap_err().to_string();
+        run_cli(Cli::parse_from(["pixelseq", "--data", shared.to_str().unwrap(), "verify"]).data)
+            .unwrap();
+        let err = format!(
+            "{:#}",
+            run_cli(
+                Cli::parse_from(["pixelseq", "verify", "--data", dir.path().to_str().unwrap()])
+                    .data
+            )
+            .unwrap_err()
+        );
+        assert!(
+            err.contains("no CIFAR-10 data") && err.contains("pixelseq data download"),
+            "{err}"
+        );
+        let err = Cli::try_parse_from(["pixelseq", "prepare", "--task", "cifar"])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("lra-image") && err.contains("scifar"), "{err}");
     }
 }

@@ -38,11 +38,11 @@ mod tests {
         // Exactly just below an integer, and float32 stays below: truncated down.
         assert_eq!(gray_pixel(0, 2, 86), 10); // 10.99953
         assert_eq!(gray_pixel(0, 11, 206), 29); // 29.99971
-        // Just above an integer.
+                                                // Just above an integer.
         assert_eq!(gray_pixel(0, 9, 120), 19); // 19.00018
         assert_eq!(gray_pixel(0, 7, 34), 8); // 8.00066
-        // Exactly just below an integer, but the float32 result reaches it (237 colours are like
-        // this; TensorFlow gives the larger value, as here).
+                                             // Exactly just below an integer, but the float32 result reaches it (237 colours are like
+                                             // this; TensorFlow gives the larger value, as here).
         assert_eq!(gray_pixel(0, 122, 186), 93); // 92.999996
         assert_eq!(gray_pixel(3, 254, 50), 156); // 155.999984
         assert_eq!(gray_pixel(5, 171, 227), 128); // 127.999989
@@ -51,7 +51,8 @@ mod tests {
 
     /// sha256 of the 16,777,216 grayscale values of every colour (r, g, b) in order r-major, as
     /// `tf.image.rgb_to_grayscale` (TensorFlow 2.21 CPU) computes them: `scripts/tf_gray_reference.py`.
-    const TF_ALL_COLOURS_SHA256: &str = "824a76d81dad2c5a2cf1fa0b2c0a5afe7d871ec2970e4fa2809b53ddbecdca93";
+    const TF_ALL_COLOURS_SHA256: &str =
+        "824a76d81dad2c5a2cf1fa0b2c0a5afe7d871ec2970e4fa2809b53ddbecdca93";
 
     #[test]
     fn every_colour_matches_tensorflow() {
@@ -61,6 +62,9 @@ mod tests {
                 table.extend((0..=255u8).map(|b| gray_pixel(r, g, b)));
             }
         }
-        assert_eq!(crate::data::cifar::hex(&Sha256::digest(&table)), TF_ALL_COLOURS_SHA256);
+        assert_eq!(
+            crate::data::cifar::hex(&Sha256::digest(&table)),
+            TF_ALL_COLOURS_SHA256
+        );
     }
 }
