@@ -27,13 +27,23 @@ pub fn normalise(xs: &Tensor) -> Tensor {
     (xs.to_kind(Kind::Float) - mean) / std // (B, L, C)
 }
 
+/// `nn.Linear` with PyTorch's default initialisation: weights and biases U(±1/√fan_in). tch's
+/// own default draws weights 2.45× wider (Kaiming with the ReLU gain), so models ported from
+/// PyTorch code use this one.
+pub fn torch_linear(p: nn::Path, fan_in: i64, fan_out: i64) -> nn::Linear {
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    let init = nn::Init::Uniform { lo: -bound, up: bound };
+    nn::linear(p, fan_in, fan_out, nn::LinearConfig { ws_init: init, bs_init: Some(init), bias: true })
+}
+
 /// How pixel values become model vectors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum InputMode {
     /// Grayscale value 0..255 is a token id looked up in an embedding table (LRA, Nyströmformer).
     Embed,
-    /// Normalised values of the C channels go through Linear(C → d) (S4, LRU, PiT, RNNs).
+    /// Normalised values of the C channels go through Linear(C → d) with PyTorch's default
+    /// initialisation (S4, LRU, PiT, RNNs).
     Linear,
 }
 
@@ -55,7 +65,7 @@ impl InputEncoder {
                 };
                 InputEncoder::Embed(nn::embedding(p, vocab, d, cfg))
             }
-            InputMode::Linear => InputEncoder::Linear(nn::linear(p, input.channels, d, Default::default())),
+            InputMode::Linear => InputEncoder::Linear(torch_linear(p.clone(), input.channels, d)),
         }
     }
 

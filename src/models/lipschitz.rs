@@ -29,7 +29,7 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
-use super::common::{InputEncoder, InputMode};
+use super::common::{torch_linear, InputEncoder, InputMode};
 use super::{InputSpec, NUM_CLASSES};
 
 /// How one step of size ε integrates h′ = f(h).
@@ -134,7 +134,7 @@ impl LipschitzRnn {
             encoder: InputEncoder::new(&(p / "encoder"), InputMode::Linear, input, n, 0, nn::Init::Const(0.0)),
             b: p.randn("B", &[n, n], 0.0, std),
             c: p.randn("C", &[n, n], 0.0, std),
-            head: nn::linear(p / "head", n, NUM_CLASSES, Default::default()),
+            head: torch_linear(p / "head", n, NUM_CLASSES),
         }
     }
 }

@@ -29,6 +29,7 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
+use super::common::torch_linear;
 use super::{InputSpec, NO_DECAY, NUM_CLASSES};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -174,7 +175,7 @@ impl TrellisNet {
             w1: WeightNormKernel::new(p, "w1", [4 * h, input.channels, k], std),
             w2: WeightNormKernel::new(p, "w2", [4 * h, h, k], std),
             b2: p.randn("b2", &[4 * h], 0.0, std),
-            head: nn::linear(p / "head", cfg.nout, NUM_CLASSES, Default::default()),
+            head: torch_linear(p / "head", cfg.nout, NUM_CLASSES),
         }
     }
 
