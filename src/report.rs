@@ -363,7 +363,7 @@ impl Report {
         }
         s += "\nBest val: the best validation accuracy during training. Test: the CIFAR-10 test split scored with the \
               checkpoint of best validation accuracy. Paper: the accuracy the paper reports for the setting. Train \
-              img/s: training throughput over the whole run.\n\n";
+              img/s: training images per second of training steps (evaluation excluded), over the whole run.\n\n";
         for p in &self.plots {
             s += &format!("![{}]({prefix}{}.png)\n\n", p.title, p.stem);
         }
