@@ -32,6 +32,10 @@ pub enum Command {
     Eval(EvalArgs),
     /// List the shipped presets with their parameter counts and the paper figure each targets.
     Presets,
+    /// Write a results table and plots (PNG, SVG) from finished runs; optionally update a README.
+    Report(crate::report::ReportArgs),
+    /// Classify image files (PNG, JPEG) with a run's best checkpoint.
+    Predict(crate::predict::PredictArgs),
 }
 
 /// Where and how tensors are computed.
@@ -145,6 +149,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train_cmd(args),
         Command::Eval(args) => eval_cmd(args),
         Command::Presets => presets_cmd(),
+        Command::Report(args) => crate::report::run_cli(args),
+        Command::Predict(args) => crate::predict::run_cli(args),
     }
 }
 

@@ -3,4 +3,6 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod models;
+pub mod predict;
+pub mod report;
 pub mod train;
