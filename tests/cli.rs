@@ -19,14 +19,16 @@ fn assert_one_line_error(args: &[&str], needle: &str) {
 #[test]
 fn config_errors_name_the_key() {
     let tiny = ["train", "--preset", "transformer-lra", "--device", "cpu"];
-    let with = |set: &str| [&tiny[..], &["--set", set]].concat();
-    assert_one_line_error(&with("model.d_modle=3"), "d_modle");
-    assert_one_line_error(&with("optim.lr=-1"), "optim.lr");
-    assert_one_line_error(&with("optim.lr=\"fast\""), "optim.lr");
-    assert_one_line_error(&with("train.batch_size=0"), "train.batch_size");
-    assert_one_line_error(&with("task.name=\"mnist\""), "task.name");
-    assert_one_line_error(&with("trian.epochs=3"), "trian");
-    assert_one_line_error(&with("model.name=\"s4\""), "s4");
+    fn with<'a>(tiny: &[&'a str], set: &'a str) -> Vec<&'a str> {
+        [tiny, &["--set", set]].concat()
+    }
+    assert_one_line_error(&with(&tiny, "model.d_modle=3"), "d_modle");
+    assert_one_line_error(&with(&tiny, "optim.lr=-1"), "optim.lr");
+    assert_one_line_error(&with(&tiny, "optim.lr=\"fast\""), "optim.lr");
+    assert_one_line_error(&with(&tiny, "train.batch_size=0"), "train.batch_size");
+    assert_one_line_error(&with(&tiny, "task.name=\"mnist\""), "task.name");
+    assert_one_line_error(&with(&tiny, "trian.epochs=3"), "trian");
+    assert_one_line_error(&with(&tiny, "model.name=\"s4\""), "s4");
     assert_one_line_error(&["train", "--preset", "no-such-preset"], "no-such-preset");
     assert_one_line_error(&["train", "--config", "/nonexistent/x.toml"], "/nonexistent/x.toml");
     assert_one_line_error(&["train", "--preset", "transformer-lra", "--device", "cuda:7"], "cuda:7");
