@@ -289,6 +289,7 @@ impl RunConfig {
                 Err(anyhow!("key `{key}` = {v}: must be > 0"))
             }
         };
+        let non_negative = |v: f64, key: &str| if v >= 0.0 { Ok(()) } else { Err(anyhow!("key `{key}` = {v}: must be >= 0 (0 = off)")) };
         let unit = |v: f64, key: &str| {
             if (0.0..1.0).contains(&v) {
                 Ok(())
@@ -303,12 +304,8 @@ impl RunConfig {
         unit(o.betas[0], "optim.betas[0]")?;
         unit(o.betas[1], "optim.betas[1]")?;
         positive(o.eps, "optim.eps")?;
-        if !(o.weight_decay >= 0.0) {
-            bail!("key `optim.weight_decay` = {}: must be >= 0", o.weight_decay);
-        }
-        if !(o.clip_norm >= 0.0) {
-            bail!("key `optim.clip_norm` = {}: must be >= 0 (0 = off)", o.clip_norm);
-        }
+        non_negative(o.weight_decay, "optim.weight_decay")?;
+        non_negative(o.clip_norm, "optim.clip_norm")?;
         unit(o.label_smoothing, "optim.label_smoothing")?;
         if !(0.0..=1.0).contains(&s.final_factor) {
             bail!("key `schedule.final_factor` = {}: must be in [0, 1]", s.final_factor);
@@ -332,9 +329,8 @@ impl RunConfig {
         if let Some(m) = t.max_minutes {
             positive(m, "train.max_minutes")?;
         }
-        if !(t.mixup >= 0.0) || !(t.cutmix >= 0.0) {
-            bail!("keys `train.mixup`/`train.cutmix` must be >= 0 (0 = off)");
-        }
+        non_negative(t.mixup, "train.mixup")?;
+        non_negative(t.cutmix, "train.cutmix")?;
         self.model.validate(&self.task.input_spec())
     }
 

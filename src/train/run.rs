@@ -252,7 +252,7 @@ pub fn run(cfg: &RunConfig, data: &Dataset, opts: &Options) -> Result<RunRecord>
             });
             if norm.double_value(&[]).is_finite() {
                 opt.step(factor);
-                if opt.t % 2000 == 0 {
+                if opt.t.is_multiple_of(2000) {
                     state.loss_scale *= 2.0;
                 }
             } else {
@@ -270,7 +270,7 @@ pub fn run(cfg: &RunConfig, data: &Dataset, opts: &Options) -> Result<RunRecord>
         });
         seen += bs;
         step += 1;
-        let check_now = !device.is_cuda() || step % 50 == 0;
+        let check_now = !device.is_cuda() || step.is_multiple_of(50);
         if check_now && !loss.double_value(&[]).is_finite() {
             bail!(
                 "loss became {} at step {step}; stopped. The last good checkpoint (step {}) is kept in `{}`",
@@ -281,7 +281,7 @@ pub fn run(cfg: &RunConfig, data: &Dataset, opts: &Options) -> Result<RunRecord>
         }
         if let Some(b) = &bar {
             b.inc(1);
-            if step % 10 == 0 {
+            if step.is_multiple_of(10) {
                 let n = seen as f64;
                 b.set_message(format!(
                     "loss {:.3} acc {:.1}% lr {lr_now:.2e} {:.0} img/s",
@@ -292,7 +292,7 @@ pub fn run(cfg: &RunConfig, data: &Dataset, opts: &Options) -> Result<RunRecord>
             }
         }
         let out_of_time = deadline.is_some_and(|d| started.elapsed().as_secs_f64() >= d);
-        if step % eval_every == 0 || step == total || out_of_time {
+        if step.is_multiple_of(eval_every) || step == total || out_of_time {
             if let Some(b) = bar.take() {
                 b.finish_and_clear();
             }
