@@ -1,9 +1,13 @@
 //! Link libtorch_cuda into the binaries even though no symbol of it is referenced directly:
 //! without `--no-as-needed` the linker drops it and CUDA is silently unavailable at run time.
+//! Every executable also records libtorch's folder as its run path, so it starts without
+//! `LD_LIBRARY_PATH` on the machine that built it; elsewhere `LD_LIBRARY_PATH` (searched first)
+//! points at that machine's `torch/lib`.
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
         let dir = std::path::Path::new(&lib);
         if dir.join("libtorch_cuda.so").exists() {
             println!("cargo:rustc-link-arg-bins=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");

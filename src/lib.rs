@@ -1,4 +1,6 @@
 //! pixelseq: sequence models on CIFAR-10 read pixel by pixel.
+pub mod cli;
+pub mod config;
 pub mod data;
 pub mod models;
 pub mod train;

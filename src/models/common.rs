@@ -27,13 +27,23 @@ pub fn normalise(xs: &Tensor) -> Tensor {
     (xs.to_kind(Kind::Float) - mean) / std // (B, L, C)
 }
 
+/// `nn.Linear` with PyTorch's default initialisation: weights and biases U(±1/√fan_in). tch's
+/// own default draws weights 2.45× wider (Kaiming with the ReLU gain), so models ported from
+/// PyTorch code use this one.
+pub fn torch_linear(p: nn::Path, fan_in: i64, fan_out: i64) -> nn::Linear {
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    let init = nn::Init::Uniform { lo: -bound, up: bound };
+    nn::linear(p, fan_in, fan_out, nn::LinearConfig { ws_init: init, bs_init: Some(init), bias: true })
+}
+
 /// How pixel values become model vectors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum InputMode {
     /// Grayscale value 0..255 is a token id looked up in an embedding table (LRA, Nyströmformer).
     Embed,
-    /// Normalised values of the C channels go through Linear(C → d) (S4, LRU, PiT, RNNs).
+    /// Normalised values of the C channels go through Linear(C → d) with PyTorch's default
+    /// initialisation (S4, LRU, PiT, RNNs).
     Linear,
 }
 
@@ -49,10 +59,13 @@ impl InputEncoder {
     pub fn new(p: &nn::Path, mode: InputMode, input: &InputSpec, d: i64, vocab: i64, init: nn::Init) -> InputEncoder {
         match mode {
             InputMode::Embed => {
-                let cfg = nn::EmbeddingConfig { ws_init: init, ..Default::default() };
+                let cfg = nn::EmbeddingConfig {
+                    ws_init: init,
+                    ..Default::default()
+                };
                 InputEncoder::Embed(nn::embedding(p, vocab, d, cfg))
             }
-            InputMode::Linear => InputEncoder::Linear(nn::linear(p, input.channels, d, Default::default())),
+            InputMode::Linear => InputEncoder::Linear(torch_linear(p.clone(), input.channels, d)),
         }
     }
 
@@ -60,7 +73,10 @@ impl InputEncoder {
     pub fn validate(mode: InputMode, input: &InputSpec, vocab: i64) -> Result<()> {
         if mode == InputMode::Embed {
             if input.channels != 1 {
-                bail!("model.input = \"embed\" needs grayscale pixels (task lra-image); this task has {} channels — use input = \"linear\"", input.channels);
+                bail!(
+                    "model.input = \"embed\" needs grayscale pixels (task lra-image); this task has {} channels — use input = \"linear\"",
+                    input.channels
+                );
             }
             if vocab < 256 {
                 bail!("model.vocab = {vocab} is too small: pixel tokens take 256 values");
@@ -72,7 +88,7 @@ impl InputEncoder {
     pub fn forward(&self, xs: &Tensor) -> Tensor {
         match self {
             InputEncoder::Embed(e) => xs.squeeze_dim(-1).to_kind(Kind::Int64).apply(e), // (B, L, d)
-            InputEncoder::Linear(l) => normalise(xs).apply(l),                           // (B, L, d)
+            InputEncoder::Linear(l) => normalise(xs).apply(l),                          // (B, L, d)
         }
     }
 }
@@ -88,7 +104,7 @@ pub fn nonzero_mask(xs: &Tensor) -> Tensor {
 pub mod testing {
     //! Checks shared by every model's tests.
     use super::super::{InputSpec, ModelConfig};
-    use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
+    use tch::{nn, Device, Kind, Tensor};
 
     /// A random batch of raw pixels (B, L, C), uint8.
     pub fn random_pixels(b: i64, input: &InputSpec) -> Tensor {

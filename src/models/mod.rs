@@ -15,6 +15,12 @@ use tch::nn;
 pub mod common;
 pub mod lru;
 pub mod s4d;
+pub mod lipschitz;
+pub mod trellisnet;
+pub mod fnet;
+pub mod pit;
+pub mod nystromformer;
+pub mod transformer;
 
 /// Optimizer group of matrices that take weight decay (1-D tensors in it are exempt).
 pub const DECAY: usize = 0;
@@ -41,6 +47,12 @@ pub struct InputSpec {
 pub enum ModelConfig {
     S4d(s4d::Config),
     Lru(lru::Config),
+    Trellisnet(trellisnet::Config),
+    LipschitzRnn(lipschitz::Config),
+    Fnet(fnet::Config),
+    Pit(pit::Config),
+    Transformer(transformer::Config),
+    Nystromformer(nystromformer::Config),
 }
 
 impl ModelConfig {
@@ -49,6 +61,12 @@ impl ModelConfig {
         match self {
             ModelConfig::S4d(_) => "s4d",
             ModelConfig::Lru(_) => "lru",
+            ModelConfig::Trellisnet(_) => "trellisnet",
+            ModelConfig::LipschitzRnn(_) => "lipschitz-rnn",
+            ModelConfig::Fnet(_) => "fnet",
+            ModelConfig::Pit(_) => "pit",
+            ModelConfig::Transformer(_) => "transformer",
+            ModelConfig::Nystromformer(_) => "nystromformer",
         }
     }
 
@@ -57,6 +75,12 @@ impl ModelConfig {
         match self {
             ModelConfig::S4d(cfg) => cfg.validate(input),
             ModelConfig::Lru(cfg) => cfg.validate(input),
+            ModelConfig::Trellisnet(cfg) => cfg.validate(input),
+            ModelConfig::LipschitzRnn(cfg) => cfg.validate(input),
+            ModelConfig::Fnet(cfg) => cfg.validate(input),
+            ModelConfig::Pit(cfg) => cfg.validate(input),
+            ModelConfig::Transformer(cfg) => cfg.validate(input),
+            ModelConfig::Nystromformer(cfg) => cfg.validate(input),
         }
     }
 
@@ -66,6 +90,12 @@ impl ModelConfig {
         Ok(match self {
             ModelConfig::S4d(cfg) => Box::new(s4d::S4d::new(p, cfg, input)),
             ModelConfig::Lru(cfg) => Box::new(lru::Lru::new(p, cfg, input)),
+            ModelConfig::Trellisnet(cfg) => Box::new(trellisnet::TrellisNet::new(p, cfg, input)),
+            ModelConfig::LipschitzRnn(cfg) => Box::new(lipschitz::LipschitzRnn::new(p, cfg, input)),
+            ModelConfig::Fnet(cfg) => Box::new(fnet::FNet::new(p, cfg, input)),
+            ModelConfig::Pit(cfg) => Box::new(pit::Pit::new(p, cfg, input)),
+            ModelConfig::Transformer(cfg) => Box::new(transformer::Transformer::new(p, cfg, input)),
+            ModelConfig::Nystromformer(cfg) => Box::new(nystromformer::Nystromformer::new(p, cfg, input)),
         })
     }
 }

@@ -1,1 +1,10 @@
-//! placeholder
+//! Training: AdamW with parameter groups, schedules, mixed precision, checkpoints and the loop.
+
+pub mod amp;
+pub mod checkpoint;
+pub mod optim;
+pub mod rng;
+pub mod run;
+pub mod schedule;
+
+pub use run::{evaluate, run, Options, RunRecord};

@@ -1,0 +1,30 @@
+# Sourced by ./pixelseq and scripts/test: makes sure torch 2.11.0 is installed in a virtual
+# environment kept in a cache folder outside the checkout (shared by every clone and CI run on this
+# machine; ~4.6 GB downloaded once), links it as .venv, and exports what tch's build needs.
+TORCH_VERSION=2.11.0
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cache="${PIXELSEQ_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pixelseq}"
+venv="$cache/venv"
+
+torch_ok() {
+  "$venv/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null
+}
+
+if ! torch_ok; then
+  mkdir -p "$cache"
+  (
+    flock 9
+    if ! torch_ok; then
+      echo "pixelseq: installing torch $TORCH_VERSION into $venv (once per machine)..." >&2
+      python3 -m venv "$venv"
+      "$venv/bin/pip" install --quiet --progress-bar off "torch==$TORCH_VERSION" >&2
+    fi
+  ) 9>"$cache/install.lock"
+  torch_ok || { echo "pixelseq: torch $TORCH_VERSION could not be installed into $venv" >&2; exit 1; }
+fi
+
+if [ ! -e "$repo/.venv" ] || [ -L "$repo/.venv" ]; then
+  ln -sfn "$venv" "$repo/.venv"
+fi
+export LIBTORCH_USE_PYTORCH=1
+export PATH="$repo/.venv/bin:$PATH"

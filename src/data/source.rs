@@ -1,0 +1,610 @@
+//! Where the data lives: resolving `--data` / `$PIXELSEQ_DATA` / the default folder, extracting
+//! the official archive safely, downloading it, and writing files atomically.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{anyhow, bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+use super::cifar::{self, hex};
+use super::{prepared, TaskName};
+
+/// The official CIFAR-10 binary archive.
+pub const ARCHIVE_URL: &str = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz";
+/// sha256 of [`ARCHIVE_URL`].
+pub const ARCHIVE_SHA256: &str = "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd";
+/// File name of the archive.
+pub const ARCHIVE_NAME: &str = "cifar-10-binary.tar.gz";
+/// The folder the archive unpacks to.
+pub const FOLDER_NAME: &str = "cifar-10-batches-bin";
+/// Environment variable naming the data location when `--data` is not given.
+pub const DATA_ENV: &str = "PIXELSEQ_DATA";
+
+/// Where a data location came from, for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Flag,
+    Env,
+    Default,
+}
+
+impl Origin {
+    fn describe(self) -> &'static str {
+        match self {
+            Origin::Flag => "given by --data",
+            Origin::Env => "given by $PIXELSEQ_DATA",
+            Origin::Default => "the default data folder",
+        }
+    }
+}
+
+/// The data location to use: `flag`, else `$PIXELSEQ_DATA`, else [`default_dir`].
+pub fn root(flag: Option<&Path>) -> Result<(PathBuf, Origin)> {
+    if let Some(p) = flag {
+        return Ok((p.to_path_buf(), Origin::Flag));
+    }
+    match std::env::var_os(DATA_ENV) {
+        Some(p) if !p.is_empty() => Ok((PathBuf::from(p), Origin::Env)),
+        _ => Ok((default_dir()?, Origin::Default)),
+    }
+}
+
+/// `$XDG_CACHE_HOME/pixelseq/data`, or `~/.cache/pixelseq/data`.
+pub fn default_dir() -> Result<PathBuf> {
+    let cache = match std::env::var_os("XDG_CACHE_HOME") {
+        Some(p) if Path::new(&p).is_absolute() => PathBuf::from(p),
+        _ => match std::env::var_os("HOME") {
+            Some(h) if !h.is_empty() => Path::new(&h).join(".cache"),
+            _ => bail!("no default data folder: neither $XDG_CACHE_HOME nor $HOME is set; pass --data DIR or set $PIXELSEQ_DATA"),
+        },
+    };
+    Ok(cache.join("pixelseq").join("data"))
+}
+
+/// What a data location holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A folder with the six official `.bin` files.
+    Folder(PathBuf),
+    /// The official `cifar-10-binary.tar.gz` (or one with the same files).
+    Archive(PathBuf),
+    /// A cache written by `pixelseq data prepare`.
+    Prepared(PathBuf),
+}
+
+/// Name of the prepared cache of `task` inside a data folder.
+pub fn prepared_name(task: TaskName) -> String {
+    format!("pixelseq-{}.zst", task.as_str())
+}
+
+/// What `path` holds. In a folder, the first of: the prepared cache of `task` (when given), the
+/// `.bin` files themselves, a `cifar-10-batches-bin/` subfolder, a `cifar-10-binary.tar.gz`.
+/// `None` when a folder holds none of them.
+pub fn find(path: &Path, task: Option<TaskName>) -> Result<Option<Source>> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("failed to read data location `{}`", path.display()))
+        }
+    };
+    if meta.is_file() {
+        let mut head = [0u8; 8];
+        let n = File::open(path)
+            .and_then(|mut f| read_up_to(&mut f, &mut head))
+            .with_context(|| format!("failed to read data file `{}`", path.display()))?;
+        return match &head[..n] {
+            h if h == prepared::MAGIC => Ok(Some(Source::Prepared(path.to_path_buf()))),
+            [0x1f, 0x8b, ..] => Ok(Some(Source::Archive(path.to_path_buf()))),
+            _ => bail!("`{}` is neither a CIFAR-10 archive (.tar.gz) nor a cache written by `pixelseq data prepare`", path.display()),
+        };
+    }
+    if let Some(task) = task {
+        let p = path.join(prepared_name(task));
+        if p.is_file() {
+            return Ok(Some(Source::Prepared(p)));
+        }
+    }
+    if cifar::FILES
+        .iter()
+        .any(|(name, _)| path.join(name).exists())
+    {
+        return Ok(Some(Source::Folder(path.to_path_buf())));
+    }
+    if path.join(FOLDER_NAME).is_dir() {
+        return Ok(Some(Source::Folder(path.join(FOLDER_NAME))));
+    }
+    if path.join(ARCHIVE_NAME).is_file() {
+        return Ok(Some(Source::Archive(path.join(ARCHIVE_NAME))));
+    }
+    Ok(None)
+}
+
+/// Resolves the data location ([`root`]) and finds what it holds, or explains how to get the data.
+pub fn locate(flag: Option<&Path>, task: Option<TaskName>) -> Result<Source> {
+    let (root, origin) = root(flag)?;
+    match find(&root, task)? {
+        Some(src) => Ok(src),
+        None => bail!(
+            "no CIFAR-10 data at `{}` ({}): expected the official `{FOLDER_NAME}` files, `{ARCHIVE_NAME}` or a prepared cache; \
+             run `pixelseq data download` to fetch it there, or pass --data DIR|ARCHIVE|PREPARED_FILE",
+            root.display(),
+            origin.describe()
+        ),
+    }
+}
+
+/// The folder holding the official `.bin` files for a raw source, extracting an archive first.
+pub fn raw_folder(src: &Source) -> Result<PathBuf> {
+    match src {
+        Source::Folder(dir) => Ok(dir.clone()),
+        Source::Archive(archive) => extract(archive),
+        Source::Prepared(p) => bail!(
+            "`{}` is a prepared cache; this command needs the official CIFAR-10 files (pass --data with their folder or archive)",
+            p.display()
+        ),
+    }
+}
+
+/// Reads into `buf` until it is full or the input ends; returns the bytes read.
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// A unique name beside `dest` for a file or folder being built (`.<name>.<tag>-<pid>-<n>`).
+fn temp_beside(dest: &Path, tag: &str) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = dest
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dest.with_file_name(format!(".{name}.{tag}-{}-{n}", std::process::id()))
+}
+
+/// Removes a temporary file or folder when dropped, unless it was renamed into place.
+struct TempGuard(Option<PathBuf>);
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            // Best effort: the path may not exist if creating it failed.
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+        }
+    }
+}
+
+/// Writes `dest` atomically: `fill` writes a temporary file beside it, which is synced and renamed
+/// over `dest` only if `fill` succeeds. An error leaves `dest` untouched and no temporary behind.
+pub fn write_atomic(
+    dest: &Path,
+    fill: impl FnOnce(&mut BufWriter<File>) -> Result<()>,
+) -> Result<()> {
+    if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("failed to create folder `{}`", dir.display()))?;
+    }
+    let tmp = temp_beside(dest, "partial");
+    let mut guard = TempGuard(Some(tmp.clone()));
+    let file =
+        File::create(&tmp).with_context(|| format!("failed to create `{}`", tmp.display()))?;
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    fill(&mut w)?;
+    let file = w
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("failed to write `{}`", tmp.display()))?;
+    file.sync_all()
+        .with_context(|| format!("failed to write `{}`", tmp.display()))?;
+    std::fs::rename(&tmp, dest)
+        .with_context(|| format!("failed to move `{}` to `{}`", tmp.display(), dest.display()))?;
+    guard.0 = None;
+    Ok(())
+}
+
+/// Copies `src` to `out`, returning the sha256 of what was copied.
+fn copy_hashing(src: &mut impl Read, out: &mut impl Write) -> std::io::Result<[u8; 32]> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = src.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hasher.finalize().into());
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+    }
+}
+
+/// Saves the stream `src` as `dest` only if its sha256 is `sha256` (atomic: temporary file,
+/// verify, rename). `what` names the stream in errors.
+pub fn save_verified(src: &mut impl Read, dest: &Path, sha256: &str, what: &str) -> Result<()> {
+    write_atomic(dest, |w| {
+        let got = hex(&copy_hashing(src, w)
+            .with_context(|| format!("failed to save {what} to `{}`", dest.display()))?);
+        if got != sha256 {
+            bail!(
+                "{what} has sha256 {got}, expected {sha256}; `{}` was not written",
+                dest.display()
+            );
+        }
+        Ok(())
+    })
+}
+
+/// Downloads the official archive into `dir` (unless a verified copy is there) and extracts it;
+/// returns the folder of `.bin` files.
+pub fn download(dir: &Path) -> Result<PathBuf> {
+    let folder = dir.join(FOLDER_NAME);
+    if folder.is_dir() {
+        cifar::verify_dir(&folder)?;
+        eprintln!("{} is already here and verified", folder.display());
+        return Ok(folder);
+    }
+    let archive = dir.join(ARCHIVE_NAME);
+    if archive.is_file() {
+        let mut f = BufReader::new(
+            File::open(&archive)
+                .with_context(|| format!("failed to read `{}`", archive.display()))?,
+        );
+        let got = hex(&copy_hashing(&mut f, &mut std::io::sink())
+            .with_context(|| format!("failed to read `{}`", archive.display()))?);
+        if got != ARCHIVE_SHA256 {
+            bail!(
+                "`{}` has sha256 {got}, expected {ARCHIVE_SHA256}; delete it and download again",
+                archive.display()
+            );
+        }
+        eprintln!("{} is already here and verified", archive.display());
+    } else {
+        eprintln!("downloading {ARCHIVE_URL} to {}", archive.display());
+        let resp = ureq::get(ARCHIVE_URL)
+            .call()
+            .with_context(|| format!("failed to download {ARCHIVE_URL}"))?;
+        let bar = match resp
+            .header("Content-Length")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            Some(len) => indicatif::ProgressBar::new(len),
+            None => indicatif::ProgressBar::new_spinner(),
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("valid progress template"),
+        );
+        let mut body = bar.wrap_read(resp.into_reader());
+        save_verified(
+            &mut body,
+            &archive,
+            ARCHIVE_SHA256,
+            &format!("the download of {ARCHIVE_URL}"),
+        )?;
+        bar.finish();
+    }
+    extract(&archive)
+}
+
+/// The `cifar-10-batches-bin` folder next to `archive`, extracted from it when absent. Extraction
+/// goes to a temporary folder, the six files are verified, then the folder is renamed into place.
+/// Entries with absolute paths, `..` components, links or special files are refused.
+pub fn extract(archive: &Path) -> Result<PathBuf> {
+    let parent = match archive.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let folder = parent.join(FOLDER_NAME);
+    if folder.is_dir() {
+        return Ok(folder);
+    }
+    let tmp = temp_beside(&folder, "extract");
+    let _guard = TempGuard(Some(tmp.clone()));
+    std::fs::create_dir(&tmp).with_context(|| {
+        format!(
+            "failed to create folder `{}` to extract `{}`",
+            tmp.display(),
+            archive.display()
+        )
+    })?;
+    unpack(archive, &tmp)?;
+    let unpacked = tmp.join(FOLDER_NAME);
+    if !unpacked.is_dir() {
+        bail!(
+            "archive `{}` has no `{FOLDER_NAME}/` folder; it is not the CIFAR-10 binary archive",
+            archive.display()
+        );
+    }
+    cifar::verify_dir(&unpacked)
+        .with_context(|| format!("archive `{}` holds a bad file", archive.display()))?;
+    std::fs::rename(&unpacked, &folder).with_context(|| {
+        format!(
+            "failed to move `{}` to `{}`",
+            unpacked.display(),
+            folder.display()
+        )
+    })?;
+    Ok(folder)
+}
+
+/// `path` as a plain relative path (only normal components), or `None` if it could escape.
+fn contained(path: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(s) => out.push(s),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+/// Unpacks the regular files and folders of a `.tar.gz` into `into`, refusing hostile entries.
+fn unpack(archive: &Path, into: &Path) -> Result<()> {
+    use tar::EntryType;
+    let file = File::open(archive)
+        .with_context(|| format!("failed to read archive `{}`", archive.display()))?;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(BufReader::new(file)));
+    let unreadable = || format!("archive `{}` is not a readable .tar.gz", archive.display());
+    for entry in tar.entries().with_context(unreadable)? {
+        let mut entry = entry.with_context(unreadable)?;
+        let name = entry.path().with_context(unreadable)?.into_owned();
+        let kind = entry.header().entry_type();
+        if matches!(kind, EntryType::XGlobalHeader | EntryType::XHeader) {
+            continue;
+        }
+        let rel = contained(&name).ok_or_else(|| {
+            anyhow!("archive `{}` has a hostile entry `{}` (absolute or `..` path); refusing to extract", archive.display(), name.display())
+        })?;
+        let dest = into.join(&rel);
+        match kind {
+            EntryType::Directory => {
+                std::fs::create_dir_all(&dest)
+                    .with_context(|| format!("failed to create folder `{}`", dest.display()))?;
+            }
+            EntryType::Regular | EntryType::Continuous if !rel.as_os_str().is_empty() => {
+                if let Some(dir) = dest.parent() {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("failed to create folder `{}`", dir.display()))?;
+                }
+                let mut out = File::create(&dest)
+                    .with_context(|| format!("failed to create `{}`", dest.display()))?;
+                std::io::copy(&mut entry, &mut out).with_context(|| {
+                    format!(
+                        "failed to extract `{}` from `{}`",
+                        name.display(),
+                        archive.display()
+                    )
+                })?;
+            }
+            EntryType::Symlink | EntryType::Link => bail!(
+                "archive `{}` has a link entry `{}`; refusing to extract",
+                archive.display(),
+                name.display()
+            ),
+            other => bail!(
+                "archive `{}` has an entry `{}` of unsupported type {other:?}; refusing to extract",
+                archive.display(),
+                name.display()
+            ),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::common::testing::shared_cifar_dir;
+
+    /// Writes a `.tar.gz` whose entries are (path, contents) or, for `None`, a symlink.
+    fn tar_gz(path: &Path, entries: &[(&str, Option<&[u8]>)]) {
+        let gz =
+            flate2::write::GzEncoder::new(File::create(path).unwrap(), flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        for (name, contents) in entries {
+            let mut h = tar::Header::new_gnu();
+            match contents {
+                Some(bytes) => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(bytes.len() as u64);
+                }
+                None => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_size(0);
+                    h.set_link_name("/etc/passwd").unwrap();
+                }
+            }
+            h.set_mode(0o644);
+            // `set_path` refuses `..`, so write the raw name as a hostile archive would.
+            let raw = &mut h.as_old_mut().name;
+            raw[..name.len()].copy_from_slice(name.as_bytes());
+            h.set_cksum();
+            tar.append(&h, contents.unwrap_or(&[])).unwrap();
+        }
+        tar.into_inner().unwrap().finish().unwrap();
+    }
+
+    #[test]
+    fn hostile_tar_paths_are_refused() {
+        for (name, link, what) in [
+            ("../evil", false, "hostile entry `../evil`"),
+            ("cifar-10-batches-bin/../../evil", false, "hostile entry"),
+            ("/tmp/evil", false, "hostile entry `/tmp/evil`"),
+            ("cifar-10-batches-bin/link", true, "link entry"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let sub = dir.path().join("in");
+            std::fs::create_dir(&sub).unwrap();
+            let archive = sub.join(ARCHIVE_NAME);
+            tar_gz(
+                &archive,
+                &[
+                    ("cifar-10-batches-bin/readme.txt", Some(b"ok")),
+                    (name, if link { None } else { Some(b"evil") }),
+                ],
+            );
+            let err = format!("{:#}", extract(&archive).unwrap_err());
+            assert!(
+                err.contains(what) && err.contains(ARCHIVE_NAME),
+                "{name}: {err}"
+            );
+            assert!(!dir.path().join("evil").exists() && !sub.join(FOLDER_NAME).exists());
+            let left: Vec<_> = std::fs::read_dir(&sub)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(
+                left,
+                vec![std::ffi::OsString::from(ARCHIVE_NAME)],
+                "temporary folder left behind"
+            );
+        }
+    }
+
+    #[test]
+    fn archive_round_trip_extracts_and_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join(ARCHIVE_NAME);
+        let gz = flate2::write::GzEncoder::new(
+            File::create(&archive).unwrap(),
+            flate2::Compression::fast(),
+        );
+        let mut tar = tar::Builder::new(gz);
+        tar.append_dir_all(FOLDER_NAME, shared_cifar_dir()).unwrap();
+        tar.into_inner().unwrap().finish().unwrap();
+
+        assert_eq!(
+            find(dir.path(), None).unwrap(),
+            Some(Source::Archive(archive.clone()))
+        );
+        assert_eq!(
+            find(&archive, None).unwrap(),
+            Some(Source::Archive(archive.clone()))
+        );
+        let folder = extract(&archive).unwrap();
+        assert_eq!(folder, dir.path().join(FOLDER_NAME));
+        cifar::verify_dir(&folder).unwrap();
+        // Once extracted, the folder is found first and the archive is not read again.
+        assert_eq!(
+            find(dir.path(), None).unwrap(),
+            Some(Source::Folder(folder.clone()))
+        );
+        assert_eq!(extract(&archive).unwrap(), folder);
+    }
+
+    #[test]
+    fn archive_with_a_bad_file_is_not_extracted() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join(ARCHIVE_NAME);
+        tar_gz(
+            &archive,
+            &[("cifar-10-batches-bin/data_batch_1.bin", Some(b"short"))],
+        );
+        let err = format!("{:#}", extract(&archive).unwrap_err());
+        assert!(
+            err.contains("data_batch_1.bin") && err.contains("5 bytes"),
+            "{err}"
+        );
+        assert!(!dir.path().join(FOLDER_NAME).exists());
+    }
+
+    #[test]
+    fn save_verified_is_atomic() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("x.bin");
+        let good = hex(&Sha256::digest(b"hello"));
+        let err = format!(
+            "{:#}",
+            save_verified(&mut &b"hellO"[..], &dest, &good, "the download").unwrap_err()
+        );
+        assert!(
+            err.contains("the download has sha256") && err.contains("was not written"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "temporary file left behind"
+        );
+        save_verified(&mut &b"hello"[..], &dest, &good, "the download").unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"hello");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn download_refuses_a_wrong_archive_already_there() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(ARCHIVE_NAME), b"not the archive").unwrap();
+        let err = format!("{:#}", download(dir.path()).unwrap_err());
+        assert!(
+            err.contains(ARCHIVE_NAME) && err.contains(ARCHIVE_SHA256) && err.contains("delete it"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn locations_resolve_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        assert_eq!(find(&d.join("nothing"), None).unwrap(), None);
+        assert_eq!(find(d, None).unwrap(), None);
+        let err = format!("{:#}", locate(Some(d), Some(TaskName::Scifar)).unwrap_err());
+        assert!(
+            err.contains("pixelseq data download")
+                && err.contains("--data")
+                && err.contains("given by --data"),
+            "{err}"
+        );
+
+        std::fs::write(d.join("junk.txt"), b"hello").unwrap();
+        let err = format!("{:#}", find(&d.join("junk.txt"), None).unwrap_err());
+        assert!(err.contains("junk.txt") && err.contains("neither"), "{err}");
+
+        std::fs::create_dir(d.join(FOLDER_NAME)).unwrap();
+        assert_eq!(
+            find(d, None).unwrap(),
+            Some(Source::Folder(d.join(FOLDER_NAME)))
+        );
+        std::fs::write(d.join("data_batch_1.bin"), b"").unwrap();
+        assert_eq!(
+            find(d, None).unwrap(),
+            Some(Source::Folder(d.to_path_buf()))
+        );
+        std::fs::write(d.join(prepared_name(TaskName::LraImage)), prepared::MAGIC).unwrap();
+        assert_eq!(
+            find(d, Some(TaskName::LraImage)).unwrap(),
+            Some(Source::Prepared(d.join("pixelseq-lra-image.zst")))
+        );
+        assert_eq!(
+            find(d, Some(TaskName::Scifar)).unwrap(),
+            Some(Source::Folder(d.to_path_buf()))
+        );
+        assert_eq!(
+            find(&d.join("pixelseq-lra-image.zst"), None).unwrap(),
+            Some(Source::Prepared(d.join("pixelseq-lra-image.zst")))
+        );
+    }
+
+    #[test]
+    fn default_dir_is_under_the_cache() {
+        let d = default_dir().unwrap();
+        assert!(d.ends_with("pixelseq/data"), "{}", d.display());
+    }
+}
