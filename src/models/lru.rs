@@ -26,7 +26,8 @@
 //!
 //! Deliberate deviations:
 //! - Dense layers use a normal(0, 1/fan_in) initialisation with zero bias instead of Flax's
-//!   truncated-normal `lecun_normal`; the input encoder is the shared [`InputEncoder`].
+//!   truncated-normal `lecun_normal`; the input encoder is the shared [`InputEncoder`] (PyTorch's
+//!   default uniform ±1/√fan_in).
 //! - BatchNorm uses PyTorch's unbiased running variance (Flax: biased) with momentum 0.01
 //!   (Flax momentum 0.99); LayerNorm uses ε = 1e-5 (Flax: 1e-6).
 //! - 1-D tensors (D, biases, norm gains) skip weight decay (the trainer exempts them);
@@ -114,11 +115,7 @@ impl Default for Config {
 impl Config {
     /// Checks every field before any tensor exists.
     pub fn validate(&self, input: &InputSpec) -> Result<()> {
-        for (key, value) in [
-            ("d_model", self.d_model),
-            ("d_state", self.d_state),
-            ("n_layers", self.n_layers),
-        ] {
+        for (key, value) in [("d_model", self.d_model), ("d_state", self.d_state), ("n_layers", self.n_layers)] {
             if value < 1 {
                 bail!("model.{key} = {value} must be at least 1");
             }
@@ -127,11 +124,7 @@ impl Config {
             bail!("model.r_min = {} must lie in [0, 1)", self.r_min);
         }
         if self.r_max.is_nan() || self.r_max <= self.r_min || self.r_max > 1.0 {
-            bail!(
-                "model.r_max = {} must lie in (model.r_min = {}, 1]",
-                self.r_max,
-                self.r_min
-            );
+            bail!("model.r_max = {} must lie in (model.r_min = {}, 1]", self.r_max, self.r_min);
         }
         if self.max_phase.is_nan() || self.max_phase <= 0.0 || self.max_phase > TAU {
             bail!("model.max_phase = {} must lie in (0, 2π]", self.max_phase);
@@ -139,8 +132,7 @@ impl Config {
         if !(0.0..1.0).contains(&self.dropout) {
             bail!("model.dropout = {} must lie in [0, 1)", self.dropout);
         }
-        if self.parallel == Parallel::Chunked && (self.chunk < 1 || input.seq_len % self.chunk != 0)
-        {
+        if self.parallel == Parallel::Chunked && (self.chunk < 1 || input.seq_len % self.chunk != 0) {
             bail!(
                 "model.chunk = {} must be positive and divide the sequence length {}",
                 self.chunk,
@@ -189,7 +181,7 @@ impl NormLayer {
 
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         match self {
-            NormLayer::Layer(ln) => xs.apply(ln), // (B, L, H)
+            NormLayer::Layer(ln) => xs.apply(ln),                                          // (B, L, H)
             NormLayer::Batch(bn) => xs.transpose(1, 2).apply_t(bn, train).transpose(1, 2), // (B, L, H)
         }
     }
@@ -222,7 +214,7 @@ fn chunked_scan(u: &Tensor, log_lambda: &Tensor, t: i64) -> Tensor {
     let within = lower_powers(t, 1.0, log_lambda); // (T, T, N): λ^{i−j}
     let local = Tensor::einsum("ijn,bcjn->bcin", &[&within, &u], None::<i64>); // (B, C, T, N)
     let ends = local.select(2, t - 1); // (B, C, N): each chunk's final state from its own inputs
-                                       // State entering chunk c: Σ_{j<c} λ^{T(c−1−j)} ends_j, a strictly-lower power matrix.
+                                       // The state entering chunk c is Σ_{j<c} λ^{T(c−1−j)} ends_j: a strictly lower power matrix.
     let across = lower_powers(c, t as f64, log_lambda).narrow(0, 0, c - 1); // (C−1, C, N)
     let across = across.constant_pad_nd([0, 0, 0, 0, 1, 0]); // (C, C, N): row c holds λ^{T(c−1−j)}
     let carry = Tensor::einsum("cjn,bjn->bcn", &[&across, &ends], None::<i64>); // (B, C, N)
@@ -256,10 +248,7 @@ impl LruLayer {
         let (r2_min, r2_max) = (cfg.r_min * cfg.r_min, cfg.r_max * cfg.r_max);
         let radius2 = Tensor::rand([n], opts) * (r2_max - r2_min) + r2_min; // (N): |λ|²
         let nu_log = ssm.var_copy("nu_log", &(radius2.log() * -0.5).log()); // ν = −½ log|λ|²
-        let theta_log = ssm.var_copy(
-            "theta_log",
-            &(Tensor::rand([n], opts) * cfg.max_phase).log(),
-        );
+        let theta_log = ssm.var_copy("theta_log", &(Tensor::rand([n], opts) * cfg.max_phase).log());
         let gamma_log = ssm.var_copy("gamma_log", &((-radius2 + 1.0).sqrt()).log()); // √(1 − |λ|²)
         let b_std = 1.0 / (2.0 * h as f64).sqrt();
         let c_std = 1.0 / (n as f64).sqrt();
@@ -292,15 +281,15 @@ impl LruLayer {
 
     /// y = Re(C h) + D ⊙ x: h (B, L, N) complex, x (B, L, H) → (B, L, H).
     fn readout(&self, h: &Tensor, xs: &Tensor) -> Tensor {
-        h.real().matmul(&self.c_re.tr()) - h.imag().matmul(&self.c_im.tr()) + xs * &self.d
-        // (B, L, H)
+        let y = h.real().matmul(&self.c_re.tr()) - h.imag().matmul(&self.c_im.tr()); // (B, L, H)
+        y + xs * &self.d // (B, L, H)
     }
 
     /// x (B, L, H) float32 → y (B, L, H) float32.
     fn forward(&self, xs: &Tensor) -> Tensor {
         let u = self.state_input(xs); // (B, L, N)
         let h = match self.parallel {
-            Parallel::Fft => fft_scan(&u, &self.log_lambda()), // (B, L, N)
+            Parallel::Fft => fft_scan(&u, &self.log_lambda()),                     // (B, L, N)
             Parallel::Chunked => chunked_scan(&u, &self.log_lambda(), self.chunk), // (B, L, N)
         };
         self.readout(&h, xs) // (B, L, H)
@@ -333,9 +322,7 @@ impl Block {
 
     /// Dropout with one mask per (example, channel), shared over time.
     fn drop(&self, xs: &Tensor, train: bool) -> Tensor {
-        xs.transpose(1, 2)
-            .feature_dropout(self.dropout, train)
-            .transpose(1, 2) // (B, L, H)
+        xs.transpose(1, 2).feature_dropout(self.dropout, train).transpose(1, 2) // (B, L, H)
     }
 
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
@@ -367,17 +354,8 @@ pub struct Lru {
 impl Lru {
     pub fn new(p: &nn::Path, cfg: &Config, input: &InputSpec) -> Lru {
         let h = cfg.d_model;
-        let encoder = InputEncoder::new(
-            &(p / "encoder"),
-            InputMode::Linear,
-            input,
-            h,
-            0,
-            nn::Init::Const(0.0),
-        );
-        let blocks = (0..cfg.n_layers)
-            .map(|i| Block::new(&(p / "blocks" / i), cfg))
-            .collect();
+        let encoder = InputEncoder::new(&(p / "encoder"), InputMode::Linear, input, h, 0, nn::Init::Const(0.0));
+        let blocks = (0..cfg.n_layers).map(|i| Block::new(&(p / "blocks" / i), cfg)).collect();
         Lru {
             encoder,
             blocks,
@@ -425,8 +403,7 @@ mod tests {
 
     /// The `[model]` table of `presets/<name>.toml`.
     fn preset(name: &str) -> Config {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("presets/{name}.toml"));
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("presets/{name}.toml"));
         let table: toml::Table = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         match table["model"].clone().try_into::<ModelConfig>().unwrap() {
             ModelConfig::Lru(cfg) => cfg,
@@ -589,10 +566,7 @@ mod tests {
             (layer.parallel, layer.chunk) = (parallel, chunk);
             let ys = tch::no_grad(|| layer.forward(&xs));
             let diff = (&ys - &expected).abs().max().double_value(&[]);
-            assert!(
-                diff < 1e-4 * scale.max(1.0),
-                "{parallel:?} chunk {chunk}: diff {diff}"
-            );
+            assert!(diff < 1e-4 * scale.max(1.0), "{parallel:?} chunk {chunk}: diff {diff}");
         }
     }
 
@@ -615,10 +589,7 @@ mod tests {
         let min_max = |t: &Tensor| (t.min().double_value(&[]), t.max().double_value(&[]));
         let (lo, hi) = min_max(&modulus);
         assert!(lo >= 0.4 - 1e-6 && hi <= 0.8 + 1e-6, "|λ| in [{lo}, {hi}]");
-        assert!(
-            lo < 0.41 && hi > 0.79,
-            "|λ| does not fill the ring: [{lo}, {hi}]"
-        );
+        assert!(lo < 0.41 && hi > 0.79, "|λ| does not fill the ring: [{lo}, {hi}]");
         let (lo, hi) = min_max(&phase);
         assert!(lo >= 0.0 && hi <= 0.3 + 1e-6, "phase in [{lo}, {hi}]");
         // |λ|² uniform on [r_min², r_max²] (uniform over the ring's area): mean (0.16 + 0.64) / 2.
@@ -636,11 +607,7 @@ mod tests {
             r_min: 0.9,
             ..Default::default()
         };
-        assert!(bad
-            .validate(&RGB)
-            .unwrap_err()
-            .to_string()
-            .contains("model.r_max"));
+        assert!(bad.validate(&RGB).unwrap_err().to_string().contains("model.r_max"));
         let bad = Config {
             parallel: Parallel::Chunked,
             chunk: 48,

@@ -17,11 +17,10 @@
 //! A_n = −½ + iπn (stored as log(−Re A) and Im A), zero-order-hold discretisation, the Vandermonde
 //! kernel K_ℓ = 2·Re Σ_n C_n B̄_n e^{ΔA_n ℓ}, a causal FFT convolution of length 2L plus the D skip,
 //! then GELU, dropout, Linear(H → 2H) + GLU. Blocks are residual with a post- (or pre-) norm;
-//! the encoder is Linear(C → H) on normalised pixels, the head a mean over L and a Linear.
+//! the encoder is Linear(C → H) on normalised pixels, the head a mean over L and a Linear. All
+//! Linear layers use PyTorch's default initialisation ([`torch_linear`]), as the reference does.
 //!
 //! Deliberate deviations:
-//! - Linear layers use PyTorch's default initialisation (uniform ±1/√fan_in), except the input
-//!   encoder, which is the shared [`InputEncoder`].
 //! - Δ is stored as log Δ (`s4d.py`; the full repository's configs default to a softplus
 //!   transform, but the README's S4D runs predate that change and the paper uses log Δ).
 //! - With `prenorm`, a final norm follows the last block (as the full repository's backbone);
@@ -35,10 +34,9 @@
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::f64::consts::PI;
-use tch::nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use tch::{nn, Kind, Tensor};
 
-use super::common::{InputEncoder, InputMode};
+use super::common::{torch_linear, InputEncoder, InputMode};
 use super::{InputSpec, NUM_CLASSES, SSM};
 
 /// Which normalisation a block uses.
@@ -115,10 +113,7 @@ impl Config {
             bail!("model.n_layers = {} must be at least 1", self.n_layers);
         }
         if self.d_state < 2 || self.d_state % 2 != 0 {
-            bail!(
-                "model.d_state = {} must be an even number ≥ 2 (N/2 complex modes)",
-                self.d_state
-            );
+            bail!("model.d_state = {} must be an even number ≥ 2 (N/2 complex modes)", self.d_state);
         }
         if !(0.0..1.0).contains(&self.dropout) {
             bail!("model.dropout = {} must lie in [0, 1)", self.dropout);
@@ -127,11 +122,7 @@ impl Config {
             bail!("model.dt_min = {} must be positive", self.dt_min);
         }
         if self.dt_max.is_nan() || self.dt_max < self.dt_min {
-            bail!(
-                "model.dt_max = {} must be at least model.dt_min = {}",
-                self.dt_max,
-                self.dt_min
-            );
+            bail!("model.dt_max = {} must be at least model.dt_min = {}", self.dt_max, self.dt_min);
         }
         InputEncoder::validate(InputMode::Linear, input, 0)?;
         Ok(())
@@ -141,24 +132,6 @@ impl Config {
     fn modes(&self) -> i64 {
         self.d_state / 2
     }
-}
-
-/// PyTorch's default `nn.Linear` (weights and bias uniform in ±1/√fan_in).
-fn torch_linear(p: nn::Path, d_in: i64, d_out: i64) -> nn::Linear {
-    let ws_init = nn::Init::Kaiming {
-        dist: NormalOrUniform::Uniform,
-        fan: FanInOut::FanIn,
-        non_linearity: NonLinearity::ExplicitGain(1.0 / 3f64.sqrt()),
-    };
-    nn::linear(
-        p,
-        d_in,
-        d_out,
-        nn::LinearConfig {
-            ws_init,
-            ..Default::default()
-        },
-    )
 }
 
 /// Dropout on (B, L, H); `tied` shares one mask over L (Dropout1d). Identity at eval.
@@ -193,7 +166,7 @@ impl NormLayer {
 
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         match self {
-            NormLayer::Layer(ln) => xs.apply(ln), // (B, L, H)
+            NormLayer::Layer(ln) => xs.apply(ln),                                          // (B, L, H)
             NormLayer::Batch(bn) => xs.transpose(1, 2).apply_t(bn, train).transpose(1, 2), // (B, L, H)
         }
     }
@@ -288,8 +261,8 @@ impl Block {
         let k = self.kernel.forward(l); // (K, H, L)
         let k = if self.cfg.bidirectional {
             // Forward kernel on lags 0..L, flipped backward kernel on lags −L..−1 (`fftconv.py`).
-            k.get(0).constant_pad_nd([0, l]) + k.get(1).flip([-1]).constant_pad_nd([l, 0])
-        // (H, 2L)
+            let backward = k.get(1).flip([-1]).constant_pad_nd([l, 0]); // (H, 2L)
+            k.get(0).constant_pad_nd([0, l]) + backward // (H, 2L)
         } else {
             k.get(0) // (H, L)
         };
@@ -307,11 +280,7 @@ impl Block {
             xs.shallow_clone()
         }; // (B, L, H)
         let z = tch::autocast(false, || self.ssm_conv(&z.to_kind(Kind::Float))); // (B, L, H)
-        let z = if self.cfg.conv_dropout {
-            dropout(&z, p, tied, train)
-        } else {
-            z
-        }; // (B, L, H)
+        let z = if self.cfg.conv_dropout { dropout(&z, p, tied, train) } else { z }; // (B, L, H)
         let z = dropout(&z.gelu("none"), p, tied, train); // (B, L, H)
         let z = z.apply(&self.out).glu(-1); // (B, L, H)
         let z = dropout(&z, p, tied, train); // (B, L, H)
@@ -335,20 +304,9 @@ pub struct S4d {
 impl S4d {
     pub fn new(p: &nn::Path, cfg: &Config, input: &InputSpec) -> S4d {
         let h = cfg.d_model;
-        let encoder = InputEncoder::new(
-            &(p / "encoder"),
-            InputMode::Linear,
-            input,
-            h,
-            0,
-            nn::Init::Const(0.0),
-        );
-        let blocks = (0..cfg.n_layers)
-            .map(|i| Block::new(&(p / "blocks" / i), cfg))
-            .collect();
-        let final_norm = cfg
-            .prenorm
-            .then(|| NormLayer::new(p / "final_norm", cfg.norm, h));
+        let encoder = InputEncoder::new(&(p / "encoder"), InputMode::Linear, input, h, 0, nn::Init::Const(0.0));
+        let blocks = (0..cfg.n_layers).map(|i| Block::new(&(p / "blocks" / i), cfg)).collect();
+        let final_norm = cfg.prenorm.then(|| NormLayer::new(p / "final_norm", cfg.norm, h));
         let head = torch_linear(p / "head", h, NUM_CLASSES);
         S4d {
             encoder,
@@ -414,8 +372,7 @@ mod tests {
 
     /// The `[model]` table of `presets/<name>.toml`.
     fn preset(name: &str) -> Config {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("presets/{name}.toml"));
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("presets/{name}.toml"));
         let table: toml::Table = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         match table["model"].clone().try_into::<ModelConfig>().unwrap() {
             ModelConfig::S4d(cfg) => cfg,
@@ -602,11 +559,7 @@ mod tests {
         let backward = tch::no_grad(|| recurrence(&block, &u.flip([1]), 1).flip([1])); // (B, L, H)
         let shifted = backward.narrow(1, 1, 19).constant_pad_nd([0, 0, 0, 1]); // y_t ← backward_{t+1}
         let expected = forward + shifted + &u * &block.d;
-        assert!(
-            max_diff(&conv, &expected) < 1e-4,
-            "diff {}",
-            max_diff(&conv, &expected)
-        );
+        assert!(max_diff(&conv, &expected) < 1e-4, "diff {}", max_diff(&conv, &expected));
     }
 
     /// Changing the inputs after step t leaves every output up to t unchanged.
@@ -614,20 +567,11 @@ mod tests {
     fn unidirectional_block_is_causal() {
         let (_vs, block, u) = block_and_input(&tiny(), 32);
         let t = 11;
-        let later = Tensor::zeros_like(&u).index_fill(
-            1,
-            &Tensor::arange_start(t + 1, 32, (Kind::Int64, Device::Cpu)),
-            5.0,
-        );
+        let later = Tensor::zeros_like(&u).index_fill(1, &Tensor::arange_start(t + 1, 32, (Kind::Int64, Device::Cpu)), 5.0);
         let a = tch::no_grad(|| block.forward_t(&u, false));
         let b = tch::no_grad(|| block.forward_t(&(&u + later), false));
         assert!(max_diff(&a.narrow(1, 0, t + 1), &b.narrow(1, 0, t + 1)) < 1e-5);
-        assert!(
-            max_diff(
-                &a.narrow(1, t + 1, 32 - t - 1),
-                &b.narrow(1, t + 1, 32 - t - 1)
-            ) > 1e-3
-        );
+        assert!(max_diff(&a.narrow(1, t + 1, 32 - t - 1), &b.narrow(1, t + 1, 32 - t - 1)) > 1e-3);
     }
 
     /// FFT length 2L: an impulse at the last step must not wrap around to the first output.
@@ -639,11 +583,7 @@ mod tests {
             ..Default::default()
         };
         let (_vs, block, _) = block_and_input(&cfg, 16);
-        let impulse = Tensor::zeros([1, 16, 3], (Kind::Float, Device::Cpu)).index_fill(
-            1,
-            &Tensor::from_slice(&[15i64]),
-            1.0,
-        );
+        let impulse = Tensor::zeros([1, 16, 3], (Kind::Float, Device::Cpu)).index_fill(1, &Tensor::from_slice(&[15i64]), 1.0);
         let y = tch::no_grad(|| block.ssm_conv(&impulse));
         assert!(y.narrow(1, 0, 15).abs().max().double_value(&[]) < 1e-6);
         assert!(y.select(1, 15).abs().max().double_value(&[]) > 1e-3);
@@ -674,10 +614,6 @@ mod tests {
             dt_max: 1e-4,
             ..Default::default()
         };
-        assert!(bad
-            .validate(&GRAY)
-            .unwrap_err()
-            .to_string()
-            .contains("model.dt_max"));
+        assert!(bad.validate(&GRAY).unwrap_err().to_string().contains("model.dt_max"));
     }
 }
