@@ -17,11 +17,10 @@
 //! A_n = −½ + iπn (stored as log(−Re A) and Im A), zero-order-hold discretisation, the Vandermonde
 //! kernel K_ℓ = 2·Re Σ_n C_n B̄_n e^{ΔA_n ℓ}, a causal FFT convolution of length 2L plus the D skip,
 //! then GELU, dropout, Linear(H → 2H) + GLU. Blocks are residual with a post- (or pre-) norm;
-//! the encoder is Linear(C → H) on normalised pixels, the head a mean over L and a Linear.
+//! the encoder is Linear(C → H) on normalised pixels, the head a mean over L and a Linear. All
+//! Linear layers use PyTorch's default initialisation ([`torch_linear`]), as the reference does.
 //!
 //! Deliberate deviations:
-//! - Linear layers use PyTorch's default initialisation (uniform ±1/√fan_in), except the input
-//!   encoder, which is the shared [`InputEncoder`].
 //! - Δ is stored as log Δ (`s4d.py`; the full repository's configs default to a softplus
 //!   transform, but the README's S4D runs predate that change and the paper uses log Δ).
 //! - With `prenorm`, a final norm follows the last block (as the full repository's backbone);
@@ -35,10 +34,9 @@
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::f64::consts::PI;
-use tch::nn::init::{FanInOut, NonLinearity, NormalOrUniform};
-use tch::{nn, nn::ModuleT, Kind, Tensor};
+use tch::{nn, Kind, Tensor};
 
-use super::common::{InputEncoder, InputMode};
+use super::common::{torch_linear, InputEncoder, InputMode};
 use super::{InputSpec, NUM_CLASSES, SSM};
 
 /// Which normalisation a block uses.
@@ -120,10 +118,10 @@ impl Config {
         if !(0.0..1.0).contains(&self.dropout) {
             bail!("model.dropout = {} must lie in [0, 1)", self.dropout);
         }
-        if !(self.dt_min > 0.0) {
+        if self.dt_min.is_nan() || self.dt_min <= 0.0 {
             bail!("model.dt_min = {} must be positive", self.dt_min);
         }
-        if !(self.dt_max >= self.dt_min) {
+        if self.dt_max.is_nan() || self.dt_max < self.dt_min {
             bail!("model.dt_max = {} must be at least model.dt_min = {}", self.dt_max, self.dt_min);
         }
         InputEncoder::validate(InputMode::Linear, input, 0)?;
@@ -134,16 +132,6 @@ impl Config {
     fn modes(&self) -> i64 {
         self.d_state / 2
     }
-}
-
-/// PyTorch's default `nn.Linear` (weights and bias uniform in ±1/√fan_in).
-fn torch_linear(p: nn::Path, d_in: i64, d_out: i64) -> nn::Linear {
-    let ws_init = nn::Init::Kaiming {
-        dist: NormalOrUniform::Uniform,
-        fan: FanInOut::FanIn,
-        non_linearity: NonLinearity::ExplicitGain(1.0 / 3f64.sqrt()),
-    };
-    nn::linear(p, d_in, d_out, nn::LinearConfig { ws_init, ..Default::default() })
 }
 
 /// Dropout on (B, L, H); `tied` shares one mask over L (Dropout1d). Identity at eval.
@@ -167,7 +155,10 @@ impl NormLayer {
         match norm {
             Norm::Layer => NormLayer::Layer(nn::layer_norm(p, vec![h], Default::default())),
             Norm::Batch => {
-                let cfg = nn::BatchNormConfig { ws_init: nn::Init::Const(1.0), ..Default::default() };
+                let cfg = nn::BatchNormConfig {
+                    ws_init: nn::Init::Const(1.0),
+                    ..Default::default()
+                };
                 NormLayer::Batch(nn::batch_norm1d(p, h, cfg))
             }
         }
@@ -175,7 +166,7 @@ impl NormLayer {
 
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         match self {
-            NormLayer::Layer(ln) => xs.apply(ln),                                       // (B, L, H)
+            NormLayer::Layer(ln) => xs.apply(ln),                                          // (B, L, H)
             NormLayer::Batch(bn) => xs.transpose(1, 2).apply_t(bn, train).transpose(1, 2), // (B, L, H)
         }
     }
@@ -207,7 +198,13 @@ impl Kernel {
         let c_path = if cfg.c_ssm_lr { &ssm } else { p };
         // C ~ complex standard normal: re and im each N(0, ½) (`torch.randn(..., dtype=cfloat)`).
         let c = c_path.randn("c", &[k, h, n, 2], 0.0, 0.5f64.sqrt());
-        Kernel { log_dt, log_a_real, a_imag, b, c }
+        Kernel {
+            log_dt,
+            log_a_real,
+            a_imag,
+            b,
+            c,
+        }
     }
 
     /// The discretised state matrix ΔA and the input-output weights C·B̄ of each mode.
@@ -264,7 +261,8 @@ impl Block {
         let k = self.kernel.forward(l); // (K, H, L)
         let k = if self.cfg.bidirectional {
             // Forward kernel on lags 0..L, flipped backward kernel on lags −L..−1 (`fftconv.py`).
-            k.get(0).constant_pad_nd([0, l]) + k.get(1).flip([-1]).constant_pad_nd([l, 0]) // (H, 2L)
+            let backward = k.get(1).flip([-1]).constant_pad_nd([l, 0]); // (H, 2L)
+            k.get(0).constant_pad_nd([0, l]) + backward // (H, 2L)
         } else {
             k.get(0) // (H, L)
         };
@@ -276,7 +274,11 @@ impl Block {
 
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let (p, tied) = (self.cfg.dropout, self.cfg.tie_dropout);
-        let z = if self.cfg.prenorm { self.norm.forward_t(xs, train) } else { xs.shallow_clone() }; // (B, L, H)
+        let z = if self.cfg.prenorm {
+            self.norm.forward_t(xs, train)
+        } else {
+            xs.shallow_clone()
+        }; // (B, L, H)
         let z = tch::autocast(false, || self.ssm_conv(&z.to_kind(Kind::Float))); // (B, L, H)
         let z = if self.cfg.conv_dropout { dropout(&z, p, tied, train) } else { z }; // (B, L, H)
         let z = dropout(&z.gelu("none"), p, tied, train); // (B, L, H)
@@ -306,7 +308,12 @@ impl S4d {
         let blocks = (0..cfg.n_layers).map(|i| Block::new(&(p / "blocks" / i), cfg)).collect();
         let final_norm = cfg.prenorm.then(|| NormLayer::new(p / "final_norm", cfg.norm, h));
         let head = torch_linear(p / "head", h, NUM_CLASSES);
-        S4d { encoder, blocks, final_norm, head }
+        S4d {
+            encoder,
+            blocks,
+            final_norm,
+            head,
+        }
     }
 }
 
@@ -329,13 +336,24 @@ mod tests {
     use super::super::common::testing::*;
     use super::super::{param_count, ModelConfig};
     use super::*;
-    use tch::Device;
+    use tch::{nn::ModuleT, Device};
 
-    const GRAY: InputSpec = InputSpec { channels: 1, seq_len: 1024 };
-    const RGB: InputSpec = InputSpec { channels: 3, seq_len: 1024 };
+    const GRAY: InputSpec = InputSpec {
+        channels: 1,
+        seq_len: 1024,
+    };
+    const RGB: InputSpec = InputSpec {
+        channels: 3,
+        seq_len: 1024,
+    };
 
     fn tiny() -> Config {
-        Config { d_model: 8, n_layers: 2, d_state: 8, ..Default::default() }
+        Config {
+            d_model: 8,
+            n_layers: 2,
+            d_state: 8,
+            ..Default::default()
+        }
     }
 
     /// The large LRA model's options (preset `s4d-lra`) on a tiny width.
@@ -349,6 +367,16 @@ mod tests {
             conv_dropout: true,
             tie_dropout: false,
             ..tiny()
+        }
+    }
+
+    /// The `[model]` table of `presets/<name>.toml`.
+    fn preset(name: &str) -> Config {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("presets/{name}.toml"));
+        let table: toml::Table = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        match table["model"].clone().try_into::<ModelConfig>().unwrap() {
+            ModelConfig::S4d(cfg) => cfg,
+            other => panic!("preset {name} holds model {}", other.name()),
         }
     }
 
@@ -375,7 +403,9 @@ mod tests {
     /// 256 + 4 · 49,920 + 1,290 = 201,226 (`example.py`'s model, "~200K parameters").
     #[test]
     fn preset_s4d_small_parameter_count() {
-        assert_eq!(count(&Config::default(), &GRAY), 201_226);
+        let cfg = preset("s4d-small");
+        assert_eq!(cfg, Config::default());
+        assert_eq!(count(&cfg, &GRAY), 201_226);
     }
 
     /// Preset `s4d-lra` (6 × 512, N = 64, bidirectional, trained B, BatchNorm prenorm). Per block:
@@ -385,25 +415,16 @@ mod tests {
     /// "3.96M" of `configs/experiment/mega/lra-image/README.md` (large S4D).
     #[test]
     fn preset_s4d_lra_parameter_count() {
-        let cfg = Config {
-            d_model: 512,
-            n_layers: 6,
-            prenorm: true,
-            norm: Norm::Batch,
-            bidirectional: true,
-            train_b: true,
-            c_ssm_lr: true,
-            conv_dropout: true,
-            tie_dropout: false,
-            ..Default::default()
-        };
-        assert_eq!(count(&cfg, &GRAY), 3_957_770);
+        assert_eq!(count(&preset("s4d-lra"), &GRAY), 3_957_770);
     }
 
     #[test]
     fn gradients_reach_every_parameter() {
         assert_gradients_reach_every_parameter(&ModelConfig::S4d(tiny()), &GRAY);
-        let full_with_layer_norm = Config { norm: Norm::Layer, ..tiny_full() };
+        let full_with_layer_norm = Config {
+            norm: Norm::Layer,
+            ..tiny_full()
+        };
         assert_gradients_reach_every_parameter(&ModelConfig::S4d(full_with_layer_norm), &RGB);
     }
 
@@ -414,7 +435,9 @@ mod tests {
         tch::manual_seed(0);
         let vs = nn::VarStore::new(Device::Cpu);
         let model = S4d::new(&vs.root(), &tiny_full(), &RGB);
-        let loss = model.forward_t(&random_pixels(4, &RGB), true).cross_entropy_for_logits(&Tensor::from_slice(&[0i64, 1, 2, 3]));
+        let loss = model
+            .forward_t(&random_pixels(4, &RGB), true)
+            .cross_entropy_for_logits(&Tensor::from_slice(&[0i64, 1, 2, 3]));
         loss.backward();
         for t in vs.trainable_variables() {
             assert!(t.grad().defined() && t.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
@@ -429,7 +452,12 @@ mod tests {
 
     #[test]
     fn loss_falls_on_real_images() {
-        let cfg = Config { d_model: 16, n_layers: 2, dropout: 0.0, ..Default::default() };
+        let cfg = Config {
+            d_model: 16,
+            n_layers: 2,
+            dropout: 0.0,
+            ..Default::default()
+        };
         assert_loss_falls(&ModelConfig::S4d(cfg), &GRAY, 16, 10, 0.01, 0.8);
     }
 
@@ -440,7 +468,11 @@ mod tests {
         let vars = vs.variables_.lock().unwrap();
         let group = |name: &str| {
             let t = &vars.named_variables[name];
-            vars.trainable_variables.iter().find(|v| v.tensor.data_ptr() == t.data_ptr()).unwrap().group
+            vars.trainable_variables
+                .iter()
+                .find(|v| v.tensor.data_ptr() == t.data_ptr())
+                .unwrap()
+                .group
         };
         for name in ["log_dt", "log_a_real", "a_imag", "b", "c"] {
             assert_eq!(group(&format!("blocks.0.kernel.{name}")), SSM, "{name}");
@@ -494,19 +526,33 @@ mod tests {
 
     #[test]
     fn fft_convolution_equals_the_recurrence() {
-        let cfg = Config { d_model: 3, d_state: 8, train_b: true, ..Default::default() };
+        let cfg = Config {
+            d_model: 3,
+            d_state: 8,
+            train_b: true,
+            ..Default::default()
+        };
         let (_vs, block, u) = block_and_input(&cfg, 24);
         let conv = tch::no_grad(|| block.ssm_conv(&u));
         let expected = tch::no_grad(|| recurrence(&block, &u, 0) + &u * &block.d);
         let scale = expected.abs().max().double_value(&[]);
-        assert!(max_diff(&conv, &expected) < 1e-4 * scale.max(1.0), "diff {}", max_diff(&conv, &expected));
+        assert!(
+            max_diff(&conv, &expected) < 1e-4 * scale.max(1.0),
+            "diff {}",
+            max_diff(&conv, &expected)
+        );
     }
 
     /// Bidirectional: forward recurrence, plus the second kernel run backward in time and shifted
     /// by one step (the repository's off-by-one: the backward part starts at lag −1).
     #[test]
     fn bidirectional_convolution_equals_two_recurrences() {
-        let cfg = Config { d_model: 3, d_state: 8, bidirectional: true, ..Default::default() };
+        let cfg = Config {
+            d_model: 3,
+            d_state: 8,
+            bidirectional: true,
+            ..Default::default()
+        };
         let (_vs, block, u) = block_and_input(&cfg, 20);
         let conv = tch::no_grad(|| block.ssm_conv(&u));
         let forward = tch::no_grad(|| recurrence(&block, &u, 0));
@@ -531,7 +577,11 @@ mod tests {
     /// FFT length 2L: an impulse at the last step must not wrap around to the first output.
     #[test]
     fn last_input_does_not_reach_first_output() {
-        let cfg = Config { d_model: 3, d_state: 8, ..Default::default() };
+        let cfg = Config {
+            d_model: 3,
+            d_state: 8,
+            ..Default::default()
+        };
         let (_vs, block, _) = block_and_input(&cfg, 16);
         let impulse = Tensor::zeros([1, 16, 3], (Kind::Float, Device::Cpu)).index_fill(1, &Tensor::from_slice(&[15i64]), 1.0);
         let y = tch::no_grad(|| block.ssm_conv(&impulse));
@@ -541,7 +591,10 @@ mod tests {
 
     #[test]
     fn bidirectional_block_sees_later_steps() {
-        let cfg = Config { bidirectional: true, ..tiny() };
+        let cfg = Config {
+            bidirectional: true,
+            ..tiny()
+        };
         let (_vs, block, u) = block_and_input(&cfg, 32);
         let last = Tensor::zeros_like(&u).index_fill(1, &Tensor::from_slice(&[31i64]), 5.0);
         let a = tch::no_grad(|| block.forward_t(&u, false));
@@ -551,10 +604,16 @@ mod tests {
 
     #[test]
     fn validate_names_the_bad_key() {
-        let bad = Config { d_state: 7, ..Default::default() };
+        let bad = Config {
+            d_state: 7,
+            ..Default::default()
+        };
         let err = bad.validate(&GRAY).unwrap_err().to_string();
         assert!(err.contains("model.d_state") && err.contains('7'), "{err}");
-        let bad = Config { dt_max: 1e-4, ..Default::default() };
+        let bad = Config {
+            dt_max: 1e-4,
+            ..Default::default()
+        };
         assert!(bad.validate(&GRAY).unwrap_err().to_string().contains("model.dt_max"));
     }
 }
