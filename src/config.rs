@@ -289,7 +289,13 @@ impl RunConfig {
                 Err(anyhow!("key `{key}` = {v}: must be > 0"))
             }
         };
-        let non_negative = |v: f64, key: &str| if v >= 0.0 { Ok(()) } else { Err(anyhow!("key `{key}` = {v}: must be >= 0 (0 = off)")) };
+        let non_negative = |v: f64, key: &str| {
+            if v >= 0.0 {
+                Ok(())
+            } else {
+                Err(anyhow!("key `{key}` = {v}: must be >= 0 (0 = off)"))
+            }
+        };
         let unit = |v: f64, key: &str| {
             if (0.0..1.0).contains(&v) {
                 Ok(())

@@ -13,7 +13,10 @@ fn assert_one_line_error(args: &[&str], needle: &str) {
     assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
     let err = err.trim();
     assert_eq!(err.lines().count(), 1, "{args:?}: not one line: {err}");
-    assert!(err.starts_with("error: ") && err.contains(needle), "{args:?}: `{err}` lacks `{needle}`");
+    assert!(
+        err.starts_with("error: ") && err.contains(needle),
+        "{args:?}: `{err}` lacks `{needle}`"
+    );
 }
 
 #[test]
@@ -39,7 +42,11 @@ fn config_errors_name_the_key() {
 fn config_file_errors_name_file_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("bad.toml");
-    std::fs::write(&f, "[task]\nname = \"lra-image\"\n[model]\nname = \"transformer\"\n[train]\nbatch_size = \"big\"\n").unwrap();
+    std::fs::write(
+        &f,
+        "[task]\nname = \"lra-image\"\n[model]\nname = \"transformer\"\n[train]\nbatch_size = \"big\"\n",
+    )
+    .unwrap();
     assert_one_line_error(&["train", "--config", f.to_str().unwrap()], "train.batch_size");
     std::fs::write(&f, "[task\nname = 1").unwrap();
     assert_one_line_error(&["train", "--config", f.to_str().unwrap()], "bad.toml");
@@ -48,7 +55,15 @@ fn config_file_errors_name_file_and_key() {
 #[test]
 fn missing_data_says_how_to_get_it() {
     let dir = tempfile::tempdir().unwrap();
-    let (code, err) = pixelseq(&["train", "--preset", "transformer-lra", "--device", "cpu", "--data", dir.path().to_str().unwrap()]);
+    let (code, err) = pixelseq(&[
+        "train",
+        "--preset",
+        "transformer-lra",
+        "--device",
+        "cpu",
+        "--data",
+        dir.path().to_str().unwrap(),
+    ]);
     assert_eq!(code, 2);
     assert!(!err.contains("panicked") && err.contains("error: "), "{err}");
     assert!(err.contains(dir.path().to_str().unwrap()), "{err}");
@@ -59,8 +74,21 @@ fn every_preset_loads_and_builds() {
     let out = Command::new(env!("CARGO_BIN_EXE_pixelseq")).arg("presets").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    for name in ["transformer-lra", "transformer-small", "nystromformer-lra", "fnet-lra", "pit-small", "s4d-small", "lru-small", "trellisnet-scifar", "lipschitz-scifar"] {
+    for name in [
+        "transformer-lra",
+        "transformer-small",
+        "nystromformer-lra",
+        "fnet-lra",
+        "pit-small",
+        "s4d-small",
+        "lru-small",
+        "trellisnet-scifar",
+        "lipschitz-scifar",
+    ] {
         assert!(text.contains(name), "`pixelseq presets` lacks {name}:\n{text}");
     }
-    assert!(text.contains("174986"), "transformer-small has the reference's 174,986 parameters:\n{text}");
+    assert!(
+        text.contains("174986"),
+        "transformer-small has the reference's 174,986 parameters:\n{text}"
+    );
 }

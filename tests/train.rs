@@ -18,32 +18,30 @@ fn shared_data() -> PathBuf {
 }
 
 fn head(split: &Split, n: i64) -> Split {
-    Split { images: split.images.narrow(0, 0, n), labels: split.labels.narrow(0, 0, n) }
+    Split {
+        images: split.images.narrow(0, 0, n),
+        labels: split.labels.narrow(0, 0, n),
+    }
 }
 
-const SMALL_TRANSFORMER: &str = r#"
+const SMALL_S4D: &str = r#"
 [task]
 name = "lra-image"
 
 [model]
-name = "transformer"
-d_model = 32
-n_layers = 1
-n_heads = 4
-qkv_dim = 32
-mlp_dim = 64
-dropout = 0.1
-attn_dropout = 0.0
-pool = "mean"
-mask_black_pixels = false
+name = "s4d"
+d_model = 64
+n_layers = 2
+dropout = 0.0
 
 [optim]
-lr = 3e-3
+lr = 0.01
 weight_decay = 0.01
+ssm_lr = 0.001
 
 [schedule]
 kind = "cosine"
-warmup_steps = 20
+warmup_steps = 10
 
 [train]
 batch_size = 50
@@ -53,15 +51,34 @@ seed = 0
 
 /// 2,000 real training images; the score is on 1,000 held-out test images (chance: 10%).
 #[test]
-fn a_small_transformer_learns_real_images() {
+fn a_small_s4d_learns_real_images() {
     let full = data::load(Some(&shared_data()), TaskName::LraImage).unwrap();
-    let ds = Dataset { train: head(&full.train, 2000), val: head(&full.val, 1000), test: head(&full.test, 1000) };
-    let cfg = RunConfig::from_toml_str(SMALL_TRANSFORMER, "test config").unwrap();
+    let ds = Dataset {
+        train: head(&full.train, 2000),
+        val: head(&full.val, 1000),
+        test: head(&full.test, 1000),
+    };
+    let cfg = RunConfig::from_toml_str(SMALL_S4D, "test config").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let opts = train::Options { device: Device::Cpu, dir: dir.path().join("run"), resume: false, preset: None };
+    let opts = train::Options {
+        device: Device::Cpu,
+        dir: dir.path().join("run"),
+        resume: false,
+        preset: None,
+    };
     let record = train::run(&cfg, &ds, &opts).unwrap();
-    assert!(record.test_acc > 0.25, "test accuracy {:.3} is not clearly above chance", record.test_acc);
-    for f in ["config.toml", "metrics.jsonl", "result.json", "checkpoints/best/model.safetensors", "checkpoints/last/optim.safetensors"] {
+    assert!(
+        record.test_acc > 0.25,
+        "test accuracy {:.3} is not clearly above chance",
+        record.test_acc
+    );
+    for f in [
+        "config.toml",
+        "metrics.jsonl",
+        "result.json",
+        "checkpoints/best/model.safetensors",
+        "checkpoints/last/optim.safetensors",
+    ] {
         assert!(dir.path().join("run").join(f).is_file(), "{f} missing");
     }
     let lines = std::fs::read_to_string(dir.path().join("run/metrics.jsonl")).unwrap();
@@ -71,20 +88,19 @@ fn a_small_transformer_learns_real_images() {
 const TINY: &str = r#"
 [task]
 name = "lra-image"
+crop = true
+flip = true
 
 [model]
-name = "transformer"
-d_model = 16
+name = "s4d"
+d_model = 8
 n_layers = 1
-n_heads = 2
-qkv_dim = 16
-mlp_dim = 16
 dropout = 0.2
-attn_dropout = 0.1
 
 [optim]
-lr = 1e-3
+lr = 1e-2
 weight_decay = 0.05
+ssm_lr = 1e-3
 
 [schedule]
 kind = "cosine"
@@ -101,7 +117,12 @@ seed = 3
 
 fn train_cmd(config: &Path, out: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_pixelseq"));
-    c.args(["train", "--device", "cpu", "--threads", "1", "--data"]).arg(shared_data()).arg("--config").arg(config).arg("--out").arg(out);
+    c.args(["train", "--device", "cpu", "--threads", "1", "--data"])
+        .arg(shared_data())
+        .arg("--config")
+        .arg(config)
+        .arg("--out")
+        .arg(out);
     c.stdout(Stdio::null()).stderr(Stdio::null());
     c
 }
@@ -134,7 +155,12 @@ fn resume_after_kill_is_exact() {
     assert!(!cut.join("result.json").exists());
 
     let mut resume = Command::new(env!("CARGO_BIN_EXE_pixelseq"));
-    resume.args(["train", "--device", "cpu", "--threads", "1", "--data"]).arg(shared_data()).arg("--resume").arg(&cut).stdout(Stdio::null());
+    resume
+        .args(["train", "--device", "cpu", "--threads", "1", "--data"])
+        .arg(shared_data())
+        .arg("--resume")
+        .arg(&cut)
+        .stdout(Stdio::null());
     assert!(resume.status().unwrap().success());
 
     let (a, b) = (weights(&whole), weights(&cut));
@@ -144,6 +170,13 @@ fn resume_after_kill_is_exact() {
         assert!(ta.equal(tb), "{na} differs after resume");
     }
     let metrics = std::fs::read_to_string(cut.join("metrics.jsonl")).unwrap();
-    let steps: Vec<u64> = metrics.lines().map(|l| serde_json::from_str::<train::run::Metrics>(l).unwrap().step).collect();
-    assert_eq!(steps, [5, 10, 15, 20, 25, 30, 35, 40], "one metrics line per evaluation, none repeated");
+    let steps: Vec<u64> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<train::run::Metrics>(l).unwrap().step)
+        .collect();
+    assert_eq!(
+        steps,
+        [5, 10, 15, 20, 25, 30, 35, 40],
+        "one metrics line per evaluation, none repeated"
+    );
 }

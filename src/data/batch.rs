@@ -48,9 +48,7 @@ fn crop_at(images: &Tensor, pad: i64, oy: &Tensor, ox: &Tensor) -> Tensor {
     let dev = images.device();
     let rows = oy.view([b, 1]) + Tensor::arange(h, (Kind::Int64, dev)).view([1, h]); // (B, H)
     let cols = ox.view([b, 1]) + Tensor::arange(w, (Kind::Int64, dev)).view([1, w]); // (B, W)
-    let rows = rows
-        .view([b, 1, h, 1])
-        .expand([b, c, h, w + 2 * pad], false); // (B, C, H, W+2p)
+    let rows = rows.view([b, 1, h, 1]).expand([b, c, h, w + 2 * pad], false); // (B, C, H, W+2p)
     let cols = cols.view([b, 1, 1, w]).expand([b, c, h, w], false); // (B, C, H, W)
     padded.gather(2, &rows, false).gather(3, &cols, false) // (B, C, H, W)
 }
@@ -102,12 +100,7 @@ mod tests {
     use super::*;
 
     fn task(name: TaskName, permute: Option<u64>, crop: bool, flip: bool) -> TaskConfig {
-        TaskConfig {
-            name,
-            permute,
-            crop,
-            flip,
-        }
+        TaskConfig { name, permute, crop, flip }
     }
 
     fn random_images(b: i64, c: i64) -> Tensor {
@@ -140,19 +133,9 @@ mod tests {
         assert_eq!(xs.size(), [2, 1024, 3]);
         assert_eq!(xs.kind(), Kind::Uint8);
         let px = |b: i64, c: i64, y: i64, x: i64| images.int64_value(&[b, c, y, x]);
-        for (k, y, x) in [
-            (0, 0, 0),
-            (1, 0, 1),
-            (31, 0, 31),
-            (32, 1, 0),
-            (1023, 31, 31),
-        ] {
+        for (k, y, x) in [(0, 0, 0), (1, 0, 1), (31, 0, 31), (32, 1, 0), (1023, 31, 31)] {
             for c in 0..3 {
-                assert_eq!(
-                    xs.int64_value(&[1, k, c]),
-                    px(1, c, y, x),
-                    "step {k} channel {c}"
-                );
+                assert_eq!(xs.int64_value(&[1, k, c]), px(1, c, y, x), "step {k} channel {c}");
             }
         }
     }
@@ -169,18 +152,11 @@ mod tests {
     fn permuted_input_is_the_raster_input_reordered() {
         let images = random_images(2, 3);
         let plain = batch_input(&images, &task(TaskName::Scifar, None, false, false), false);
-        let permuted = batch_input(
-            &images,
-            &task(TaskName::Scifar, Some(7), false, false),
-            false,
-        );
+        let permuted = batch_input(&images, &task(TaskName::Scifar, Some(7), false, false), false);
         let p = permutation(7);
         for k in [0usize, 1, 500, 1023] {
             for c in 0..3 {
-                assert_eq!(
-                    permuted.int64_value(&[0, k as i64, c]),
-                    plain.int64_value(&[0, p[k], c])
-                );
+                assert_eq!(permuted.int64_value(&[0, k as i64, c]), plain.int64_value(&[0, p[k], c]));
             }
         }
     }
@@ -202,36 +178,17 @@ mod tests {
     fn crop_windows_are_shifts_with_zero_fill() {
         let images = random_images(2, 3).clamp_min(1); // no zero pixels, so padding shows
 
-        let at = |oy: i64, ox: i64| {
-            crop_at(
-                &images,
-                4,
-                &Tensor::from_slice(&[oy, oy]),
-                &Tensor::from_slice(&[ox, ox]),
-            )
-        };
+        let at = |oy: i64, ox: i64| crop_at(&images, 4, &Tensor::from_slice(&[oy, oy]), &Tensor::from_slice(&[ox, ox]));
         assert!(at(4, 4).equal(&images), "centre window is the image");
-        assert!(crop_at(
-            &images,
-            0,
-            &Tensor::from_slice(&[0i64, 0]),
-            &Tensor::from_slice(&[0i64, 0])
-        )
-        .equal(&images));
+        assert!(crop_at(&images, 0, &Tensor::from_slice(&[0i64, 0]), &Tensor::from_slice(&[0i64, 0])).equal(&images));
         // Window (0, 0): the image moves 4 down and 4 right, zeros fill the top and left.
         let shifted = at(0, 0);
         assert!(shifted
             .narrow(2, 4, 28)
             .narrow(3, 4, 28)
             .equal(&images.narrow(2, 0, 28).narrow(3, 0, 28)));
-        assert_eq!(
-            shifted.narrow(2, 0, 4).count_nonzero(None).int64_value(&[]),
-            0
-        );
-        assert_eq!(
-            shifted.narrow(3, 0, 4).count_nonzero(None).int64_value(&[]),
-            0
-        );
+        assert_eq!(shifted.narrow(2, 0, 4).count_nonzero(None).int64_value(&[]), 0);
+        assert_eq!(shifted.narrow(3, 0, 4).count_nonzero(None).int64_value(&[]), 0);
         // Window (8, 2): up by 4 and right by 2.
         let shifted = at(8, 2);
         assert!(shifted
@@ -250,24 +207,17 @@ mod tests {
         for i in 0..16 {
             let img = images.get(i).unsqueeze(0);
             let got = out.get(i).unsqueeze(0);
-            let found = (0..9)
-                .flat_map(|oy| (0..9).map(move |ox| (oy, ox)))
-                .find(|&(oy, ox)| {
-                    let o = crop_at(
-                        &img,
-                        4,
-                        &Tensor::from_slice(&[oy]),
-                        &Tensor::from_slice(&[ox]),
-                    );
-                    if o.equal(&got) {
-                        true
-                    } else if o.flip([3]).equal(&got) {
-                        flipped += 1;
-                        true
-                    } else {
-                        false
-                    }
-                });
+            let found = (0..9).flat_map(|oy| (0..9).map(move |ox| (oy, ox))).find(|&(oy, ox)| {
+                let o = crop_at(&img, 4, &Tensor::from_slice(&[oy]), &Tensor::from_slice(&[ox]));
+                if o.equal(&got) {
+                    true
+                } else if o.flip([3]).equal(&got) {
+                    flipped += 1;
+                    true
+                } else {
+                    false
+                }
+            });
             assert!(found.is_some(), "image {i} is not a crop window");
         }
         assert!((1..16).contains(&flipped), "{flipped} of 16 flipped");

@@ -42,10 +42,7 @@ pub const FILES: [(&str, &str); 6] = [
         "data_batch_5.bin",
         "755304fc0b379caeae8c14f0dac912fbc7d6cd469eb67a1029a08a39453a9add",
     ),
-    (
-        "test_batch.bin",
-        "8e2eb146ae340b09e24670f29cabc6326dba54da8789dab6768acf480273f65b",
-    ),
+    ("test_batch.bin", "8e2eb146ae340b09e24670f29cabc6326dba54da8789dab6768acf480273f65b"),
 ];
 
 /// Class names in label order (`batches.meta.txt`).
@@ -95,10 +92,7 @@ impl Images {
                 .zip(pixels.chunks_mut(per_thread * PIXELS))
             {
                 s.spawn(move || {
-                    for (img, out) in src
-                        .chunks_exact(3 * PIXELS)
-                        .zip(dst.chunks_exact_mut(PIXELS))
-                    {
+                    for (img, out) in src.chunks_exact(3 * PIXELS).zip(dst.chunks_exact_mut(PIXELS)) {
                         let (r, rest) = img.split_at(PIXELS);
                         let (g, b) = rest.split_at(PIXELS);
                         for (k, y) in out.iter_mut().enumerate() {
@@ -123,10 +117,7 @@ fn read_verified(path: &Path, sha256: &str) -> Result<Vec<u8>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             bail!("CIFAR-10 file `{}` is missing", path.display())
         }
-        Err(e) => {
-            return Err(e)
-                .with_context(|| format!("failed to read CIFAR-10 file `{}`", path.display()))
-        }
+        Err(e) => return Err(e).with_context(|| format!("failed to read CIFAR-10 file `{}`", path.display())),
     };
     if meta.len() != FILE_BYTES {
         bail!(
@@ -135,13 +126,9 @@ fn read_verified(path: &Path, sha256: &str) -> Result<Vec<u8>> {
             meta.len()
         );
     }
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("failed to read CIFAR-10 file `{}`", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("failed to read CIFAR-10 file `{}`", path.display()))?;
     if bytes.len() as u64 != FILE_BYTES {
-        bail!(
-            "CIFAR-10 file `{}` changed size while being read",
-            path.display()
-        );
+        bail!("CIFAR-10 file `{}` changed size while being read", path.display());
     }
     let got = hex(&Sha256::digest(&bytes));
     if got != sha256 {
@@ -166,10 +153,7 @@ pub fn read_dir(dir: &Path) -> Result<Images> {
             .iter()
             .map(|&(name, sha)| s.spawn(move || read_verified(&dir.join(name), sha)))
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("reader thread panicked"))
-            .collect()
+        handles.into_iter().map(|h| h.join().expect("reader thread panicked")).collect()
     });
     let mut labels = Vec::with_capacity(ALL_IMAGES);
     let mut pixels = Vec::with_capacity(ALL_IMAGES * 3 * PIXELS);
@@ -207,10 +191,7 @@ pub fn facts(images: &Images) -> Vec<Fact> {
         }
         let ok = labels.iter().all(|&l| l < 10) && counts.iter().all(|&c| c == per_class);
         out.push(Fact {
-            what: format!(
-                "{split}: {} images, per class {counts:?} (expected {per_class} each)",
-                labels.len()
-            ),
+            what: format!("{split}: {} images, per class {counts:?} (expected {per_class} each)", labels.len()),
             ok,
         });
     }
@@ -222,33 +203,18 @@ pub fn facts(images: &Images) -> Vec<Fact> {
             .collect::<Vec<_>>()
     };
     for (file, labels, expected) in [
-        (
-            "data_batch_1",
-            train,
-            ["frog", "truck", "truck", "deer", "automobile"],
-        ),
-        (
-            "test_batch",
-            test,
-            ["cat", "ship", "ship", "airplane", "frog"],
-        ),
+        ("data_batch_1", train, ["frog", "truck", "truck", "deer", "automobile"]),
+        ("test_batch", test, ["cat", "ship", "ship", "airplane", "frog"]),
     ] {
         let got = first(labels);
         out.push(Fact {
-            what: format!(
-                "{file} starts {} (expected {})",
-                got.join(", "),
-                expected.join(", ")
-            ),
+            what: format!("{file} starts {} (expected {})", got.join(", "), expected.join(", ")),
             ok: got == expected,
         });
     }
     let means = channel_means(&images.pixels[..TRAIN_IMAGES * 3 * PIXELS]);
     let expected = [125.307, 122.950, 113.865];
-    let ok = means
-        .iter()
-        .zip(expected)
-        .all(|(m, e)| (m - e).abs() <= 0.001);
+    let ok = means.iter().zip(expected).all(|(m, e)| (m - e).abs() <= 0.001);
     out.push(Fact {
         what: format!(
             "training channel means ({:.4}, {:.4}, {:.4}) (expected ({:.3}, {:.3}, {:.3}) within 0.001)",
@@ -297,11 +263,7 @@ pub mod tests {
     fn facts_catch_wrong_labels() {
         let mut images = shared_rgb().clone();
         images.labels[0] = 0;
-        let failed: Vec<_> = facts(&images)
-            .into_iter()
-            .filter(|f| !f.ok)
-            .map(|f| f.what)
-            .collect();
+        let failed: Vec<_> = facts(&images).into_iter().filter(|f| !f.ok).map(|f| f.what).collect();
         assert_eq!(failed.len(), 2, "{failed:?}");
         assert!(failed[0].starts_with("train"));
         assert!(failed[1].starts_with("data_batch_1 starts airplane, truck"));
@@ -335,10 +297,7 @@ pub mod tests {
         bytes[12_345] ^= 1;
         std::fs::write(&path, bytes).unwrap();
         let err = format!("{:#}", read_dir(dir.path()).unwrap_err());
-        assert!(
-            err.contains("data_batch_3.bin") && err.contains("fails its checksum"),
-            "{err}"
-        );
+        assert!(err.contains("data_batch_3.bin") && err.contains("fails its checksum"), "{err}");
         assert!(!err.contains('\n'), "{err}");
     }
 
@@ -350,25 +309,17 @@ pub mod tests {
         f.set_len(FILE_BYTES - 3073).unwrap();
         let err = format!("{:#}", read_dir(dir.path()).unwrap_err());
         assert!(
-            err.contains("test_batch.bin")
-                && err.contains("30726927 bytes")
-                && err.contains("truncated"),
+            err.contains("test_batch.bin") && err.contains("30726927 bytes") && err.contains("truncated"),
             "{err}"
         );
     }
 
     #[test]
     fn missing_file_is_named() {
-        let names: Vec<_> = all_names()
-            .into_iter()
-            .filter(|&n| n != "data_batch_4.bin")
-            .collect();
+        let names: Vec<_> = all_names().into_iter().filter(|&n| n != "data_batch_4.bin").collect();
         let dir = copy_of_shared(&names);
         let err = format!("{:#}", read_dir(dir.path()).unwrap_err());
-        assert!(
-            err.contains("data_batch_4.bin") && err.contains("is missing"),
-            "{err}"
-        );
+        assert!(err.contains("data_batch_4.bin") && err.contains("is missing"), "{err}");
     }
 
     #[test]
@@ -381,11 +332,7 @@ pub mod tests {
         let gray = rgb.to_gray();
         assert_eq!(gray.pixels.len(), PIXELS);
         for k in [0, 1, 500, 1023] {
-            let (r, g, b) = (
-                rgb.pixels[k],
-                rgb.pixels[PIXELS + k],
-                rgb.pixels[2 * PIXELS + k],
-            );
+            let (r, g, b) = (rgb.pixels[k], rgb.pixels[PIXELS + k], rgb.pixels[2 * PIXELS + k]);
             assert_eq!(gray.pixels[k], super::super::gray_pixel(r, g, b));
         }
         assert_eq!(gray.labels, vec![7]);

@@ -73,11 +73,7 @@ pub fn run_cli(args: DataArgs) -> Result<()> {
             };
             prepared::write(&out, task, &images)?;
             let size = std::fs::metadata(&out)?.len();
-            println!(
-                "wrote {} ({size} bytes); use it with --data {}",
-                out.display(),
-                out.display()
-            );
+            println!("wrote {} ({size} bytes); use it with --data {}", out.display(), out.display());
             Ok(())
         }
         DataCommand::Export { task, out } => {
@@ -151,8 +147,7 @@ mod tests {
     /// sha256 of `pixelseq data export --task lra-image`, equal byte for byte to the records that
     /// `tf.image.rgb_to_grayscale` gives (TensorFlow 2.21 CPU, per image in a `tf.data` map as
     /// LRA's input pipeline does): `scripts/tf_gray_reference.py`.
-    const TF_EXPORT_SHA256: &str =
-        "c3b072d784e877a7902111dbb538348ef2974cbe041248ba9acd45b0e638f4d4";
+    const TF_EXPORT_SHA256: &str = "c3b072d784e877a7902111dbb538348ef2974cbe041248ba9acd45b0e638f4d4";
 
     #[test]
     fn export_matches_tensorflow() {
@@ -186,20 +181,12 @@ mod tests {
         ];
         run_cli(Cli::parse_from(args).data).unwrap();
         assert_eq!(std::fs::metadata(&out).unwrap().len(), 60_000 * 1025);
-        run_cli(Cli::parse_from(["pixelseq", "--data", shared.to_str().unwrap(), "verify"]).data)
-            .unwrap();
+        run_cli(Cli::parse_from(["pixelseq", "--data", shared.to_str().unwrap(), "verify"]).data).unwrap();
         let err = format!(
             "{:#}",
-            run_cli(
-                Cli::parse_from(["pixelseq", "verify", "--data", dir.path().to_str().unwrap()])
-                    .data
-            )
-            .unwrap_err()
+            run_cli(Cli::parse_from(["pixelseq", "verify", "--data", dir.path().to_str().unwrap()]).data).unwrap_err()
         );
-        assert!(
-            err.contains("no CIFAR-10 data") && err.contains("pixelseq data download"),
-            "{err}"
-        );
+        assert!(err.contains("no CIFAR-10 data") && err.contains("pixelseq data download"), "{err}");
         let err = Cli::try_parse_from(["pixelseq", "prepare", "--task", "cifar"])
             .unwrap_err()
             .to_string();

@@ -51,8 +51,7 @@ mod tests {
 
     /// sha256 of the 16,777,216 grayscale values of every colour (r, g, b) in order r-major, as
     /// `tf.image.rgb_to_grayscale` (TensorFlow 2.21 CPU) computes them: `scripts/tf_gray_reference.py`.
-    const TF_ALL_COLOURS_SHA256: &str =
-        "824a76d81dad2c5a2cf1fa0b2c0a5afe7d871ec2970e4fa2809b53ddbecdca93";
+    const TF_ALL_COLOURS_SHA256: &str = "824a76d81dad2c5a2cf1fa0b2c0a5afe7d871ec2970e4fa2809b53ddbecdca93";
 
     #[test]
     fn every_colour_matches_tensorflow() {
@@ -62,9 +61,6 @@ mod tests {
                 table.extend((0..=255u8).map(|b| gray_pixel(r, g, b)));
             }
         }
-        assert_eq!(
-            crate::data::cifar::hex(&Sha256::digest(&table)),
-            TF_ALL_COLOURS_SHA256
-        );
+        assert_eq!(crate::data::cifar::hex(&Sha256::digest(&table)), TF_ALL_COLOURS_SHA256);
     }
 }

@@ -185,11 +185,7 @@ impl Dataset {
 
     /// Splits 60,000 images (training images in official order, then test) as LRA does.
     pub fn from_images(images: &Images) -> Dataset {
-        assert_eq!(
-            images.labels.len(),
-            ALL_IMAGES,
-            "a dataset needs all 60,000 images"
-        );
+        assert_eq!(images.labels.len(), ALL_IMAGES, "a dataset needs all 60,000 images");
         let c = images.channels as i64;
         let all = Tensor::from_slice(&images.pixels).view([ALL_IMAGES as i64, c, 32, 32]); // (N, C, 32, 32)
         let labels = Tensor::from_slice(&images.labels).to_kind(Kind::Int64); // (N)
@@ -233,10 +229,7 @@ mod tests {
     #[test]
     fn splits_follow_lra() {
         let ds = load(Some(&shared_cifar_dir()), TaskName::Scifar).unwrap();
-        assert_eq!(
-            (ds.train.len(), ds.val.len(), ds.test.len()),
-            (45_000, 5_000, 10_000)
-        );
+        assert_eq!((ds.train.len(), ds.val.len(), ds.test.len()), (45_000, 5_000, 10_000));
         assert_eq!(ds.train.images.size(), [45_000, 3, 32, 32]);
         assert_eq!(ds.train.images.kind(), Kind::Uint8);
         assert_eq!(ds.test.labels.kind(), Kind::Int64);
@@ -245,10 +238,7 @@ mod tests {
         assert_eq!(first(&ds.test), [3, 8, 8, 0, 6]); // cat, ship, ship, airplane, frog
                                                       // val starts at record 5,000 of data_batch_5.
         let raw = &cifar::tests::shared_rgb();
-        assert_eq!(
-            ds.val.labels.int64_value(&[0]),
-            i64::from(raw.labels[45_000])
-        );
+        assert_eq!(ds.val.labels.int64_value(&[0]), i64::from(raw.labels[45_000]));
         assert_eq!(
             ds.val.images.get(0).view([-1]),
             Tensor::from_slice(&raw.pixels[45_000 * 3072..45_001 * 3072])
@@ -265,22 +255,14 @@ mod tests {
         assert_eq!(ds.train.images.size(), [45_000, 1, 32, 32]);
         let raw = &cifar::tests::shared_rgb().pixels;
         let (r, g, b) = (raw[7], raw[1024 + 7], raw[2048 + 7]);
-        assert_eq!(
-            ds.train.images.int64_value(&[0, 0, 0, 7]),
-            i64::from(gray_pixel(r, g, b))
-        );
+        assert_eq!(ds.train.images.int64_value(&[0, 0, 0, 7]), i64::from(gray_pixel(r, g, b)));
     }
 
     #[test]
     fn prepared_cache_loads_like_the_files() {
         let dir = tempfile::tempdir().unwrap();
         let rgb = cifar::tests::shared_rgb();
-        prepared::write(
-            &dir.path().join(source::prepared_name(TaskName::Scifar)),
-            TaskName::Scifar,
-            rgb,
-        )
-        .unwrap();
+        prepared::write(&dir.path().join(source::prepared_name(TaskName::Scifar)), TaskName::Scifar, rgb).unwrap();
         // Found in the folder as well as named directly.
         let from_dir = load(Some(dir.path()), TaskName::Scifar).unwrap();
         let from_files = Dataset::from_images(rgb);
@@ -291,10 +273,7 @@ mod tests {
         ] {
             assert!(a.images.equal(&b.images) && a.labels.equal(&b.labels));
         }
-        let err = format!(
-            "{:#}",
-            load(Some(dir.path()), TaskName::LraImage).unwrap_err()
-        );
+        let err = format!("{:#}", load(Some(dir.path()), TaskName::LraImage).unwrap_err());
         assert!(err.contains("no CIFAR-10 data"), "{err}");
     }
 
@@ -317,14 +296,10 @@ mod tests {
                 seq_len: 1024
             }
         );
-        let t: TaskConfig =
-            serde_json::from_str(r#"{"name": "scifar", "permute": 3, "crop": true, "flip": true}"#)
-                .unwrap();
+        let t: TaskConfig = serde_json::from_str(r#"{"name": "scifar", "permute": 3, "crop": true, "flip": true}"#).unwrap();
         assert_eq!(t.input_spec().channels, 3);
         assert_eq!(t.permute, Some(3));
-        assert!(
-            serde_json::from_str::<TaskConfig>(r#"{"name": "scifar", "crop_pad": 4}"#).is_err()
-        );
+        assert!(serde_json::from_str::<TaskConfig>(r#"{"name": "scifar", "crop_pad": 4}"#).is_err());
         assert!(serde_json::from_str::<TaskConfig>(r#"{"name": "cifar"}"#).is_err());
     }
 }

@@ -42,9 +42,7 @@ type Plane = [u8; PIXELS];
 
 /// A row of a plane.
 fn row(plane: &Plane, y: usize) -> &[u8; SIDE] {
-    plane[y * SIDE..(y + 1) * SIDE]
-        .try_into()
-        .expect("32 bytes")
+    plane[y * SIDE..(y + 1) * SIDE].try_into().expect("32 bytes")
 }
 
 /// Residuals of a plane: each pixel minus its prediction (mod 256), the prediction being [`med`]
@@ -86,14 +84,8 @@ fn unfilter_plane(plane: &mut Plane) {
 /// Pixel planes → residuals, plane by plane.
 fn filter(pixels: &[u8]) -> Vec<u8> {
     let mut out = vec![0u8; pixels.len()];
-    for (src, dst) in pixels
-        .chunks_exact(PIXELS)
-        .zip(out.chunks_exact_mut(PIXELS))
-    {
-        filter_plane(
-            src.try_into().expect("one plane"),
-            dst.try_into().expect("one plane"),
-        );
+    for (src, dst) in pixels.chunks_exact(PIXELS).zip(out.chunks_exact_mut(PIXELS)) {
+        filter_plane(src.try_into().expect("one plane"), dst.try_into().expect("one plane"));
     }
     out
 }
@@ -115,16 +107,8 @@ fn unfilter(data: &mut [u8]) {
 
 /// Writes the cache of `task` (atomically) from its images: grayscale for lra-image, RGB for scifar.
 pub fn write(path: &Path, task: TaskName, images: &Images) -> Result<()> {
-    assert_eq!(
-        images.channels as i64,
-        task.channels(),
-        "images do not match the task"
-    );
-    assert_eq!(
-        images.labels.len(),
-        TRAIN_IMAGES + TEST_IMAGES,
-        "a cache holds all 60,000 images"
-    );
+    assert_eq!(images.channels as i64, task.channels(), "images do not match the task");
+    assert_eq!(images.labels.len(), TRAIN_IMAGES + TEST_IMAGES, "a cache holds all 60,000 images");
     let mut hasher = Sha256::new();
     hasher.update(&images.labels);
     hasher.update(&images.pixels);
@@ -150,8 +134,7 @@ pub fn write(path: &Path, task: TaskName, images: &Images) -> Result<()> {
 
 /// Reads the cache at `path`, checking that it holds `task` and that its contents are intact.
 pub fn read(path: &Path, task: TaskName) -> Result<Images> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("failed to read prepared cache `{}`", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("failed to read prepared cache `{}`", path.display()))?;
     let p = path.display();
     if bytes.len() < HEADER_BYTES || &bytes[..8] != MAGIC {
         bail!("`{p}` is not a pixelseq prepared cache (bad header)");
@@ -167,11 +150,7 @@ pub fn read(path: &Path, task: TaskName) -> Result<Images> {
         t => bail!("`{p}` is corrupt: unknown task byte {t}"),
     };
     if stored != task {
-        bail!(
-            "`{p}` is the prepared cache of task {}, not {}",
-            stored.as_str(),
-            task.as_str()
-        );
+        bail!("`{p}` is the prepared cache of task {}, not {}", stored.as_str(), task.as_str());
     }
     let (n_train, n_test) = (u32_at(16) as usize, u32_at(20) as usize);
     if (n_train, n_test) != (TRAIN_IMAGES, TEST_IMAGES) {
@@ -180,13 +159,9 @@ pub fn read(path: &Path, task: TaskName) -> Result<Images> {
     let channels = task.channels() as usize;
     let n = n_train + n_test;
     let expected = n + n * channels * PIXELS;
-    let mut payload = zstd::bulk::decompress(&bytes[HEADER_BYTES..], expected)
-        .with_context(|| format!("`{p}` is corrupt (zstd)"))?;
+    let mut payload = zstd::bulk::decompress(&bytes[HEADER_BYTES..], expected).with_context(|| format!("`{p}` is corrupt (zstd)"))?;
     if payload.len() != expected {
-        bail!(
-            "`{p}` is corrupt: it holds {} bytes of images, expected {expected}",
-            payload.len()
-        );
+        bail!("`{p}` is corrupt: it holds {} bytes of images, expected {expected}", payload.len());
     }
     let labels = payload[..n].to_vec();
     payload.drain(..n);
@@ -201,7 +176,11 @@ pub fn read(path: &Path, task: TaskName) -> Result<Images> {
     hasher.update(&images.pixels);
     let got = hasher.finalize();
     if got[..] != bytes[24..56] {
-        bail!("`{p}` is corrupt: contents have sha256 {}, the header says {}; run `pixelseq data prepare` again", hex(&got), hex(&bytes[24..56]));
+        bail!(
+            "`{p}` is corrupt: contents have sha256 {}, the header says {}; run `pixelseq data prepare` again",
+            hex(&got),
+            hex(&bytes[24..56])
+        );
     }
     Ok(images)
 }
@@ -241,9 +220,7 @@ mod tests {
 
     #[test]
     fn filter_is_invertible() {
-        let pixels: Vec<u8> = (0..3 * PIXELS)
-            .map(|i| ((i * 37) ^ (i >> 3)) as u8)
-            .collect();
+        let pixels: Vec<u8> = (0..3 * PIXELS).map(|i| ((i * 37) ^ (i >> 3)) as u8).collect();
         let mut data = filter(&pixels);
         assert_ne!(data, pixels);
         unfilter(&mut data);
@@ -268,10 +245,7 @@ mod tests {
         bytes[mid] ^= 0x40;
         std::fs::write(&path, &bytes).unwrap();
         let err = format!("{:#}", read(&path, TaskName::LraImage).unwrap_err());
-        assert!(
-            err.contains("pixelseq-lra-image.zst") && err.contains("is corrupt"),
-            "{err}"
-        );
+        assert!(err.contains("pixelseq-lra-image.zst") && err.contains("is corrupt"), "{err}");
         assert!(!err.contains('\n'), "{err}");
 
         std::fs::write(&path, &bytes[..1000]).unwrap();

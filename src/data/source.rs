@@ -87,10 +87,7 @@ pub fn find(path: &Path, task: Option<TaskName>) -> Result<Option<Source>> {
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(e)
-                .with_context(|| format!("failed to read data location `{}`", path.display()))
-        }
+        Err(e) => return Err(e).with_context(|| format!("failed to read data location `{}`", path.display())),
     };
     if meta.is_file() {
         let mut head = [0u8; 8];
@@ -100,7 +97,10 @@ pub fn find(path: &Path, task: Option<TaskName>) -> Result<Option<Source>> {
         return match &head[..n] {
             h if h == prepared::MAGIC => Ok(Some(Source::Prepared(path.to_path_buf()))),
             [0x1f, 0x8b, ..] => Ok(Some(Source::Archive(path.to_path_buf()))),
-            _ => bail!("`{}` is neither a CIFAR-10 archive (.tar.gz) nor a cache written by `pixelseq data prepare`", path.display()),
+            _ => bail!(
+                "`{}` is neither a CIFAR-10 archive (.tar.gz) nor a cache written by `pixelseq data prepare`",
+                path.display()
+            ),
         };
     }
     if let Some(task) = task {
@@ -109,10 +109,7 @@ pub fn find(path: &Path, task: Option<TaskName>) -> Result<Option<Source>> {
             return Ok(Some(Source::Prepared(p)));
         }
     }
-    if cifar::FILES
-        .iter()
-        .any(|(name, _)| path.join(name).exists())
-    {
+    if cifar::FILES.iter().any(|(name, _)| path.join(name).exists()) {
         return Ok(Some(Source::Folder(path.to_path_buf())));
     }
     if path.join(FOLDER_NAME).is_dir() {
@@ -166,10 +163,7 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 fn temp_beside(dest: &Path, tag: &str) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = dest
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = dest.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     dest.with_file_name(format!(".{name}.{tag}-{}-{n}", std::process::id()))
 }
 
@@ -191,28 +185,21 @@ impl Drop for TempGuard {
 
 /// Writes `dest` atomically: `fill` writes a temporary file beside it, which is synced and renamed
 /// over `dest` only if `fill` succeeds. An error leaves `dest` untouched and no temporary behind.
-pub fn write_atomic(
-    dest: &Path,
-    fill: impl FnOnce(&mut BufWriter<File>) -> Result<()>,
-) -> Result<()> {
+pub fn write_atomic(dest: &Path, fill: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<()> {
     if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("failed to create folder `{}`", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("failed to create folder `{}`", dir.display()))?;
     }
     let tmp = temp_beside(dest, "partial");
     let mut guard = TempGuard(Some(tmp.clone()));
-    let file =
-        File::create(&tmp).with_context(|| format!("failed to create `{}`", tmp.display()))?;
+    let file = File::create(&tmp).with_context(|| format!("failed to create `{}`", tmp.display()))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
     fill(&mut w)?;
     let file = w
         .into_inner()
         .map_err(|e| e.into_error())
         .with_context(|| format!("failed to write `{}`", tmp.display()))?;
-    file.sync_all()
-        .with_context(|| format!("failed to write `{}`", tmp.display()))?;
-    std::fs::rename(&tmp, dest)
-        .with_context(|| format!("failed to move `{}` to `{}`", tmp.display(), dest.display()))?;
+    file.sync_all().with_context(|| format!("failed to write `{}`", tmp.display()))?;
+    std::fs::rename(&tmp, dest).with_context(|| format!("failed to move `{}` to `{}`", tmp.display(), dest.display()))?;
     guard.0 = None;
     Ok(())
 }
@@ -235,13 +222,9 @@ fn copy_hashing(src: &mut impl Read, out: &mut impl Write) -> std::io::Result<[u
 /// verify, rename). `what` names the stream in errors.
 pub fn save_verified(src: &mut impl Read, dest: &Path, sha256: &str, what: &str) -> Result<()> {
     write_atomic(dest, |w| {
-        let got = hex(&copy_hashing(src, w)
-            .with_context(|| format!("failed to save {what} to `{}`", dest.display()))?);
+        let got = hex(&copy_hashing(src, w).with_context(|| format!("failed to save {what} to `{}`", dest.display()))?);
         if got != sha256 {
-            bail!(
-                "{what} has sha256 {got}, expected {sha256}; `{}` was not written",
-                dest.display()
-            );
+            bail!("{what} has sha256 {got}, expected {sha256}; `{}` was not written", dest.display());
         }
         Ok(())
     })
@@ -258,12 +241,8 @@ pub fn download(dir: &Path) -> Result<PathBuf> {
     }
     let archive = dir.join(ARCHIVE_NAME);
     if archive.is_file() {
-        let mut f = BufReader::new(
-            File::open(&archive)
-                .with_context(|| format!("failed to read `{}`", archive.display()))?,
-        );
-        let got = hex(&copy_hashing(&mut f, &mut std::io::sink())
-            .with_context(|| format!("failed to read `{}`", archive.display()))?);
+        let mut f = BufReader::new(File::open(&archive).with_context(|| format!("failed to read `{}`", archive.display()))?);
+        let got = hex(&copy_hashing(&mut f, &mut std::io::sink()).with_context(|| format!("failed to read `{}`", archive.display()))?);
         if got != ARCHIVE_SHA256 {
             bail!(
                 "`{}` has sha256 {got}, expected {ARCHIVE_SHA256}; delete it and download again",
@@ -276,26 +255,16 @@ pub fn download(dir: &Path) -> Result<PathBuf> {
         let resp = ureq::get(ARCHIVE_URL)
             .call()
             .with_context(|| format!("failed to download {ARCHIVE_URL}"))?;
-        let bar = match resp
-            .header("Content-Length")
-            .and_then(|s| s.parse::<u64>().ok())
-        {
+        let bar = match resp.header("Content-Length").and_then(|s| s.parse::<u64>().ok()) {
             Some(len) => indicatif::ProgressBar::new(len),
             None => indicatif::ProgressBar::new_spinner(),
         };
         bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .expect("valid progress template"),
+            indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .expect("valid progress template"),
         );
         let mut body = bar.wrap_read(resp.into_reader());
-        save_verified(
-            &mut body,
-            &archive,
-            ARCHIVE_SHA256,
-            &format!("the download of {ARCHIVE_URL}"),
-        )?;
+        save_verified(&mut body, &archive, ARCHIVE_SHA256, &format!("the download of {ARCHIVE_URL}"))?;
         bar.finish();
     }
     extract(&archive)
@@ -315,13 +284,7 @@ pub fn extract(archive: &Path) -> Result<PathBuf> {
     }
     let tmp = temp_beside(&folder, "extract");
     let _guard = TempGuard(Some(tmp.clone()));
-    std::fs::create_dir(&tmp).with_context(|| {
-        format!(
-            "failed to create folder `{}` to extract `{}`",
-            tmp.display(),
-            archive.display()
-        )
-    })?;
+    std::fs::create_dir(&tmp).with_context(|| format!("failed to create folder `{}` to extract `{}`", tmp.display(), archive.display()))?;
     unpack(archive, &tmp)?;
     let unpacked = tmp.join(FOLDER_NAME);
     if !unpacked.is_dir() {
@@ -330,15 +293,8 @@ pub fn extract(archive: &Path) -> Result<PathBuf> {
             archive.display()
         );
     }
-    cifar::verify_dir(&unpacked)
-        .with_context(|| format!("archive `{}` holds a bad file", archive.display()))?;
-    std::fs::rename(&unpacked, &folder).with_context(|| {
-        format!(
-            "failed to move `{}` to `{}`",
-            unpacked.display(),
-            folder.display()
-        )
-    })?;
+    cifar::verify_dir(&unpacked).with_context(|| format!("archive `{}` holds a bad file", archive.display()))?;
+    std::fs::rename(&unpacked, &folder).with_context(|| format!("failed to move `{}` to `{}`", unpacked.display(), folder.display()))?;
     Ok(folder)
 }
 
@@ -358,8 +314,7 @@ fn contained(path: &Path) -> Option<PathBuf> {
 /// Unpacks the regular files and folders of a `.tar.gz` into `into`, refusing hostile entries.
 fn unpack(archive: &Path, into: &Path) -> Result<()> {
     use tar::EntryType;
-    let file = File::open(archive)
-        .with_context(|| format!("failed to read archive `{}`", archive.display()))?;
+    let file = File::open(archive).with_context(|| format!("failed to read archive `{}`", archive.display()))?;
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(BufReader::new(file)));
     let unreadable = || format!("archive `{}` is not a readable .tar.gz", archive.display());
     for entry in tar.entries().with_context(unreadable)? {
@@ -370,28 +325,24 @@ fn unpack(archive: &Path, into: &Path) -> Result<()> {
             continue;
         }
         let rel = contained(&name).ok_or_else(|| {
-            anyhow!("archive `{}` has a hostile entry `{}` (absolute or `..` path); refusing to extract", archive.display(), name.display())
+            anyhow!(
+                "archive `{}` has a hostile entry `{}` (absolute or `..` path); refusing to extract",
+                archive.display(),
+                name.display()
+            )
         })?;
         let dest = into.join(&rel);
         match kind {
             EntryType::Directory => {
-                std::fs::create_dir_all(&dest)
-                    .with_context(|| format!("failed to create folder `{}`", dest.display()))?;
+                std::fs::create_dir_all(&dest).with_context(|| format!("failed to create folder `{}`", dest.display()))?;
             }
             EntryType::Regular | EntryType::Continuous if !rel.as_os_str().is_empty() => {
                 if let Some(dir) = dest.parent() {
-                    std::fs::create_dir_all(dir)
-                        .with_context(|| format!("failed to create folder `{}`", dir.display()))?;
+                    std::fs::create_dir_all(dir).with_context(|| format!("failed to create folder `{}`", dir.display()))?;
                 }
-                let mut out = File::create(&dest)
-                    .with_context(|| format!("failed to create `{}`", dest.display()))?;
-                std::io::copy(&mut entry, &mut out).with_context(|| {
-                    format!(
-                        "failed to extract `{}` from `{}`",
-                        name.display(),
-                        archive.display()
-                    )
-                })?;
+                let mut out = File::create(&dest).with_context(|| format!("failed to create `{}`", dest.display()))?;
+                std::io::copy(&mut entry, &mut out)
+                    .with_context(|| format!("failed to extract `{}` from `{}`", name.display(), archive.display()))?;
             }
             EntryType::Symlink | EntryType::Link => bail!(
                 "archive `{}` has a link entry `{}`; refusing to extract",
@@ -415,8 +366,7 @@ mod tests {
 
     /// Writes a `.tar.gz` whose entries are (path, contents) or, for `None`, a symlink.
     fn tar_gz(path: &Path, entries: &[(&str, Option<&[u8]>)]) {
-        let gz =
-            flate2::write::GzEncoder::new(File::create(path).unwrap(), flate2::Compression::fast());
+        let gz = flate2::write::GzEncoder::new(File::create(path).unwrap(), flate2::Compression::fast());
         let mut tar = tar::Builder::new(gz);
         for (name, contents) in entries {
             let mut h = tar::Header::new_gnu();
@@ -461,20 +411,10 @@ mod tests {
                 ],
             );
             let err = format!("{:#}", extract(&archive).unwrap_err());
-            assert!(
-                err.contains(what) && err.contains(ARCHIVE_NAME),
-                "{name}: {err}"
-            );
+            assert!(err.contains(what) && err.contains(ARCHIVE_NAME), "{name}: {err}");
             assert!(!dir.path().join("evil").exists() && !sub.join(FOLDER_NAME).exists());
-            let left: Vec<_> = std::fs::read_dir(&sub)
-                .unwrap()
-                .map(|e| e.unwrap().file_name())
-                .collect();
-            assert_eq!(
-                left,
-                vec![std::ffi::OsString::from(ARCHIVE_NAME)],
-                "temporary folder left behind"
-            );
+            let left: Vec<_> = std::fs::read_dir(&sub).unwrap().map(|e| e.unwrap().file_name()).collect();
+            assert_eq!(left, vec![std::ffi::OsString::from(ARCHIVE_NAME)], "temporary folder left behind");
         }
     }
 
@@ -482,30 +422,18 @@ mod tests {
     fn archive_round_trip_extracts_and_verifies() {
         let dir = tempfile::tempdir().unwrap();
         let archive = dir.path().join(ARCHIVE_NAME);
-        let gz = flate2::write::GzEncoder::new(
-            File::create(&archive).unwrap(),
-            flate2::Compression::fast(),
-        );
+        let gz = flate2::write::GzEncoder::new(File::create(&archive).unwrap(), flate2::Compression::fast());
         let mut tar = tar::Builder::new(gz);
         tar.append_dir_all(FOLDER_NAME, shared_cifar_dir()).unwrap();
         tar.into_inner().unwrap().finish().unwrap();
 
-        assert_eq!(
-            find(dir.path(), None).unwrap(),
-            Some(Source::Archive(archive.clone()))
-        );
-        assert_eq!(
-            find(&archive, None).unwrap(),
-            Some(Source::Archive(archive.clone()))
-        );
+        assert_eq!(find(dir.path(), None).unwrap(), Some(Source::Archive(archive.clone())));
+        assert_eq!(find(&archive, None).unwrap(), Some(Source::Archive(archive.clone())));
         let folder = extract(&archive).unwrap();
         assert_eq!(folder, dir.path().join(FOLDER_NAME));
         cifar::verify_dir(&folder).unwrap();
         // Once extracted, the folder is found first and the archive is not read again.
-        assert_eq!(
-            find(dir.path(), None).unwrap(),
-            Some(Source::Folder(folder.clone()))
-        );
+        assert_eq!(find(dir.path(), None).unwrap(), Some(Source::Folder(folder.clone())));
         assert_eq!(extract(&archive).unwrap(), folder);
     }
 
@@ -513,15 +441,9 @@ mod tests {
     fn archive_with_a_bad_file_is_not_extracted() {
         let dir = tempfile::tempdir().unwrap();
         let archive = dir.path().join(ARCHIVE_NAME);
-        tar_gz(
-            &archive,
-            &[("cifar-10-batches-bin/data_batch_1.bin", Some(b"short"))],
-        );
+        tar_gz(&archive, &[("cifar-10-batches-bin/data_batch_1.bin", Some(b"short"))]);
         let err = format!("{:#}", extract(&archive).unwrap_err());
-        assert!(
-            err.contains("data_batch_1.bin") && err.contains("5 bytes"),
-            "{err}"
-        );
+        assert!(err.contains("data_batch_1.bin") && err.contains("5 bytes"), "{err}");
         assert!(!dir.path().join(FOLDER_NAME).exists());
     }
 
@@ -530,19 +452,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("x.bin");
         let good = hex(&Sha256::digest(b"hello"));
-        let err = format!(
-            "{:#}",
-            save_verified(&mut &b"hellO"[..], &dest, &good, "the download").unwrap_err()
-        );
-        assert!(
-            err.contains("the download has sha256") && err.contains("was not written"),
-            "{err}"
-        );
-        assert_eq!(
-            std::fs::read_dir(dir.path()).unwrap().count(),
-            0,
-            "temporary file left behind"
-        );
+        let err = format!("{:#}", save_verified(&mut &b"hellO"[..], &dest, &good, "the download").unwrap_err());
+        assert!(err.contains("the download has sha256") && err.contains("was not written"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "temporary file left behind");
         save_verified(&mut &b"hello"[..], &dest, &good, "the download").unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"hello");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
@@ -567,9 +479,7 @@ mod tests {
         assert_eq!(find(d, None).unwrap(), None);
         let err = format!("{:#}", locate(Some(d), Some(TaskName::Scifar)).unwrap_err());
         assert!(
-            err.contains("pixelseq data download")
-                && err.contains("--data")
-                && err.contains("given by --data"),
+            err.contains("pixelseq data download") && err.contains("--data") && err.contains("given by --data"),
             "{err}"
         );
 
@@ -578,24 +488,15 @@ mod tests {
         assert!(err.contains("junk.txt") && err.contains("neither"), "{err}");
 
         std::fs::create_dir(d.join(FOLDER_NAME)).unwrap();
-        assert_eq!(
-            find(d, None).unwrap(),
-            Some(Source::Folder(d.join(FOLDER_NAME)))
-        );
+        assert_eq!(find(d, None).unwrap(), Some(Source::Folder(d.join(FOLDER_NAME))));
         std::fs::write(d.join("data_batch_1.bin"), b"").unwrap();
-        assert_eq!(
-            find(d, None).unwrap(),
-            Some(Source::Folder(d.to_path_buf()))
-        );
+        assert_eq!(find(d, None).unwrap(), Some(Source::Folder(d.to_path_buf())));
         std::fs::write(d.join(prepared_name(TaskName::LraImage)), prepared::MAGIC).unwrap();
         assert_eq!(
             find(d, Some(TaskName::LraImage)).unwrap(),
             Some(Source::Prepared(d.join("pixelseq-lra-image.zst")))
         );
-        assert_eq!(
-            find(d, Some(TaskName::Scifar)).unwrap(),
-            Some(Source::Folder(d.to_path_buf()))
-        );
+        assert_eq!(find(d, Some(TaskName::Scifar)).unwrap(), Some(Source::Folder(d.to_path_buf())));
         assert_eq!(
             find(&d.join("pixelseq-lra-image.zst"), None).unwrap(),
             Some(Source::Prepared(d.join("pixelseq-lra-image.zst")))

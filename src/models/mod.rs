@@ -13,14 +13,14 @@ use serde::{Deserialize, Serialize};
 use tch::nn;
 
 pub mod common;
-pub mod lru;
-pub mod s4d;
-pub mod lipschitz;
-pub mod trellisnet;
 pub mod fnet;
-pub mod pit;
+pub mod lipschitz;
+pub mod lru;
 pub mod nystromformer;
+pub mod pit;
+pub mod s4d;
 pub mod transformer;
+pub mod trellisnet;
 
 /// Optimizer group of matrices that take weight decay (1-D tensors in it are exempt).
 pub const DECAY: usize = 0;

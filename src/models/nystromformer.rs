@@ -139,10 +139,7 @@ impl Config {
             );
         }
         if self.conv_kernel < 0 || (self.conv_kernel > 0 && self.conv_kernel % 2 == 0) {
-            bail!(
-                "model.conv_kernel = {} must be odd (or 0 for no convolution)",
-                self.conv_kernel
-            );
+            bail!("model.conv_kernel = {} must be odd (or 0 for no convolution)", self.conv_kernel);
         }
         if self.pinv_iters < 1 {
             bail!("model.pinv_iters = {} must be at least 1", self.pinv_iters);
@@ -187,10 +184,7 @@ impl Nystrom {
     fn new(p: &nn::Path, cfg: &Config) -> Nystrom {
         let k = cfg.conv_kernel;
         let bound = 1.0 / (k as f64).sqrt(); // PyTorch Conv2d default, fan_in = 1·K·1
-        let init = Init::Uniform {
-            lo: -bound,
-            up: bound,
-        };
+        let init = Init::Uniform { lo: -bound, up: bound };
         let conv = (k > 0).then(|| (p / "conv").var("weight", &[cfg.n_heads, 1, k, 1], init));
         Nystrom {
             landmarks: cfg.landmarks,
@@ -244,14 +238,7 @@ impl Nystrom {
 }
 
 impl Mixer for Nystrom {
-    fn mix(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        keep: Option<&Tensor>,
-        _train: bool,
-    ) -> Tensor {
+    fn mix(&self, q: &Tensor, k: &Tensor, v: &Tensor, keep: Option<&Tensor>, _train: bool) -> Tensor {
         // The reference computes attention in float32 with autocast off.
         let float = |t: &Tensor| t.to_kind(Kind::Float); // (B, H, L, Dh)
         tch::autocast(false, || self.attend(&float(q), &float(k), &float(v), keep))
@@ -284,8 +271,7 @@ mod tests {
     use super::*;
     use crate::models::common::testing::*;
     use crate::models::transformer::tests::{
-        assert_tokens_are_raw_grey_values, built_params, logits_before_after_black_change,
-        pixels_with_black, preset_model, LRA_IMAGE,
+        assert_tokens_are_raw_grey_values, built_params, logits_before_after_black_change, pixels_with_black, preset_model, LRA_IMAGE,
     };
     use crate::models::ModelConfig;
     use tch::Device;
@@ -314,14 +300,8 @@ mod tests {
     fn preset_param_count() {
         // The softmax baseline's 174,986 (see transformer::tests) plus one depthwise kernel per
         // block: 2 heads × 35 taps × 2 blocks = 140. Total 175,126.
-        assert_eq!(
-            built_params(&preset_model("nystromformer-lra"), &LRA_IMAGE),
-            175_126
-        );
-        assert_eq!(
-            built_params(&ModelConfig::Nystromformer(Config::default()), &LRA_IMAGE),
-            175_126
-        );
+        assert_eq!(built_params(&preset_model("nystromformer-lra"), &LRA_IMAGE), 175_126);
+        assert_eq!(built_params(&ModelConfig::Nystromformer(Config::default()), &LRA_IMAGE), 175_126);
     }
 
     #[test]
@@ -336,14 +316,7 @@ mod tests {
 
     #[test]
     fn loss_falls_on_real_images() {
-        assert_loss_falls(
-            &ModelConfig::Nystromformer(small()),
-            &LRA_IMAGE,
-            8,
-            10,
-            1e-2,
-            0.7,
-        );
+        assert_loss_falls(&ModelConfig::Nystromformer(small()), &LRA_IMAGE, 8, 10, 1e-2, 0.7);
     }
 
     #[test]
@@ -351,13 +324,11 @@ mod tests {
         tch::manual_seed(0);
         let opts = (Kind::Float, Device::Cpu);
         // Well conditioned (a peaked diagonal): the default 6 iterations suffice.
-        let a =
-            (Tensor::randn([2, 3, 32, 32], opts) + Tensor::eye(32, opts) * 6.0).softmax(-1, None);
+        let a = (Tensor::randn([2, 3, 32, 32], opts) + Tensor::eye(32, opts) * 6.0).softmax(-1, None);
         let z = iterative_pinv(&a, 6, PinvInit::Paper);
         assert!(z.allclose(&a.linalg_pinv(1e-15, false), 1e-4, 1e-4, false));
         // Condition number in the hundreds: the iteration still converges, given more steps.
-        let a =
-            (Tensor::randn([2, 3, 32, 32], opts) + Tensor::eye(32, opts) * 3.0).softmax(-1, None);
+        let a = (Tensor::randn([2, 3, 32, 32], opts) + Tensor::eye(32, opts) * 3.0).softmax(-1, None);
         let exact = a.linalg_pinv(1e-15, false);
         let z = iterative_pinv(&a, 20, PinvInit::Paper);
         let err = (&z - &exact).abs().max().double_value(&[]) / exact.abs().max().double_value(&[]);
@@ -399,11 +370,7 @@ mod tests {
         for (init, independent) in [(PinvInit::Paper, true), (PinvInit::Original, false)] {
             let together = iterative_pinv(&batch, 6, init).narrow(0, 0, 1);
             let alone = iterative_pinv(&a, 6, init);
-            assert_eq!(
-                together.allclose(&alone, 1e-5, 1e-5, false),
-                independent,
-                "{init:?}"
-            );
+            assert_eq!(together.allclose(&alone, 1e-5, 1e-5, false), independent, "{init:?}");
         }
         let vs = nn::VarStore::new(Device::Cpu);
         let model = Nystromformer::new(&vs.root(), &small(), &LRA_IMAGE);
@@ -439,16 +406,11 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let model = Nystromformer::new(&vs.root(), &Config::default(), &LRA_IMAGE);
         let xs = Tensor::zeros([2, 1024, 1], (Kind::Uint8, Device::Cpu));
-        let loss = model
-            .forward_t(&xs, true)
-            .cross_entropy_for_logits(&Tensor::from_slice(&[1i64, 2]));
+        let loss = model.forward_t(&xs, true).cross_entropy_for_logits(&Tensor::from_slice(&[1i64, 2]));
         loss.backward();
         assert!(loss.double_value(&[]).is_finite());
         for (name, t) in vs.variables() {
-            assert!(
-                t.grad().isfinite().all().int64_value(&[]) == 1,
-                "{name}: non-finite gradient"
-            );
+            assert!(t.grad().isfinite().all().int64_value(&[]) == 1, "{name}: non-finite gradient");
         }
     }
 
@@ -478,10 +440,7 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.starts_with("model.conv_kernel = 34"), "{err}");
-        let short = InputSpec {
-            channels: 1,
-            seq_len: 64,
-        };
+        let short = InputSpec { channels: 1, seq_len: 64 };
         assert!(Config {
             landmarks: 64,
             ..Config::default()

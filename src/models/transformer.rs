@@ -172,35 +172,23 @@ impl Config {
                 self.n_heads
             );
         }
-        for (key, value) in [
-            ("dropout", self.dropout),
-            ("attn_dropout", self.attn_dropout),
-        ] {
+        for (key, value) in [("dropout", self.dropout), ("attn_dropout", self.attn_dropout)] {
             if !(0.0..1.0).contains(&value) {
                 bail!("model.{key} = {value} must be in [0, 1)");
             }
         }
         if self.token_init_std.is_nan() || self.token_init_std <= 0.0 {
-            bail!(
-                "model.token_init_std = {} must be positive",
-                self.token_init_std
-            );
+            bail!("model.token_init_std = {} must be positive", self.token_init_std);
         }
         if self.layer_norm_eps.is_nan() || self.layer_norm_eps <= 0.0 {
-            bail!(
-                "model.layer_norm_eps = {} must be positive",
-                self.layer_norm_eps
-            );
+            bail!("model.layer_norm_eps = {} must be positive", self.layer_norm_eps);
         }
         Ok(())
     }
 }
 
 fn uniform(bound: f64) -> Init {
-    Init::Uniform {
-        lo: -bound,
-        up: bound,
-    }
+    Init::Uniform { lo: -bound, up: bound }
 }
 
 fn normal(stdev: f64) -> Init {
@@ -211,14 +199,8 @@ fn normal(stdev: f64) -> Init {
 /// default U(±1/√fan_in) for both.
 fn dense(p: &nn::Path, fan_in: i64, fan_out: i64, bias: bool, init: Initialisation) -> nn::Linear {
     let (ws_init, bs_init) = match init {
-        Initialisation::Lra => (
-            uniform((6.0 / (fan_in + fan_out) as f64).sqrt()),
-            normal(1e-6),
-        ),
-        Initialisation::Pytorch => (
-            uniform(1.0 / (fan_in as f64).sqrt()),
-            uniform(1.0 / (fan_in as f64).sqrt()),
-        ),
+        Initialisation::Lra => (uniform((6.0 / (fan_in + fan_out) as f64).sqrt()), normal(1e-6)),
+        Initialisation::Pytorch => (uniform(1.0 / (fan_in as f64).sqrt()), uniform(1.0 / (fan_in as f64).sqrt())),
     };
     let cfg = nn::LinearConfig {
         ws_init,
@@ -233,10 +215,7 @@ fn dense(p: &nn::Path, fan_in: i64, fan_out: i64, bias: bool, init: Initialisati
 fn head_dense(p: &nn::Path, fan_in: i64, fan_out: i64, init: Initialisation) -> nn::Linear {
     let (ws_init, bs_init) = match init {
         Initialisation::Lra => (normal(1.0 / (fan_in as f64).sqrt()), Init::Const(0.0)),
-        Initialisation::Pytorch => (
-            uniform(1.0 / (fan_in as f64).sqrt()),
-            uniform(1.0 / (fan_in as f64).sqrt()),
-        ),
+        Initialisation::Pytorch => (uniform(1.0 / (fan_in as f64).sqrt()), uniform(1.0 / (fan_in as f64).sqrt())),
     };
     let cfg = nn::LinearConfig {
         ws_init,
@@ -249,18 +228,14 @@ fn head_dense(p: &nn::Path, fan_in: i64, fan_out: i64, init: Initialisation) -> 
 /// (B, L) bool, true where a key may be attended → (B, 1, 1, L) additive bias of `kind`.
 pub(crate) fn key_bias(keep: &Tensor, kind: Kind) -> Tensor {
     let (b, l) = keep.size2().unwrap();
-    keep.logical_not()
-        .to_kind(kind)
-        .g_mul_scalar(MASKED)
-        .view([b, 1, 1, l]) // (B, 1, 1, L)
+    keep.logical_not().to_kind(kind).g_mul_scalar(MASKED).view([b, 1, 1, l]) // (B, 1, 1, L)
 }
 
 /// The token mixer inside a block: how heads of queries, keys and values become outputs.
 pub(crate) trait Mixer: std::fmt::Debug + Send {
     /// `q`, `k`, `v`: (B, H, L, Dh); `keep`: (B, L) bool, true where a position is not padding.
     /// Returns (B, H, L, Dh).
-    fn mix(&self, q: &Tensor, k: &Tensor, v: &Tensor, keep: Option<&Tensor>, train: bool)
-        -> Tensor;
+    fn mix(&self, q: &Tensor, k: &Tensor, v: &Tensor, keep: Option<&Tensor>, train: bool) -> Tensor;
 }
 
 /// Scaled dot-product softmax attention (fused kernel) with dropout on the weights.
@@ -270,14 +245,7 @@ pub(crate) struct Softmax {
 }
 
 impl Mixer for Softmax {
-    fn mix(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        keep: Option<&Tensor>,
-        train: bool,
-    ) -> Tensor {
+    fn mix(&self, q: &Tensor, k: &Tensor, v: &Tensor, keep: Option<&Tensor>, train: bool) -> Tensor {
         let p = if train { self.dropout } else { 0.0 };
         let bias = keep.map(|keep| key_bias(keep, q.kind())); // (B, 1, 1, L)
         let ys = Tensor::scaled_dot_product_attention(q, k, v, bias, p, false, None, false);
@@ -358,19 +326,10 @@ impl<M: Mixer> Block<M> {
     }
 
     fn forward_t(&self, xs: &Tensor, keep: Option<&Tensor>, train: bool) -> Tensor {
-        let ys = self
-            .attn
-            .forward_t(&xs.apply(&self.ln1), keep, train)
-            .dropout(self.dropout, train); // (B, L, d)
+        let ys = self.attn.forward_t(&xs.apply(&self.ln1), keep, train).dropout(self.dropout, train); // (B, L, d)
         let xs = xs + ys; // (B, L, d)
-        let ys = xs
-            .apply(&self.ln2)
-            .apply(&self.fc1)
-            .gelu(self.gelu.approximate()); // (B, L, mlp)
-        let ys = ys
-            .dropout(self.dropout, train)
-            .apply(&self.fc2)
-            .dropout(self.dropout, train); // (B, L, d)
+        let ys = xs.apply(&self.ln2).apply(&self.fc1).gelu(self.gelu.approximate()); // (B, L, mlp)
+        let ys = ys.dropout(self.dropout, train).apply(&self.fc2).dropout(self.dropout, train); // (B, L, d)
         xs + ys // (B, L, d)
     }
 }
@@ -393,12 +352,7 @@ pub(crate) struct Encoder<M> {
 
 impl<M: Mixer> Encoder<M> {
     /// `mixer` builds the token mixer of each block under the path it is given (`blocks.<i>.attn`).
-    pub(crate) fn new(
-        p: &nn::Path,
-        cfg: &Config,
-        input: &InputSpec,
-        mut mixer: impl FnMut(&nn::Path) -> M,
-    ) -> Self {
+    pub(crate) fn new(p: &nn::Path, cfg: &Config, input: &InputSpec, mut mixer: impl FnMut(&nn::Path) -> M) -> Self {
         let d = cfg.d_model;
         let group = match cfg.input {
             InputMode::Embed => NO_DECAY,
@@ -478,9 +432,7 @@ pub struct Transformer {
 impl Transformer {
     pub fn new(p: &nn::Path, cfg: &Config, input: &InputSpec) -> Transformer {
         Transformer {
-            body: Encoder::new(p, cfg, input, |_| Softmax {
-                dropout: cfg.attn_dropout,
-            }),
+            body: Encoder::new(p, cfg, input, |_| Softmax { dropout: cfg.attn_dropout }),
         }
     }
 }
@@ -506,8 +458,7 @@ pub(crate) mod tests {
 
     /// The `[model]` table of `presets/<name>.toml`.
     pub(crate) fn preset_model(name: &str) -> ModelConfig {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("presets/{name}.toml"));
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("presets/{name}.toml"));
         let text = std::fs::read_to_string(&path).unwrap();
         let table: toml::Table = toml::from_str(&text).unwrap();
         table["model"].clone().try_into().unwrap()
@@ -553,29 +504,17 @@ pub(crate) mod tests {
         // transformer-lra, by hand: tokens 256·128 + CLS 128 + positions 1025·128 = 164,096;
         // block: 2 LN 512 + q,k,v 3·128·64 (no bias) + out 64·128 + MLP 128·128+128 + 128·128+128 = 66,304;
         // final LN 256; head 128·128+128 + 128·10+10 = 17,802. Total 248,458.
-        assert_eq!(
-            built_params(&preset_model("transformer-lra"), &LRA_IMAGE),
-            248_458
-        );
-        assert_eq!(
-            built_params(&ModelConfig::Transformer(Config::default()), &LRA_IMAGE),
-            248_458
-        );
+        assert_eq!(built_params(&preset_model("transformer-lra"), &LRA_IMAGE), 248_458);
+        assert_eq!(built_params(&ModelConfig::Transformer(Config::default()), &LRA_IMAGE), 248_458);
         // transformer-small, the Nyströmformer paper's "Standard": tokens 512·64 + positions 1024·64
         // = 98,304; block: 2 LN 256 + q,k,v,out 4·(64·64+64) + FFN 64·128+128 + 128·64+64 = 33,472
         // (×2); final LN 128; head 64·128+128 + 128·10+10 = 9,610. Total 174,986.
-        assert_eq!(
-            built_params(&preset_model("transformer-small"), &LRA_IMAGE),
-            174_986
-        );
+        assert_eq!(built_params(&preset_model("transformer-small"), &LRA_IMAGE), 174_986);
     }
 
     #[test]
     fn gradients_reach_every_parameter() {
-        assert_gradients_reach_every_parameter(
-            &ModelConfig::Transformer(Config::default()),
-            &LRA_IMAGE,
-        );
+        assert_gradients_reach_every_parameter(&ModelConfig::Transformer(Config::default()), &LRA_IMAGE);
         assert_gradients_reach_every_parameter(&preset_model("transformer-small"), &LRA_IMAGE);
     }
 
@@ -587,14 +526,7 @@ pub(crate) mod tests {
 
     #[test]
     fn loss_falls_on_real_images() {
-        assert_loss_falls(
-            &ModelConfig::Transformer(small()),
-            &LRA_IMAGE,
-            8,
-            10,
-            1e-2,
-            0.6,
-        );
+        assert_loss_falls(&ModelConfig::Transformer(small()), &LRA_IMAGE, 8, 10, 1e-2, 0.6);
     }
 
     #[test]
@@ -612,10 +544,7 @@ pub(crate) mod tests {
     }
 
     /// Changes the embedding row of black (token 0) and returns logits before and after, in eval mode.
-    pub(crate) fn logits_before_after_black_change(
-        cfg: &ModelConfig,
-        xs: &Tensor,
-    ) -> (Tensor, Tensor) {
+    pub(crate) fn logits_before_after_black_change(cfg: &ModelConfig, xs: &Tensor) -> (Tensor, Tensor) {
         tch::manual_seed(0);
         let vs = nn::VarStore::new(Device::Cpu);
         let model = cfg.build(&vs.root(), &LRA_IMAGE).unwrap();
@@ -639,15 +568,13 @@ pub(crate) mod tests {
                 ..small()
             },
         ] {
-            let (before, after) =
-                logits_before_after_black_change(&ModelConfig::Transformer(cfg.clone()), &xs);
+            let (before, after) = logits_before_after_black_change(&ModelConfig::Transformer(cfg.clone()), &xs);
             assert!(
                 before.allclose(&after, 1e-5, 1e-6, false),
                 "a masked black pixel changed the output"
             );
             cfg.mask_black_pixels = false;
-            let (before, after) =
-                logits_before_after_black_change(&ModelConfig::Transformer(cfg), &xs);
+            let (before, after) = logits_before_after_black_change(&ModelConfig::Transformer(cfg), &xs);
             assert!(
                 !before.allclose(&after, 1e-5, 1e-6, false),
                 "without the mask black pixels must matter"
@@ -662,16 +589,11 @@ pub(crate) mod tests {
             let vs = nn::VarStore::new(Device::Cpu);
             let model = Transformer::new(&vs.root(), &cfg, &LRA_IMAGE);
             let xs = Tensor::zeros([2, 1024, 1], (Kind::Uint8, Device::Cpu));
-            let loss = model
-                .forward_t(&xs, true)
-                .cross_entropy_for_logits(&Tensor::from_slice(&[1i64, 2]));
+            let loss = model.forward_t(&xs, true).cross_entropy_for_logits(&Tensor::from_slice(&[1i64, 2]));
             loss.backward();
             assert!(loss.double_value(&[]).is_finite());
             for (name, t) in vs.variables() {
-                assert!(
-                    t.grad().isfinite().all().int64_value(&[]) == 1,
-                    "{name}: non-finite gradient"
-                );
+                assert!(t.grad().isfinite().all().int64_value(&[]) == 1, "{name}: non-finite gradient");
             }
         }
     }
@@ -684,21 +606,14 @@ pub(crate) mod tests {
     }
 
     /// Tokens are the raw grey values: pixel v reads embedding row v (no binning, no normalisation).
-    pub(crate) fn assert_tokens_are_raw_grey_values<M: Mixer>(
-        body: &Encoder<M>,
-        table: &Tensor,
-        pos: &Tensor,
-    ) {
+    pub(crate) fn assert_tokens_are_raw_grey_values<M: Mixer>(body: &Encoder<M>, table: &Tensor, pos: &Tensor) {
         let values = Tensor::arange(1024, (Kind::Int64, Device::Cpu)).remainder(256); // (L)
         let xs = values.to_kind(Kind::Uint8).view([1, 1024, 1]); // (1, L, 1)
         let (hs, _) = tch::no_grad(|| body.embed(&xs, false)); // (1, L', d)
         let skip = hs.size()[1] - 1024; // the CLS slot, if any
         let tokens = tch::no_grad(|| hs.narrow(1, skip, 1024) - pos.narrow(1, skip, 1024)); // (1, L, d)
         let expected = table.index_select(0, &values).unsqueeze(0); // (1, L, d)
-        assert!(
-            tokens.allclose(&expected, 1e-5, 1e-5, false),
-            "pixel v must use embedding row v"
-        );
+        assert!(tokens.allclose(&expected, 1e-5, 1e-5, false), "pixel v must use embedding row v");
         assert!(
             !table.get(0).allclose(&table.get(1), 1e-3, 1e-3, false),
             "dark tokens 0 and 1 must differ"
