@@ -32,6 +32,8 @@ pub enum Command {
     Eval(EvalArgs),
     /// List the shipped presets with their parameter counts and the paper figure each targets.
     Presets,
+    /// Training and inference throughput and peak memory of presets, beside the same models in PyTorch.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Where and how tensors are computed.
@@ -142,6 +144,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train_cmd(args),
         Command::Eval(args) => eval_cmd(args),
         Command::Presets => presets_cmd(),
+        Command::Bench(args) => crate::bench::run(args),
     }
 }
 
