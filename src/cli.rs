@@ -36,6 +36,8 @@ pub enum Command {
     Report(crate::report::ReportArgs),
     /// Classify image files (PNG, JPEG) with a run's best checkpoint.
     Predict(crate::predict::PredictArgs),
+    /// Training and inference throughput and peak memory of presets, beside the same models in PyTorch.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Where and how tensors are computed.
@@ -151,6 +153,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Presets => presets_cmd(),
         Command::Report(args) => crate::report::run_cli(args),
         Command::Predict(args) => crate::predict::run_cli(args),
+        Command::Bench(args) => crate::bench::run(args),
     }
 }
 
