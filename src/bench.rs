@@ -47,10 +47,11 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::ModuleT, Device, Kind, Reduction, Tensor};
 
+use crate::amp;
 use crate::cli::DeviceArgs;
 use crate::config::{preset_names, Optim, Precision, RunConfig};
 use crate::models::{param_count, InputSpec, NUM_CLASSES};
-use crate::train::{amp, optim::AdamW, run::device_name, run::write_atomic};
+use crate::train::{optim::AdamW, run::device_name, run::write_atomic};
 
 #[derive(Args, Clone)]
 pub struct BenchArgs {

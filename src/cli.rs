@@ -256,7 +256,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     let model = cfg.model.build(&vs.root(), &cfg.task.input_spec())?;
     let which = if a.last { "last" } else { "best" };
     let state = train::checkpoint::load(&a.run.join("checkpoints").join(which), &mut vs, None)?;
-    let precision = train::amp::resolve(cfg.train.precision, device);
+    let precision = crate::amp::resolve(cfg.train.precision, device);
     let (loss, acc) = train::evaluate(model.as_ref(), &split, &cfg.task, 256, None, precision);
     println!(
         "{}: {} checkpoint (step {}), {} split: accuracy {:.2}% ({} images), loss {:.4}",

@@ -1,4 +1,5 @@
 //! pixelseq: sequence models on CIFAR-10 read pixel by pixel.
+pub mod amp;
 pub mod bench;
 pub mod cli;
 pub mod config;

@@ -22,10 +22,11 @@ use image::imageops::{self, FilterType};
 use image::RgbImage;
 use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
 
+use crate::amp;
 use crate::cli::DeviceArgs;
 use crate::config::{Precision, RunConfig};
 use crate::data::{batch_input, gray_pixel, TaskConfig};
-use crate::train::{amp, checkpoint, run::write_atomic};
+use crate::train::{checkpoint, run::write_atomic};
 
 /// CIFAR-10 class names in label order.
 pub const CLASSES: [&str; 10] = [

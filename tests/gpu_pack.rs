@@ -46,7 +46,10 @@ fn pack_and_run_on_cpu() {
     let listing = Command::new("tar").arg("tzf").arg(&archive).output().unwrap();
     let names = String::from_utf8_lossy(&listing.stdout).into_owned();
     for f in ["result.json", "metrics.jsonl", "config.toml", "train.log"] {
-        assert!(names.contains(&format!("transformer-lra/{f}")), "{f} missing from the archive: {names}");
+        assert!(
+            names.contains(&format!("transformer-lra/{f}")),
+            "{f} missing from the archive: {names}"
+        );
     }
     assert!(!names.contains("checkpoints"), "checkpoints travel back: {names}");
 }

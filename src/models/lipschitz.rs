@@ -143,7 +143,7 @@ impl nn::ModuleT for LipschitzRnn {
     /// Raw pixels (B, L, C) → logits (B, 10).
     fn forward_t(&self, xs: &Tensor, _train: bool) -> Tensor {
         let cfg = &self.cfg;
-        tch::autocast(false, || {
+        crate::amp::without_autocast(|| {
             let z = self.encoder.forward(xs).to_kind(Kind::Float).transpose(0, 1).contiguous(); // (L, B, N)
             let a = hidden_matrix(&self.b, cfg.beta, cfg.gamma); // (N, N)
             let w = hidden_matrix(&self.c, cfg.beta, cfg.gamma); // (N, N)

@@ -241,7 +241,7 @@ impl Mixer for Nystrom {
     fn mix(&self, q: &Tensor, k: &Tensor, v: &Tensor, keep: Option<&Tensor>, _train: bool) -> Tensor {
         // The reference computes attention in float32 with autocast off.
         let float = |t: &Tensor| t.to_kind(Kind::Float); // (B, H, L, Dh)
-        tch::autocast(false, || self.attend(&float(q), &float(k), &float(v), keep))
+        crate::amp::without_autocast(|| self.attend(&float(q), &float(k), &float(v), keep))
     }
 }
 

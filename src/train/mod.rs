@@ -1,6 +1,5 @@
 //! Training: AdamW with parameter groups, schedules, mixed precision, checkpoints and the loop.
 
-pub mod amp;
 pub mod checkpoint;
 pub mod optim;
 pub mod rng;

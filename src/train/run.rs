@@ -9,7 +9,8 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::ModuleT, Device, Kind, Reduction, Tensor};
 
-use super::{amp, checkpoint, optim::AdamW, rng::SplitMix64, schedule};
+use super::{checkpoint, optim::AdamW, rng::SplitMix64, schedule};
+use crate::amp;
 use crate::config::{Precision, RunConfig};
 use crate::data::{batch_input, Dataset, Split, TaskConfig};
 use crate::models::param_count;
@@ -383,7 +384,7 @@ pub fn run(cfg: &RunConfig, data: &Dataset, opts: &Options) -> Result<RunRecord>
         precision,
         wall_s: started.elapsed().as_secs_f64(),
         seed: t.seed,
-        commit: git_commit(),
+        commit: env!("PIXELSEQ_COMMIT").to_string(),
         date: today(),
     };
     write_atomic(&dir.join("result.json"), serde_json::to_string_pretty(&record)?.as_bytes())?;
@@ -441,18 +442,6 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
         .filter(|l| serde_json::from_str::<Metrics>(l).is_ok_and(|m| m.step <= step))
         .collect();
     write_atomic(path, (kept.join("\n") + if kept.is_empty() { "" } else { "\n" }).as_bytes())
-}
-
-/// The repository's commit, if the run starts inside a git checkout.
-fn git_commit() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Today's date (UTC) as YYYY-MM-DD.
