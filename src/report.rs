@@ -689,8 +689,15 @@ impl Figure for AccuracyVsThroughput<'_> {
     }
 }
 
+impl BenchEntry {
+    /// What a line stands for: the preset (two presets of one model are two lines), else the model.
+    fn label(&self) -> &str {
+        self.preset.as_deref().unwrap_or(&self.model)
+    }
+}
+
 /// Training (left) and inference (right) throughput against sequence length, log-log, a line per
-/// model × implementation: one colour per model, solid for pixelseq, dashed for PyTorch.
+/// preset × implementation: one colour per preset, solid for pixelseq, dashed for PyTorch.
 struct ThroughputVsLength<'a>(&'a [BenchEntry]);
 
 impl Figure for ThroughputVsLength<'_> {
@@ -702,14 +709,14 @@ impl Figure for ThroughputVsLength<'_> {
         root.fill(&WHITE)?;
         let entries = self.0;
         let models: Vec<&str> = {
-            let mut m: Vec<&str> = entries.iter().map(|e| e.model.as_str()).collect();
+            let mut m: Vec<&str> = entries.iter().map(BenchEntry::label).collect();
             m.sort();
             m.dedup();
             m
         };
         let mut lines = BTreeMap::<(&str, &str), Vec<&BenchEntry>>::new();
         for e in entries {
-            lines.entry((e.model.as_str(), e.implementation.as_str())).or_default().push(e);
+            lines.entry((e.label(), e.implementation.as_str())).or_default().push(e);
         }
         for line in lines.values_mut() {
             line.sort_by_key(|e| e.seq_len);

@@ -29,27 +29,29 @@ fn pack_and_run_on_cpu() {
     // The run script finds torch through `python3`, as on the GPU machine.
     let path = format!("{}:{}", repo.join(".venv/bin").display(), std::env::var("PATH").unwrap_or_default());
     let out = tmp.path().join("out");
-    let tiny = "--threads 2 --set model.d_model=8 --set model.qkv_dim=8 --set model.n_heads=2 --set model.mlp_dim=8 \
-                --set train.batch_size=8 --set train.eval_batches=1 --set train.eval_batch_size=8";
+    let tiny = "--threads 2 --set model.d_model=8 --set model.n_layers=1 --set train.batch_size=8 \
+                --set train.eval_batches=1 --set train.eval_batch_size=500";
     let run = Command::new(pack.join("run"))
-        .arg("transformer-lra:0.05")
+        .arg("s4d-small:0.05")
         .env("PATH", path)
         .env("OUT", &out)
         .env("PIXELSEQ_DEVICE", "cpu")
-        .env("PROBE_STEPS", "2")
+        .env("PROBE_STEPS", "1")
         .env("PIXELSEQ_TRAIN_ARGS", tiny)
+        .env("PROBE_WARMUP", "0")
+        .env(
+            "PIXELSEQ_BENCH_ARGS",
+            "--threads 2 --set model.d_model=8 --set model.n_layers=1 --set train.batch_size=8",
+        )
         .output()
         .unwrap();
     let log = String::from_utf8_lossy(&run.stdout).into_owned() + &String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{log}");
-    let archive = out.join("transformer-lra.tar.gz");
+    let archive = out.join("s4d-small.tar.gz");
     let listing = Command::new("tar").arg("tzf").arg(&archive).output().unwrap();
     let names = String::from_utf8_lossy(&listing.stdout).into_owned();
     for f in ["result.json", "metrics.jsonl", "config.toml", "train.log"] {
-        assert!(
-            names.contains(&format!("transformer-lra/{f}")),
-            "{f} missing from the archive: {names}"
-        );
+        assert!(names.contains(&format!("s4d-small/{f}")), "{f} missing from the archive: {names}");
     }
     assert!(!names.contains("checkpoints"), "checkpoints travel back: {names}");
 }

@@ -179,4 +179,34 @@ fn resume_after_kill_is_exact() {
         [5, 10, 15, 20, 25, 30, 35, 40],
         "one metrics line per evaluation, none repeated"
     );
+
+    // The finished run can be scored again and used for prediction.
+    let eval = Command::new(env!("CARGO_BIN_EXE_pixelseq"))
+        .args(["eval", "--device", "cpu", "--split", "val", "--data"])
+        .arg(shared_data())
+        .arg("--run")
+        .arg(&cut)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&eval.stdout);
+    assert!(
+        eval.status.success() && text.contains("val split: accuracy") && text.contains("5000 images"),
+        "{text}"
+    );
+    let png = dir.path().join("cat.png");
+    image::RgbImage::from_fn(48, 40, |x, y| image::Rgb([(x * 5) as u8, (y * 6) as u8, 90]))
+        .save(&png)
+        .unwrap();
+    let predict = Command::new(env!("CARGO_BIN_EXE_pixelseq"))
+        .args(["predict", "--device", "cpu", "--run"])
+        .arg(&cut)
+        .arg(&png)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&predict.stdout);
+    assert!(predict.status.success(), "{}", String::from_utf8_lossy(&predict.stderr));
+    assert!(
+        text.starts_with(&format!("{}: ", png.display())) && text.matches('%').count() == 3,
+        "top-3 line: {text}"
+    );
 }
