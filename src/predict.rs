@@ -25,22 +25,8 @@ use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
 use crate::amp;
 use crate::cli::DeviceArgs;
 use crate::config::{Precision, RunConfig};
-use crate::data::{batch_input, gray_pixel, TaskConfig};
+use crate::data::{batch_input, cifar::CLASSES, gray_pixel, TaskConfig};
 use crate::train::{checkpoint, run::write_atomic};
-
-/// CIFAR-10 class names in label order.
-pub const CLASSES: [&str; 10] = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-];
 
 /// Side of a CIFAR-10 image.
 pub const SIDE: u32 = 32;
