@@ -81,6 +81,11 @@ fn reference_parameter_counts_match_on_grayscale() {
             "name = 'pit'\ninput = 'embed'\ndepth = 2\nd_model = 16\nd_ff = 32\nn_heads = 2\npos = 'none'\npool = 'mean'\ndrop_path = 0.1",
             "name = 'lipschitz-rnn'\nn_units = 8\nsolver = 'euler'",
             "name = 'trellisnet'\nnhid = 6\nnout = 4\ndilations = [1, 2, 4, 8, 16, 32]",
+            "name = 'transformer'\nd_model = 16\nn_layers = 2\nn_heads = 2\nqkv_dim = 8\nmlp_dim = 24",
+            "name = 'transformer'\nd_model = 16\nn_layers = 2\nn_heads = 2\nqkv_dim = 16\nmlp_dim = 24\nvocab = 512\npool = 'mean'\n\
+             attn_bias = true\ninit = 'pytorch'\ngelu = 'exact'\nmask_black_pixels = false",
+            "name = 'nystromformer'\nd_model = 16\nn_layers = 2\nn_heads = 2\nqkv_dim = 16\nmlp_dim = 24\nlandmarks = 8",
+            "name = 'nystromformer'\nd_model = 16\nn_layers = 1\nn_heads = 4\nqkv_dim = 16\nmlp_dim = 24\nlandmarks = 64\nconv_kernel = 0",
         ],
     );
 }
@@ -97,6 +102,8 @@ fn reference_parameter_counts_match_on_rgb() {
             "name = 'pit'\ndepth = 2\nd_model = 16\nd_ff = 32\nn_heads = 4",
             "name = 'lipschitz-rnn'\nn_units = 8",
             "name = 'trellisnet'\nnhid = 6\nnout = 10\ndilations = [1, 2, 4, 8, 16, 32]\nkernel_size = 3",
+            "name = 'transformer'\ninput = 'linear'\nd_model = 16\nn_layers = 1\nn_heads = 2\nqkv_dim = 8\nmlp_dim = 24",
+            "name = 'nystromformer'\ninput = 'linear'\nd_model = 16\nn_layers = 1\nn_heads = 2\nqkv_dim = 16\nmlp_dim = 24\nlandmarks = 16",
         ],
     );
 }

@@ -3,8 +3,9 @@ PyTorch, after the paper's appendix code and pixelseq's src/models/lru.rs: expon
 parameterisation nu, theta, gamma; complex B and C as real and imaginary parts; D skip; GELU,
 GLU-style gate out1(z) * sigmoid(out2(z)), residual with pre- or post-norm. Like with like: the
 linear recurrence runs in the formulation pixelseq uses (config key `parallel`): "fft", the
-convolution with the kernel lambda^l through complex FFTs of length 2L, or "chunked", dense
-products inside chunks and a carry across them. In float32 with autocast off, as pixelseq."""
+convolution with the kernel lambda^l through complex FFTs of length 2L along the last axis of a
+(B, N, L) view, or "chunked", dense products inside chunks and a carry across them. In float32
+with autocast off, as pixelseq."""
 
 import math
 
@@ -25,10 +26,10 @@ def dense(d_in, d_out):
 def fft_scan(u, log_lambda):
     """h_t = lambda h_{t-1} + u_t for u (B L N) complex, as a causal FFT convolution."""
     L = u.size(1)
-    powers = torch.exp(torch.arange(L, device=u.device).unsqueeze(-1) * log_lambda)  # (L N)
-    k_f = torch.fft.fft(powers, n=2 * L, dim=0)  # (2L N)
-    u_f = torch.fft.fft(u, n=2 * L, dim=1)  # (B 2L N)
-    return torch.fft.ifft(u_f * k_f, n=2 * L, dim=1)[:, :L]  # (B L N)
+    powers = torch.exp(log_lambda.unsqueeze(-1) * torch.arange(L, device=u.device))  # (N L)
+    k_f = torch.fft.fft(powers, n=2 * L)  # (N 2L)
+    u_f = torch.fft.fft(u.transpose(1, 2), n=2 * L)  # (B N 2L)
+    return torch.fft.ifft(u_f * k_f, n=2 * L)[..., :L].transpose(1, 2)  # (B L N)
 
 
 def lower_powers(size, step, log_lambda):

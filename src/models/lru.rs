@@ -191,10 +191,12 @@ impl NormLayer {
 fn fft_scan(u: &Tensor, log_lambda: &Tensor) -> Tensor {
     let l = u.size()[1];
     let pos = Tensor::arange(l, (Kind::Float, u.device())); // (L)
-    let powers = (pos.unsqueeze(-1) * log_lambda).exp(); // (L, N): λ^ℓ
-    let k_f = powers.fft_fft(2 * l, 0, "backward"); // (2L, N)
-    let u_f = u.fft_fft(2 * l, 1, "backward"); // (B, 2L, N)
-    (u_f * k_f).fft_ifft(2 * l, 1, "backward").narrow(1, 0, l) // (B, L, N)
+    let powers = (log_lambda.unsqueeze(-1) * pos).exp(); // (N, L): λ^ℓ
+    // FFTs along the last axis of (B, N, L) views: faster than along L of (B, L, N) (strided).
+    let k_f = powers.fft_fft(2 * l, -1, "backward"); // (N, 2L)
+    let u_f = u.transpose(1, 2).fft_fft(2 * l, -1, "backward"); // (B, N, 2L)
+    let h = (u_f * k_f).fft_ifft(2 * l, -1, "backward").narrow(2, 0, l); // (B, N, L)
+    h.transpose(1, 2) // (B, L, N)
 }
 
 /// Powers λ^{k·(i−j)} for i ≥ j and 0 above the diagonal: (size, size, N) complex.
