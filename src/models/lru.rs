@@ -192,7 +192,7 @@ fn fft_scan(u: &Tensor, log_lambda: &Tensor) -> Tensor {
     let l = u.size()[1];
     let pos = Tensor::arange(l, (Kind::Float, u.device())); // (L)
     let powers = (log_lambda.unsqueeze(-1) * pos).exp(); // (N, L): λ^ℓ
-    // FFTs along the last axis of (B, N, L) views: faster than along L of (B, L, N) (strided).
+                                                         // FFTs along the last axis of (B, N, L) views: faster than along L of (B, L, N) (strided).
     let k_f = powers.fft_fft(2 * l, -1, "backward"); // (N, 2L)
     let u_f = u.transpose(1, 2).fft_fft(2 * l, -1, "backward"); // (B, N, 2L)
     let h = (u_f * k_f).fft_ifft(2 * l, -1, "backward").narrow(2, 0, l); // (B, N, L)
@@ -333,7 +333,7 @@ impl Block {
         } else {
             xs.shallow_clone()
         }; // (B, L, H)
-        let z = tch::autocast(false, || self.lru.forward(&z.to_kind(Kind::Float))); // (B, L, H)
+        let z = crate::amp::without_autocast(|| self.lru.forward(&z.to_kind(Kind::Float))); // (B, L, H)
         let z = self.drop(&z.gelu("tanh"), train); // (B, L, H): Flax's default approximate GELU
         let z = z.apply(&self.out1) * z.apply(&self.out2).sigmoid(); // (B, L, H)
         let z = self.drop(&z, train); // (B, L, H)

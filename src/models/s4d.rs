@@ -280,7 +280,7 @@ impl Block {
         } else {
             xs.shallow_clone()
         }; // (B, L, H)
-        let z = tch::autocast(false, || self.ssm_conv(&z.to_kind(Kind::Float))); // (B, L, H)
+        let z = crate::amp::without_autocast(|| self.ssm_conv(&z.to_kind(Kind::Float))); // (B, L, H)
         let z = if self.cfg.conv_dropout { dropout(&z, p, tied, train) } else { z }; // (B, L, H)
         let z = dropout(&z.gelu("none"), p, tied, train); // (B, L, H)
         let z = z.apply(&self.out).glu(-1); // (B, L, H)
