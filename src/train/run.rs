@@ -203,6 +203,7 @@ pub fn run(cfg: &RunConfig, data: &Dataset, opts: &Options) -> Result<RunRecord>
     let mut step = state.step;
     let mut stopped_early = false;
     let mut segment = Instant::now();
+    let mut last_line = Instant::now();
 
     while step < total {
         let epoch = step / steps_per_epoch;
@@ -280,17 +281,29 @@ pub fn run(cfg: &RunConfig, data: &Dataset, opts: &Options) -> Result<RunRecord>
                 last_dir.display()
             );
         }
+        let progress = || {
+            let n = seen as f64;
+            format!(
+                "loss {:.3} acc {:.1}% lr {lr_now:.2e} {:.0} img/s",
+                loss_sum.double_value(&[]) / n,
+                100.0 * correct_sum.double_value(&[]) / n,
+                n / segment.elapsed().as_secs_f64().max(1e-9)
+            )
+        };
         if let Some(b) = &bar {
             b.inc(1);
             if step.is_multiple_of(10) {
-                let n = seen as f64;
-                b.set_message(format!(
-                    "loss {:.3} acc {:.1}% lr {lr_now:.2e} {:.0} img/s",
-                    loss_sum.double_value(&[]) / n,
-                    100.0 * correct_sum.double_value(&[]) / n,
-                    n / segment.elapsed().as_secs_f64().max(1e-9)
-                ));
+                b.set_message(progress());
             }
+        } else if last_line.elapsed().as_secs() >= 30 {
+            // Without a terminal, a plain line every 30 s between evaluations.
+            eprintln!(
+                "step {step}/{total} epoch {:.2} | {} | {}",
+                step as f64 / steps_per_epoch as f64,
+                progress(),
+                clock(started.elapsed().as_secs_f64())
+            );
+            last_line = Instant::now();
         }
         let out_of_time = deadline.is_some_and(|d| started.elapsed().as_secs_f64() >= d);
         if step.is_multiple_of(eval_every) || step == total || out_of_time {
