@@ -26,9 +26,12 @@ import os
 import statistics
 import sys
 import time
+import warnings
 
-import torch
-import torch.nn.functional as F
+warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
