@@ -2,18 +2,35 @@
 //! without `--no-as-needed` the linker drops it and CUDA is silently unavailable at run time.
 //! Every executable also records libtorch's folder as its run path, so it starts without
 //! `LD_LIBRARY_PATH` on the machine that built it; elsewhere `LD_LIBRARY_PATH` (searched first)
-//! points at that machine's `torch/lib`.
+//! points at that machine's `torch/lib`. `csrc/multi_tensor.cpp` (libtorch's fused multi-tensor
+//! kernels, which tch does not wrap) is compiled against the same libtorch's headers.
 
 fn main() {
     commit();
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
-    if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
-        println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
-        let dir = std::path::Path::new(&lib);
-        if dir.join("libtorch_cuda.so").exists() {
-            println!("cargo:rustc-link-arg-bins=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
-        }
+    let lib = std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys reports libtorch's folder (DEP_TCH_LIBTORCH_LIB)");
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+    let dir = std::path::Path::new(&lib);
+    if dir.join("libtorch_cuda.so").exists() {
+        println!("cargo:rustc-link-arg-bins=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
     }
+    multi_tensor(dir);
+}
+
+/// Compiles the C++ shim with torch-sys's flags: C++17 and the new libstdc++ ABI of the PyTorch
+/// wheels; headers sit beside the library folder in `torch/include`.
+fn multi_tensor(lib: &std::path::Path) {
+    println!("cargo:rerun-if-changed=csrc/multi_tensor.cpp");
+    let include = lib.parent().expect("libtorch's lib folder has a parent").join("include");
+    cc::Build::new()
+        .cpp(true)
+        .file("csrc/multi_tensor.cpp")
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .flag("-w")
+        .compile("pixelseq_multi_tensor");
 }
 
 /// The commit the binary is built from, recorded in every run's `result.json` (the binary may run

@@ -505,15 +505,15 @@ fn run_one(a: &BenchArgs) -> Result<()> {
 }
 
 /// The trainer's step (see the module doc): forward, loss, backward, clipping, AdamW.
-fn train_step(model: &dyn ModuleT, opt: &mut AdamW, xs: &Tensor, ys: &Tensor, o: &Optim, precision: Precision) {
+fn train_step(model: &dyn ModuleT, opt: &mut AdamW, xs: &Tensor, ys: &Tensor, o: &Optim, precision: Precision) -> Result<()> {
     let logits = amp::autocast(precision, || model.forward_t(xs, true)).to_kind(Kind::Float); // (B, 10)
     let loss = logits.cross_entropy_loss::<Tensor>(ys, None, Reduction::Mean, -100, o.label_smoothing);
-    opt.zero_grad();
+    opt.zero_grad()?;
     loss.backward();
     if o.clip_norm > 0.0 {
-        let _ = tch::no_grad(|| opt.clip_grad_norm(o.clip_norm));
+        let _ = opt.clip_grad_norm(o.clip_norm)?;
     }
-    opt.step(1.0);
+    opt.step(1.0)
 }
 
 /// Times `cfg`'s model on random pixels (B, L, C): training, then inference.
@@ -544,13 +544,15 @@ pub fn measure(
     let ys = Tensor::randint(NUM_CLASSES, [batch], (Kind::Int64, device)); // (B)
 
     let train = median_seconds(warmup, steps, device, || {
-        train_step(model.as_ref(), &mut opt, &xs, &ys, &cfg.optim, precision);
+        train_step(model.as_ref(), &mut opt, &xs, &ys, &cfg.optim, precision)?;
         sample();
-    });
+        Ok(())
+    })?;
     let infer = median_seconds(warmup, steps, device, || {
         let _ = tch::no_grad(|| amp::autocast(precision, || model.forward_t(&xs, false)));
         sample();
-    });
+        Ok(())
+    })?;
     let peak_mem_mb = match &gpu {
         Some(g) => peak.saturating_sub(g.baseline) as f64 / MIB,
         None => peak_rss_mib().context("cannot read VmHWM from /proc/self/status")?,
@@ -569,7 +571,7 @@ const MIB: f64 = 1024.0 * 1024.0;
 
 /// Runs `f` `warmup` times, then `steps` times timed, each between device synchronisations;
 /// returns the median seconds.
-fn median_seconds(warmup: usize, steps: usize, device: Device, mut f: impl FnMut()) -> f64 {
+fn median_seconds(warmup: usize, steps: usize, device: Device, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     let sync = || {
         if let Device::Cuda(i) = device {
             tch::Cuda::synchronize(i as i64);
@@ -579,13 +581,13 @@ fn median_seconds(warmup: usize, steps: usize, device: Device, mut f: impl FnMut
     for i in 0..warmup + steps {
         sync();
         let start = Instant::now();
-        f();
+        f()?;
         sync();
         if i >= warmup {
             times.push(start.elapsed().as_secs_f64());
         }
     }
-    median(&mut times)
+    Ok(median(&mut times))
 }
 
 fn median(xs: &mut [f64]) -> f64 {

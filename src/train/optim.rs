@@ -3,11 +3,13 @@
 //!
 //! Groups follow the tags of [`crate::models`]: DECAY matrices take `weight_decay`; 1-D tensors of
 //! DECAY and everything in NO_DECAY take none; SSM takes `ssm_lr` and no weight decay. The update
-//! is PyTorch's `torch.optim.AdamW` (decoupled decay, bias-corrected moments, eps outside the sqrt).
+//! is PyTorch's `torch.optim.AdamW` (decoupled decay, bias-corrected moments, eps outside the sqrt),
+//! run by its fused multi-tensor kernel.
 
 use anyhow::{bail, Result};
 use tch::{nn, Kind, Tensor};
 
+use super::multi_tensor::{self, AdamWStep};
 use crate::config::Optim;
 use crate::models::{NO_DECAY, SSM};
 
@@ -38,6 +40,8 @@ pub struct AdamW {
     eps: f64,
     /// Number of updates taken so far.
     pub t: u64,
+    /// `t` as a float32 scalar on the parameters' device, read by the fused kernel.
+    step: Tensor,
 }
 
 impl AdamW {
@@ -93,6 +97,7 @@ impl AdamW {
             betas: cfg.betas,
             eps: cfg.eps,
             t: 0,
+            step: Tensor::zeros([], (Kind::Float, vs.device())),
         }
     }
 
@@ -118,62 +123,70 @@ impl AdamW {
         self.groups.iter().flat_map(|g| g.params.iter())
     }
 
-    pub fn zero_grad(&self) {
-        for p in self.params() {
-            let mut g = p.value.grad();
-            if g.defined() {
-                let _ = g.zero_();
-            }
-        }
+    /// The gradients the last backward pass produced (parameters it did not reach have none).
+    fn grads(&self) -> Vec<Tensor> {
+        self.params().map(|p| p.value.grad()).filter(|g| g.defined()).collect()
+    }
+
+    /// Drops every gradient (PyTorch's `zero_grad(set_to_none=True)`): the next backward pass
+    /// writes fresh gradients instead of adding into zeroed ones.
+    pub fn zero_grad(&self) -> Result<()> {
+        let values: Vec<Tensor> = self.params().map(|p| p.value.shallow_clone()).collect();
+        multi_tensor::clear_grads(&values)
+    }
+
+    /// Multiplies every gradient by `factor` (the fp16 loss-scale removal).
+    pub fn scale_grads(&self, factor: f64) -> Result<()> {
+        let grads = self.grads();
+        let factor = Tensor::from(factor as f32).to_device(self.step.device());
+        tch::no_grad(|| multi_tensor::mul_(&grads, &factor))
     }
 
     /// Scales all gradients so their global norm is at most `max_norm`; returns the norm before
-    /// clipping as a device scalar (no host synchronisation).
-    pub fn clip_grad_norm(&self, max_norm: f64) -> Tensor {
-        let norms: Vec<Tensor> = self
-            .params()
-            .map(|p| p.value.grad())
-            .filter(|g| g.defined())
-            .map(|g| g.to_kind(Kind::Float).norm())
-            .collect();
-        let total = Tensor::stack(&norms, 0).norm(); // ()
-        let coef = (max_norm / (&total + 1e-6)).clamp_max(1.0);
-        for p in self.params() {
-            let mut g = p.value.grad();
-            if g.defined() {
-                let _ = g.g_mul_(&coef.to_kind(g.kind()));
-            }
+    /// clipping as a device scalar (no host synchronisation). Two multi-tensor kernels, as
+    /// PyTorch's `clip_grad_norm_(foreach=True)`.
+    pub fn clip_grad_norm(&self, max_norm: f64) -> Result<Tensor> {
+        let grads = self.grads();
+        if grads.is_empty() {
+            return Ok(Tensor::zeros([], (Kind::Float, self.step.device())));
         }
-        total
+        tch::no_grad(|| {
+            let total = multi_tensor::total_norm(&grads)?; // ()
+            let coef = (max_norm / (&total + 1e-6)).clamp_max(1.0);
+            multi_tensor::mul_(&grads, &coef)?;
+            Ok(total)
+        })
     }
 
-    /// One AdamW update with every group's lr multiplied by `factor` (the schedule).
-    pub fn step(&mut self, factor: f64) {
+    /// One AdamW update with every group's lr multiplied by `factor` (the schedule): one fused
+    /// kernel per group, PyTorch's `AdamW(fused=True)`.
+    pub fn step(&mut self, factor: f64) -> Result<()> {
         self.t += 1;
-        let [b1, b2] = self.betas;
-        let bc1 = 1.0 - b1.powi(self.t as i32);
-        let bc2 = 1.0 - b2.powi(self.t as i32);
-        let eps = self.eps;
+        let _ = self.step.fill_(self.t as f64);
         tch::no_grad(|| {
-            for g in &mut self.groups {
-                let lr = g.lr * factor;
-                for p in &mut g.params {
-                    let grad = p.value.grad();
-                    if !grad.defined() {
-                        continue;
-                    }
-                    let grad = grad.to_kind(Kind::Float);
-                    if g.weight_decay > 0.0 {
-                        let _ = p.value.g_mul_scalar_(1.0 - lr * g.weight_decay);
-                    }
-                    let _ = p.m.lerp_(&grad, 1.0 - b1);
-                    let _ = p.v.g_mul_scalar_(b2);
-                    let _ = p.v.addcmul_(&(&grad * (1.0 - b2)), &grad);
-                    let denom = (&p.v / bc2).sqrt_().g_add_scalar_(eps);
-                    let _ = p.value.addcdiv_(&(&p.m * (-lr / bc1)), &denom);
+            for g in &self.groups {
+                let live: Vec<&Param> = g.params.iter().filter(|p| p.value.grad().defined()).collect();
+                if live.is_empty() {
+                    continue;
                 }
+                let list = |f: fn(&Param) -> Tensor| live.iter().map(|p| f(p)).collect::<Vec<_>>();
+                let hyper = AdamWStep {
+                    lr: g.lr * factor,
+                    betas: self.betas,
+                    weight_decay: g.weight_decay,
+                    eps: self.eps,
+                };
+                multi_tensor::fused_adamw(
+                    &list(|p| p.value.shallow_clone()),
+                    &list(|p| p.value.grad()),
+                    &list(|p| p.m.shallow_clone()),
+                    &list(|p| p.v.shallow_clone()),
+                    &self.step,
+                    &hyper,
+                )?;
             }
-        });
+            Ok(())
+        })
     }
 
     /// The moments, named `m.<param>` and `v.<param>`, for a checkpoint.
@@ -262,9 +275,9 @@ mod tests {
         .build(&vs_b, 1e-2)
         .unwrap();
         for _ in 0..20 {
-            ours.zero_grad();
+            ours.zero_grad().unwrap();
             net_a.forward(&xs).cross_entropy_for_logits(&ys).backward();
-            ours.step(1.0);
+            ours.step(1.0).unwrap();
             theirs.zero_grad();
             net_b.forward(&xs).cross_entropy_for_logits(&ys).backward();
             theirs.step();
@@ -303,9 +316,32 @@ mod tests {
         let net = model(&vs, true);
         let opt = AdamW::new(&vs, &Optim::default());
         (net.forward(&Tensor::ones([2, 4], (Kind::Float, Device::Cpu))).sum(Kind::Float) * 1000.0).backward();
-        let before = opt.clip_grad_norm(0.5).double_value(&[]);
+        let before = opt.clip_grad_norm(0.5).unwrap().double_value(&[]);
         assert!(before > 0.5);
-        let after = opt.clip_grad_norm(1e9).double_value(&[]);
+        let after = opt.clip_grad_norm(1e9).unwrap().double_value(&[]);
         assert!((after - 0.5).abs() < 1e-3, "{after}");
+    }
+
+    /// zero_grad drops gradients; a parameter the backward pass did not reach is not updated, not
+    /// even decayed (PyTorch skips parameters whose gradient is None).
+    #[test]
+    fn parameters_without_gradients_are_left_alone() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let p = vs.root();
+        let used = p.var("used", &[3, 3], nn::Init::Const(1.0));
+        let unused = p.var("unused", &[3, 3], nn::Init::Const(1.0));
+        let cfg = Optim {
+            weight_decay: 0.5,
+            ..Default::default()
+        };
+        let mut opt = AdamW::new(&vs, &cfg);
+        used.sum(Kind::Float).backward();
+        opt.zero_grad().unwrap();
+        assert!(!used.grad().defined());
+        (&used * 2.0).sum(Kind::Float).backward();
+        opt.step(1.0).unwrap();
+        assert!(used.max().double_value(&[]) < 1.0);
+        assert_eq!(unused.min().double_value(&[]), 1.0);
+        assert_eq!(unused.max().double_value(&[]), 1.0);
     }
 }

@@ -232,7 +232,7 @@ pub fn run(cfg: &RunConfig, data: &Dataset, opts: &Options) -> Result<RunRecord>
             ce(&labels)
         };
 
-        opt.zero_grad();
+        opt.zero_grad()?;
         let fp16 = precision == Precision::Fp16;
         if fp16 {
             (&loss * state.loss_scale).backward();
@@ -242,18 +242,10 @@ pub fn run(cfg: &RunConfig, data: &Dataset, opts: &Options) -> Result<RunRecord>
         let factor = schedule::factor(&cfg.schedule, step, total, steps_per_epoch);
         let lr_now = cfg.optim.lr * factor;
         if fp16 {
-            let norm = tch::no_grad(|| {
-                let unscale = Tensor::from(1.0 / state.loss_scale).to_device(device);
-                for (_, p) in vs.variables() {
-                    let mut g = p.grad();
-                    if g.defined() {
-                        let _ = g.g_mul_(&unscale.to_kind(g.kind()));
-                    }
-                }
-                opt.clip_grad_norm(if cfg.optim.clip_norm > 0.0 { cfg.optim.clip_norm } else { f64::MAX })
-            });
+            opt.scale_grads(1.0 / state.loss_scale)?;
+            let norm = opt.clip_grad_norm(if cfg.optim.clip_norm > 0.0 { cfg.optim.clip_norm } else { f64::MAX })?;
             if norm.double_value(&[]).is_finite() {
-                opt.step(factor);
+                opt.step(factor)?;
                 if opt.t.is_multiple_of(2000) {
                     state.loss_scale *= 2.0;
                 }
@@ -262,9 +254,9 @@ pub fn run(cfg: &RunConfig, data: &Dataset, opts: &Options) -> Result<RunRecord>
             }
         } else {
             if cfg.optim.clip_norm > 0.0 {
-                let _ = tch::no_grad(|| opt.clip_grad_norm(cfg.optim.clip_norm));
+                let _ = opt.clip_grad_norm(cfg.optim.clip_norm)?;
             }
-            opt.step(factor);
+            opt.step(factor)?;
         }
         tch::no_grad(|| {
             loss_sum += loss.detach() * bs as f64;

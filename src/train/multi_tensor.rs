@@ -1,0 +1,115 @@
+//! Safe calls into `csrc/multi_tensor.cpp`: libtorch's fused multi-tensor kernels (AdamW, the
+//! global gradient norm, in-place scaling) and setting gradients to none, one call per list of
+//! tensors instead of several kernels per tensor.
+
+use std::ffi::{c_char, CStr};
+
+use anyhow::{bail, Result};
+use tch::Tensor;
+use torch_sys::C_tensor;
+
+extern "C" {
+    #[allow(clippy::too_many_arguments)]
+    fn pixelseq_fused_adamw(
+        params: *const *mut C_tensor,
+        grads: *const *mut C_tensor,
+        exp_avgs: *const *mut C_tensor,
+        exp_avg_sqs: *const *mut C_tensor,
+        step: *const C_tensor,
+        n: usize,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> bool;
+    fn pixelseq_total_norm(ts: *const *mut C_tensor, n: usize, out: *mut *mut C_tensor, err: *mut c_char, err_len: usize) -> bool;
+    fn pixelseq_mul_(ts: *const *mut C_tensor, n: usize, factor: *const C_tensor, err: *mut c_char, err_len: usize) -> bool;
+    fn pixelseq_clear_grads(ts: *const *mut C_tensor, n: usize, err: *mut c_char, err_len: usize) -> bool;
+}
+
+fn handles(ts: &[Tensor]) -> Vec<*mut C_tensor> {
+    ts.iter().map(|t| t.as_ptr() as *mut C_tensor).collect()
+}
+
+/// Runs one shim call with an error buffer; libtorch's message becomes the error.
+fn call(what: &str, f: impl FnOnce(*mut c_char, usize) -> bool) -> Result<()> {
+    let mut err = [0 as c_char; 1024];
+    if f(err.as_mut_ptr(), err.len()) {
+        return Ok(());
+    }
+    // SAFETY: the shim wrote a NUL-terminated message (snprintf) into the buffer.
+    let msg = unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy();
+    bail!("{what}: {}", msg.lines().next().unwrap_or_default())
+}
+
+/// Hyperparameters of one fused AdamW call.
+pub struct AdamWStep {
+    pub lr: f64,
+    pub betas: [f64; 2],
+    pub weight_decay: f64,
+    pub eps: f64,
+}
+
+/// One AdamW update of `params` in place (PyTorch's `AdamW(fused=True)` kernel). All tensors
+/// share one dtype and device; `step` is the float32 step count (from 1) on that device.
+pub fn fused_adamw(params: &[Tensor], grads: &[Tensor], m: &[Tensor], v: &[Tensor], step: &Tensor, h: &AdamWStep) -> Result<()> {
+    let n = params.len();
+    assert!(
+        grads.len() == n && m.len() == n && v.len() == n,
+        "fused_adamw: lists of different lengths"
+    );
+    let (p, g, m, v) = (handles(params), handles(grads), handles(m), handles(v));
+    call("fused AdamW", |err, len| {
+        // SAFETY: four arrays of n live tensor handles and one scalar tensor, borrowed for the call.
+        unsafe {
+            pixelseq_fused_adamw(
+                p.as_ptr(),
+                g.as_ptr(),
+                m.as_ptr(),
+                v.as_ptr(),
+                step.as_ptr(),
+                n,
+                h.lr,
+                h.betas[0],
+                h.betas[1],
+                h.weight_decay,
+                h.eps,
+                err,
+                len,
+            )
+        }
+    })
+}
+
+/// The 2-norm of all of `ts` together, a float32 scalar on their device (no host synchronisation).
+pub fn total_norm(ts: &[Tensor]) -> Result<Tensor> {
+    let hs = handles(ts);
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: an array of live handles; on success the shim stores a new heap tensor in `out`.
+    call("gradient norm", |err, len| unsafe {
+        pixelseq_total_norm(hs.as_ptr(), hs.len(), &mut out, err, len)
+    })?;
+    // SAFETY: `out` is a tensor the shim allocated for us to own.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// Multiplies each of `ts` in place by the scalar tensor `factor`.
+pub fn mul_(ts: &[Tensor], factor: &Tensor) -> Result<()> {
+    let hs = handles(ts);
+    // SAFETY: an array of live handles and a live scalar tensor.
+    call("gradient scaling", |err, len| unsafe {
+        pixelseq_mul_(hs.as_ptr(), hs.len(), factor.as_ptr(), err, len)
+    })
+}
+
+/// Sets the gradients of `ts` to none, as PyTorch's `zero_grad(set_to_none=True)`.
+pub fn clear_grads(ts: &[Tensor]) -> Result<()> {
+    let hs = handles(ts);
+    // SAFETY: an array of live handles.
+    call("clearing gradients", |err, len| unsafe {
+        pixelseq_clear_grads(hs.as_ptr(), hs.len(), err, len)
+    })
+}
