@@ -1,8 +1,46 @@
 //! The carry-and-run path of a GPU run, exercised on CPU with a tiny budget: `scripts/gpu-pack`
-//! assembles the folder, its `run` script trains from it and leaves one archive of text records.
+//! assembles the folder (and the sCIFAR cache in parts beside it), its `run` script joins the
+//! parts, trains from the folder and leaves one archive of text records per preset.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
+
+/// Runs `pack/run SPEC` on CPU with tiny `--set` overrides for both the probe and the run.
+fn run(repo: &Path, pack: &Path, out: &Path, spec: &str, sets: &str) -> Output {
+    // The run script finds torch through `python3`, as on the GPU machine.
+    let path = format!("{}:{}", repo.join(".venv/bin").display(), std::env::var("PATH").unwrap_or_default());
+    let output = Command::new(pack.join("run"))
+        .arg(spec)
+        .env("PATH", path)
+        .env("OUT", out)
+        .env("PIXELSEQ_DEVICE", "cpu")
+        .env("PROBE_STEPS", "1")
+        .env("PROBE_WARMUP", "0")
+        .env(
+            "PIXELSEQ_TRAIN_ARGS",
+            format!("--threads 2 {sets} --set train.eval_batches=1 --set train.eval_batch_size=500"),
+        )
+        .env("PIXELSEQ_BENCH_ARGS", format!("--threads 2 {sets}"))
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{log}");
+    output
+}
+
+/// The archive of `preset` holds the run's text records and no checkpoints.
+fn check_archive(out: &Path, preset: &str) {
+    let listing = Command::new("tar")
+        .arg("tzf")
+        .arg(out.join(format!("{preset}.tar.gz")))
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&listing.stdout).into_owned();
+    for f in ["result.json", "metrics.jsonl", "config.toml", "train.log"] {
+        assert!(names.contains(&format!("{preset}/{f}")), "{f} missing from the archive: {names}");
+    }
+    assert!(!names.contains("checkpoints"), "checkpoints travel back: {names}");
+}
 
 #[test]
 fn pack_and_run_on_cpu() {
@@ -20,38 +58,38 @@ fn pack_and_run_on_cpu() {
         .arg(env!("CARGO_BIN_EXE_pixelseq"))
         .arg("--data")
         .arg(&shared)
+        .arg("--scifar")
         .status()
         .unwrap();
     assert!(status.success());
-    let cache = std::fs::metadata(pack.join("lra-image.zst")).unwrap().len();
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    let cache = size(&pack.join("data/pixelseq-lra-image.zst"));
     assert!(cache <= 48_000_000, "lra-image cache is {cache} bytes");
-
-    // The run script finds torch through `python3`, as on the GPU machine.
-    let path = format!("{}:{}", repo.join(".venv/bin").display(), std::env::var("PATH").unwrap_or_default());
-    let out = tmp.path().join("out");
-    let tiny = "--threads 2 --set model.d_model=8 --set model.n_layers=1 --set train.batch_size=8 \
-                --set train.eval_batches=1 --set train.eval_batch_size=500";
-    let run = Command::new(pack.join("run"))
-        .arg("s4d-small:0.05")
-        .env("PATH", path)
-        .env("OUT", &out)
-        .env("PIXELSEQ_DEVICE", "cpu")
-        .env("PROBE_STEPS", "1")
-        .env("PIXELSEQ_TRAIN_ARGS", tiny)
-        .env("PROBE_WARMUP", "0")
-        .env(
-            "PIXELSEQ_BENCH_ARGS",
-            "--threads 2 --set model.d_model=8 --set model.n_layers=1 --set train.batch_size=8",
-        )
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&run.stdout).into_owned() + &String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "{log}");
-    let archive = out.join("s4d-small.tar.gz");
-    let listing = Command::new("tar").arg("tzf").arg(&archive).output().unwrap();
-    let names = String::from_utf8_lossy(&listing.stdout).into_owned();
-    for f in ["result.json", "metrics.jsonl", "config.toml", "train.log"] {
-        assert!(names.contains(&format!("s4d-small/{f}")), "{f} missing from the archive: {names}");
+    for i in 1..=3 {
+        let part = tmp.path().join(format!("pack-scifar-{i}/pixelseq-scifar.zst.part-{i}"));
+        assert!(size(&part) <= 60 << 20, "{} is {} bytes", part.display(), size(&part));
     }
-    assert!(!names.contains("checkpoints"), "checkpoints travel back: {names}");
+    assert!(
+        !pack.join("data/pixelseq-scifar.zst").exists(),
+        "the whole sCIFAR cache is in the carried folder"
+    );
+
+    let out = tmp.path().join("out");
+    let rgb = run(
+        repo,
+        &pack,
+        &out,
+        "lipschitz-scifar:0.05",
+        "--set model.n_units=8 --set train.batch_size=8",
+    );
+    assert!(String::from_utf8_lossy(&rgb.stdout).contains("joined the sCIFAR cache from 3 parts"));
+    check_archive(&out, "lipschitz-scifar");
+    run(
+        repo,
+        &pack,
+        &out,
+        "s4d-small:0.05",
+        "--set model.d_model=8 --set model.n_layers=1 --set train.batch_size=8",
+    );
+    check_archive(&out, "s4d-small");
 }
