@@ -2,8 +2,8 @@
 //! without `--no-as-needed` the linker drops it and CUDA is silently unavailable at run time.
 //! Every executable also records libtorch's folder as its run path, so it starts without
 //! `LD_LIBRARY_PATH` on the machine that built it; elsewhere `LD_LIBRARY_PATH` (searched first)
-//! points at that machine's `torch/lib`. `csrc/multi_tensor.cpp` (libtorch's fused multi-tensor
-//! kernels, which tch does not wrap) is compiled against the same libtorch's headers.
+//! points at that machine's `torch/lib`. `csrc/` (libtorch's fused multi-tensor kernels and its
+//! Kineto profiler, which tch does not wrap) is compiled against the same libtorch's headers.
 
 fn main() {
     commit();
@@ -14,23 +14,24 @@ fn main() {
     if dir.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg-bins=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
     }
-    multi_tensor(dir);
+    csrc(dir);
 }
 
-/// Compiles the C++ shim with torch-sys's flags: C++17 and the new libstdc++ ABI of the PyTorch
+/// Compiles the C++ shims with torch-sys's flags: C++17 and the new libstdc++ ABI of the PyTorch
 /// wheels; headers sit beside the library folder in `torch/include`.
-fn multi_tensor(lib: &std::path::Path) {
-    println!("cargo:rerun-if-changed=csrc/multi_tensor.cpp");
+fn csrc(lib: &std::path::Path) {
+    println!("cargo:rerun-if-changed=csrc");
     let include = lib.parent().expect("libtorch's lib folder has a parent").join("include");
     cc::Build::new()
         .cpp(true)
         .file("csrc/multi_tensor.cpp")
+        .file("csrc/profile.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .flag("-w")
-        .compile("pixelseq_multi_tensor");
+        .compile("pixelseq_csrc");
 }
 
 /// The commit the binary is built from, recorded in every run's `result.json` (the binary may run

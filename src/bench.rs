@@ -15,7 +15,20 @@
 //! before and after each step; the figure is batch / median step time, in images per second.
 //! With `--repeat N` every configuration is measured N times, pixelseq and PyTorch alternating,
 //! and each side keeps its fastest round: on a machine shared with other work, interference only
-//! ever slows a round down.
+//! ever slows a round down. There, also keep `--threads` at or below the idle cores: with more,
+//! every small operation's OpenMP barrier waits for a preempted thread, and the figures measure
+//! the scheduler (recurrent models with thousands of small steps suffer most).
+//!
+//! The training step is the trainer's: AdamW, gradient clipping and `zero_grad` go through
+//! libtorch's fused multi-tensor kernels (`AdamW(fused=True)`, `clip_grad_norm_(foreach=True)`,
+//! `set_to_none`), while the PyTorch side uses PyTorch's defaults (foreach AdamW on CUDA, the
+//! per-tensor loop on CPU); that difference is part of what the ratio measures.
+//!
+//! # Profiles
+//! `--profile DIR` runs `--steps` more training steps of each configuration under libtorch's
+//! Kineto profiler (`torch.profiler` on the PyTorch side; the last round's with `--repeat`) and
+//! writes `DIR/<preset>-L<len>-<impl>.txt`, operators by self time (and kernels by device time
+//! on CUDA), and `.json`, a Chrome trace: to find where one side loses time.
 //!
 //! # Peak memory (`peak_mem_mb`, MiB)
 //! Each (preset, L) runs in a child process (`pixelseq bench --one …`, hidden), so that numbers do
@@ -98,6 +111,11 @@ pub struct BenchArgs {
     #[arg(long, value_name = "PATH")]
     pub python: Option<PathBuf>,
     /// Internal: measure one preset at one length in this process and print one JSON line.
+    /// After timing, profile `--steps` training steps of each configuration, both implementations,
+    /// with libtorch's profiler (torch.profiler on the PyTorch side): DIR/<preset>-L<len>-<impl>.txt
+    /// (operators by self time; kernels by device time on CUDA) and .json (Chrome trace)
+    #[arg(long, value_name = "DIR")]
+    pub profile: Option<PathBuf>,
     #[arg(long, hide = true)]
     pub one: bool,
 }
@@ -190,6 +208,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     if a.one {
         return run_one(&a);
+    }
+    if let Some(dir) = &a.profile {
+        std::fs::create_dir_all(dir).with_context(|| format!("--profile: cannot create `{}`", dir.display()))?;
     }
     let device = a.device.resolve()?;
     let mut sources: Vec<Source> = a.presets.iter().cloned().map(Source::Preset).collect();
@@ -409,7 +430,15 @@ fn run_child(cell: &Cell, a: &BenchArgs, device: Device) -> Result<Measurement, 
     if let Some(t) = a.device.threads {
         cmd.args(["--threads", &t.to_string()]);
     }
+    if let Some(dir) = &a.profile {
+        cmd.arg("--profile").arg(dir);
+    }
     json_line_of(cmd)
+}
+
+/// Where `--profile DIR` puts the files of one configuration and implementation, without extension.
+fn profile_prefix(dir: &Path, label: &str, seq_len: i64, implementation: &str) -> PathBuf {
+    dir.join(format!("{label}-L{seq_len}-{implementation}"))
 }
 
 /// Runs a child and parses the last line of its stdout as a [`Measurement`]; a failure becomes a
@@ -477,6 +506,10 @@ impl Reference {
         if let Some(t) = a.device.threads {
             cmd.args(["--threads", &t.to_string()]);
         }
+        if let Some(dir) = &a.profile {
+            cmd.arg("--profile")
+                .arg(profile_prefix(dir, &cell.source.label(), input.seq_len, "pytorch"));
+        }
         json_line_of(cmd)
     }
 }
@@ -499,7 +532,12 @@ fn run_one(a: &BenchArgs) -> Result<()> {
         seq_len: l,
     };
     let batch = a.batch.unwrap_or(cfg.train.batch_size);
-    let m = measure(&cfg, input, batch, a.steps, a.warmup, device, precision)?;
+    let timing = Timing {
+        steps: a.steps,
+        warmup: a.warmup,
+        profile: a.profile.as_ref().map(|dir| profile_prefix(dir, &source.label(), l, "pixelseq")),
+    };
+    let m = measure(&cfg, input, batch, &timing, device, precision)?;
     println!("{}", serde_json::to_string(&m)?);
     Ok(())
 }
@@ -516,16 +554,17 @@ fn train_step(model: &dyn ModuleT, opt: &mut AdamW, xs: &Tensor, ys: &Tensor, o:
     opt.step(1.0)
 }
 
+/// How [`measure`] times: `warmup` untimed steps, the median of `steps` timed ones, then
+/// optionally `steps` training steps under the profiler, written to `<profile>.txt` and `.json`.
+pub struct Timing {
+    pub steps: usize,
+    pub warmup: usize,
+    pub profile: Option<PathBuf>,
+}
+
 /// Times `cfg`'s model on random pixels (B, L, C): training, then inference.
-pub fn measure(
-    cfg: &RunConfig,
-    input: InputSpec,
-    batch: i64,
-    steps: usize,
-    warmup: usize,
-    device: Device,
-    precision: Precision,
-) -> Result<Measurement> {
+pub fn measure(cfg: &RunConfig, input: InputSpec, batch: i64, t: &Timing, device: Device, precision: Precision) -> Result<Measurement> {
+    let (steps, warmup) = (t.steps, t.warmup);
     let gpu = match device {
         Device::Cuda(i) => Some(cuda::Memory::new(i)?),
         _ => None,
@@ -557,6 +596,24 @@ pub fn measure(
         Some(g) => peak.saturating_sub(g.baseline) as f64 / MIB,
         None => peak_rss_mib().context("cannot read VmHWM from /proc/self/status")?,
     };
+    if let Some(prefix) = &t.profile {
+        let trace = PathBuf::from(format!("{}.json", prefix.display()));
+        let ((), summary) = crate::profile::profile(device.is_cuda(), &trace, || {
+            for _ in 0..steps {
+                train_step(model.as_ref(), &mut opt, &xs, &ys, &cfg.optim, precision)?;
+            }
+            if let Device::Cuda(i) = device {
+                tch::Cuda::synchronize(i as i64);
+            }
+            Ok(())
+        })?;
+        let text = format!(
+            "{} training steps of batch {batch} at L = {}, {device:?}\n\n{summary}",
+            steps, input.seq_len
+        );
+        let path = format!("{}.txt", prefix.display());
+        std::fs::write(&path, text).with_context(|| format!("failed to write `{path}`"))?;
+    }
     Ok(Measurement {
         params: param_count(&vs),
         train_img_per_s: batch as f64 / train,

@@ -6,5 +6,6 @@ pub mod config;
 pub mod data;
 pub mod models;
 pub mod predict;
+pub mod profile;
 pub mod report;
 pub mod train;

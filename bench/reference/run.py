@@ -4,7 +4,7 @@ times the same training and inference steps pixelseq times, printing one JSON li
 
     python run.py --model '{"name": "s4d", ...}' --channels 1 --seq-len 1024 --batch 64 \
         [--optim '{"lr": ...}'] [--steps 10] [--warmup 3] [--device cpu|cuda:N] [--threads N] \
-        [--precision fp32|bf16] [--count-only]
+        [--precision fp32|bf16] [--count-only] [--profile PREFIX]
 
 With --count-only it prints {"params": n} only; --model may then be a JSON list of configs, for
 which it prints the list of counts.
@@ -112,6 +112,7 @@ def main():
     ap.add_argument("--threads", type=int)
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--count-only", action="store_true", help="print {params} and exit; --model may be a list")
+    ap.add_argument("--profile", metavar="PREFIX", help="after timing, profile --steps training steps: PREFIX.json, PREFIX.txt")
     args = ap.parse_args()
     cfg, optim = json.loads(args.model), json.loads(args.optim)
     if args.threads:
@@ -182,7 +183,30 @@ def main():
     }
     if cuda:
         result["max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / MIB
+    if args.profile:
+        model.train()
+        profile(train_step, args.steps, sync, cuda, args.profile)
     print(json.dumps(result))
+
+
+def profile(step, steps, sync, cuda, prefix):
+    """`steps` calls of `step` under torch.profiler (CPU, and CUDA kernels on a GPU): the Chrome
+    trace in PREFIX.json, operators by self time in PREFIX.txt."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profiler(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        sync()
+    prof.export_chrome_trace(prefix + ".json")
+    averages = prof.key_averages()
+    tables = [averages.table(sort_by="self_cpu_time_total", row_limit=40)]
+    if cuda:
+        tables.append(averages.table(sort_by="self_device_time_total", row_limit=40))
+    with open(prefix + ".txt", "w") as f:
+        f.write("\n\n".join(tables))
 
 
 if __name__ == "__main__":

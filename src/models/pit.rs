@@ -200,9 +200,12 @@ impl Attention {
         let (b, l, d) = xs.size3().unwrap();
         let (h, hd) = (self.n_heads, d / self.n_heads);
         let qkv = xs.apply(&self.qkv).view([b, l, 3, h, hd]).permute([2, 0, 3, 1, 4]); // (3, B, h, L, hd)
-        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2)); // (B, h, L, hd) each
+                                                                                       // unbind, not three selects: one backward that stacks the three gradients, instead of
+                                                                                       // three that each fill a zeroed (3, B, h, L, hd) tensor and then get summed.
+        let qkv = qkv.unbind(0);
+        let (q, k, v) = (&qkv[0], &qkv[1], &qkv[2]); // (B, h, L, hd) each
         let p = if train { self.attn_dropout } else { 0.0 };
-        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, p, false, None, false); // (B, h, L, hd)
+        let y = Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, p, false, None, false); // (B, h, L, hd)
         let y = y.transpose(1, 2).reshape([b, l, d]); // (B, L, D)
         y.apply(&self.proj).dropout(self.dropout, train) // (B, L, D)
     }

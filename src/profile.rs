@@ -1,0 +1,79 @@
+//! libtorch's Kineto profiler (the one `torch.profiler` drives) around a region of code, through
+//! `csrc/profile.cpp`: a Chrome trace file and a text summary of where the time went (CPU operators
+//! by self time, device kernels by device time).
+
+use std::ffi::{c_char, CStr, CString};
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+extern "C" {
+    fn pixelseq_profile_start(cuda: bool, err: *mut c_char, err_len: usize) -> bool;
+    fn pixelseq_profile_stop(trace_path: *const c_char, summary: *mut *mut c_char, err: *mut c_char, err_len: usize) -> bool;
+    fn pixelseq_free(p: *mut c_char);
+}
+
+/// The message a failed shim call left in `err`.
+fn message(err: &[c_char]) -> String {
+    // SAFETY: the shim wrote a NUL-terminated message (snprintf) into the zeroed buffer.
+    unsafe { CStr::from_ptr(err.as_ptr()) }
+        .to_string_lossy()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Runs `f` under the profiler (CPU operators, and CUDA kernels when `cuda`), writes the Chrome
+/// trace to `trace` and returns the summary table with `f`'s result.
+pub fn profile<T>(cuda: bool, trace: &Path, f: impl FnOnce() -> Result<T>) -> Result<(T, String)> {
+    let path = CString::new(trace.to_string_lossy().as_bytes()).map_err(|_| anyhow!("`{}`: a NUL in the path", trace.display()))?;
+    let mut err = [0 as c_char; 1024];
+    // SAFETY: a plain call with an error buffer of the stated length.
+    if !unsafe { pixelseq_profile_start(cuda, err.as_mut_ptr(), err.len()) } {
+        bail!("cannot start libtorch's profiler: {}", message(&err));
+    }
+    let out = f();
+    let mut summary: *mut c_char = std::ptr::null_mut();
+    // SAFETY: a NUL-terminated path, an out pointer and an error buffer; on success `summary` is a
+    // malloc'd C string that we copy and release with the shim's free.
+    let text = unsafe {
+        if !pixelseq_profile_stop(path.as_ptr(), &mut summary, err.as_mut_ptr(), err.len()) {
+            bail!("cannot stop libtorch's profiler or save `{}`: {}", trace.display(), message(&err));
+        }
+        let text = CStr::from_ptr(summary).to_string_lossy().into_owned();
+        pixelseq_free(summary);
+        text
+    };
+    Ok((out.context("the profiled steps failed")?, text))
+}
+
+#[cfg(test)]
+mod tests {
+    use tch::{Device, Kind, Tensor};
+
+    #[test]
+    fn profile_names_the_operators_and_writes_a_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        let trace = dir.path().join("trace.json");
+        let a = Tensor::randn([64, 64], (Kind::Float, Device::Cpu));
+        let (sum, summary) = super::profile(false, &trace, || Ok(a.mm(&a).relu().sum(Kind::Float).double_value(&[]))).unwrap();
+        assert!(sum.is_finite());
+        assert!(summary.starts_with("# CPU operators by self time"), "{summary}");
+        assert!(summary.contains("\taten::mm\n") && summary.contains("\taten::relu\n"), "{summary}");
+        let text = std::fs::read_to_string(&trace).unwrap();
+        assert!(text.contains("traceEvents") && text.contains("aten::mm"), "not a Chrome trace");
+    }
+
+    #[test]
+    fn a_failing_region_still_stops_the_profiler() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = super::profile(false, &dir.path().join("t.json"), || -> anyhow::Result<()> {
+            anyhow::bail!("boom")
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("boom"));
+        let (_, summary) = super::profile(false, &dir.path().join("u.json"), || Ok(())).unwrap();
+        assert!(summary.starts_with("# CPU"));
+    }
+}
