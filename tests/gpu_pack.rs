@@ -92,4 +92,25 @@ fn pack_and_run_on_cpu() {
         "--set model.d_model=8 --set model.n_layers=1 --set train.batch_size=8",
     );
     check_archive(&out, "s4d-small");
+
+    // `run bench`: both implementations from the carried references, JSON and profiles back.
+    let path = format!("{}:{}", repo.join(".venv/bin").display(), std::env::var("PATH").unwrap_or_default());
+    let args = "bench --preset fnet-lra --seq-len 64 --batch 2 --steps 1 --warmup 0 --threads 2 \
+                --set model.d_emb=16 --set model.d_model=16 --set model.d_ff=16";
+    let bench = Command::new(pack.join("run"))
+        .args(args.split_whitespace())
+        .env("PATH", path)
+        .env("OUT", &out)
+        .env("PIXELSEQ_DEVICE", "cpu")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&bench.stdout).into_owned() + &String::from_utf8_lossy(&bench.stderr);
+    assert!(bench.status.success(), "{log}");
+    let json = std::fs::read_to_string(out.join("bench.json")).unwrap();
+    assert!(json.contains("\"pytorch\"") && json.contains("\"pixelseq\""), "{json}");
+    let listing = Command::new("tar").arg("tzf").arg(out.join("profiles.tar.gz")).output().unwrap();
+    let names = String::from_utf8_lossy(&listing.stdout).into_owned();
+    for side in ["pixelseq", "pytorch"] {
+        assert!(names.contains(&format!("profiles/fnet-lra-L64-{side}.txt")), "{names}");
+    }
 }
