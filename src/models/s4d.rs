@@ -166,8 +166,10 @@ impl NormLayer {
 
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         match self {
-            NormLayer::Layer(ln) => xs.apply(ln),                                          // (B, L, H)
-            NormLayer::Batch(bn) => xs.transpose(1, 2).apply_t(bn, train).transpose(1, 2), // (B, L, H)
+            NormLayer::Layer(ln) => xs.apply(ln), // (B, L, H)
+            // BatchNorm1d over (B·L, H) rows: the statistics of (B, H, L) over B and L, without
+            // the strided (B, H, L) view that the CPU kernel reads slowly.
+            NormLayer::Batch(bn) => xs.reshape([-1, *xs.size().last().unwrap()]).apply_t(bn, train).view_as(xs), // (B, L, H)
         }
     }
 }
@@ -385,6 +387,25 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         S4d::new(&vs.root(), cfg, input);
         param_count(&vs)
+    }
+
+    /// BatchNorm on (B·L, H) rows normalises, and updates its running statistics, exactly as
+    /// BatchNorm1d on the (B, H, L) layout of the reference.
+    #[test]
+    fn batch_norm_rows_match_the_channel_layout() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let ours = NormLayer::new(vs.root() / "ours", Norm::Batch, 6);
+        let cfg = nn::BatchNormConfig {
+            ws_init: nn::Init::Const(1.0),
+            ..Default::default()
+        };
+        let theirs = nn::batch_norm1d(vs.root() / "theirs", 6, cfg);
+        let xs = Tensor::randn([3, 10, 6], (Kind::Float, Device::Cpu)) * 2.0 + 1.0; // (B, L, H)
+        for train in [true, true, false] {
+            let a = ours.forward_t(&xs, train);
+            let b = xs.transpose(1, 2).apply_t(&theirs, train).transpose(1, 2);
+            assert!(a.allclose(&b, 1e-5, 1e-5, false), "train = {train}");
+        }
     }
 
     #[test]

@@ -321,10 +321,6 @@ pub fn run(cfg: &RunConfig, data: &Dataset, opts: &Options) -> Result<RunRecord>
                 state.best_val_acc = val_acc;
                 state.best_step = step;
             }
-            checkpoint::save(&last_dir, &vs, Some(&opt), &state)?;
-            if improved {
-                checkpoint::save(&best_dir, &vs, None, &state)?;
-            }
             let m = Metrics {
                 step,
                 epoch: step as f64 / steps_per_epoch as f64,
@@ -336,7 +332,14 @@ pub fn run(cfg: &RunConfig, data: &Dataset, opts: &Options) -> Result<RunRecord>
                 img_per_s: throughput(&state, step * bs as u64),
                 wall_s: state.elapsed_s,
             };
+            // `last` is written last: a run killed before it resumes from the previous `last`,
+            // drops this metrics line (truncate_metrics) and redoes the steps, rewriting `best`
+            // alike; written first, it would leave a step without its line or its best weights.
             append_line(&metrics_path, &serde_json::to_string(&m)?)?;
+            if improved {
+                checkpoint::save(&best_dir, &vs, None, &state)?;
+            }
+            checkpoint::save(&last_dir, &vs, Some(&opt), &state)?;
             eprintln!(
                 "step {step}/{total} epoch {:.2} lr {lr_now:.2e} | train loss {train_loss:.4} acc {:.2}% | val loss {val_loss:.4} acc {:.2}%{} | {:.0} img/s | {}",
                 m.epoch,
