@@ -491,8 +491,8 @@ fn relative_path(from: &Path, to: &Path) -> Result<String> {
 // ---------------------------------------------------------------------------------------------
 // Plots
 
-/// Line colours (matplotlib's tab10), cycled.
-const COLORS: [RGBColor; 10] = [
+/// Line colours, cycled: matplotlib's tab20, its ten strong colours first, then their light pairs.
+const COLORS: [RGBColor; 20] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -503,6 +503,16 @@ const COLORS: [RGBColor; 10] = [
     RGBColor(127, 127, 127),
     RGBColor(188, 189, 34),
     RGBColor(23, 190, 207),
+    RGBColor(174, 199, 232),
+    RGBColor(255, 187, 120),
+    RGBColor(152, 223, 138),
+    RGBColor(255, 152, 150),
+    RGBColor(197, 176, 213),
+    RGBColor(196, 156, 148),
+    RGBColor(247, 182, 210),
+    RGBColor(199, 199, 199),
+    RGBColor(219, 219, 141),
+    RGBColor(158, 218, 229),
 ];
 
 fn color(i: usize) -> RGBColor {
