@@ -110,12 +110,12 @@ pub struct BenchArgs {
     /// Python with torch for the reference (default: the checkout's .venv/bin/python).
     #[arg(long, value_name = "PATH")]
     pub python: Option<PathBuf>,
-    /// Internal: measure one preset at one length in this process and print one JSON line.
     /// After timing, profile `--steps` training steps of each configuration, both implementations,
     /// with libtorch's profiler (torch.profiler on the PyTorch side): DIR/<preset>-L<len>-<impl>.txt
     /// (operators by self time; kernels by device time on CUDA) and .json (Chrome trace)
     #[arg(long, value_name = "DIR")]
     pub profile: Option<PathBuf>,
+    /// Internal: measure one preset at one length in this process and print one JSON line.
     #[arg(long, hide = true)]
     pub one: bool,
 }
@@ -602,9 +602,7 @@ pub fn measure(cfg: &RunConfig, input: InputSpec, batch: i64, t: &Timing, device
             for _ in 0..steps {
                 train_step(model.as_ref(), &mut opt, &xs, &ys, &cfg.optim, precision)?;
             }
-            if let Device::Cuda(i) = device {
-                tch::Cuda::synchronize(i as i64);
-            }
+            sync(device);
             Ok(())
         })?;
         let text = format!(
@@ -629,22 +627,24 @@ const MIB: f64 = 1024.0 * 1024.0;
 /// Runs `f` `warmup` times, then `steps` times timed, each between device synchronisations;
 /// returns the median seconds.
 fn median_seconds(warmup: usize, steps: usize, device: Device, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    let sync = || {
-        if let Device::Cuda(i) = device {
-            tch::Cuda::synchronize(i as i64);
-        }
-    };
     let mut times = Vec::with_capacity(steps);
     for i in 0..warmup + steps {
-        sync();
+        sync(device);
         let start = Instant::now();
         f()?;
-        sync();
+        sync(device);
         if i >= warmup {
             times.push(start.elapsed().as_secs_f64());
         }
     }
     Ok(median(&mut times))
+}
+
+/// Waits for the device's queued work (nothing to wait for on CPU).
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
 }
 
 fn median(xs: &mut [f64]) -> f64 {
