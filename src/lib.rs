@@ -4,6 +4,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod data;
+mod ffi;
 pub mod models;
 pub mod predict;
 pub mod profile;

@@ -5,7 +5,9 @@
 use std::ffi::{c_char, CStr, CString};
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
+
+use crate::ffi::call;
 
 extern "C" {
     fn pixelseq_profile_start(cuda: bool, err: *mut c_char, err_len: usize) -> bool;
@@ -13,34 +15,24 @@ extern "C" {
     fn pixelseq_free(p: *mut c_char);
 }
 
-/// The message a failed shim call left in `err`.
-fn message(err: &[c_char]) -> String {
-    // SAFETY: the shim wrote a NUL-terminated message (snprintf) into the zeroed buffer.
-    unsafe { CStr::from_ptr(err.as_ptr()) }
-        .to_string_lossy()
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
 /// Runs `f` under the profiler (CPU operators, and CUDA kernels when `cuda`), writes the Chrome
 /// trace to `trace` and returns the summary table with `f`'s result.
 pub fn profile<T>(cuda: bool, trace: &Path, f: impl FnOnce() -> Result<T>) -> Result<(T, String)> {
     let path = CString::new(trace.to_string_lossy().as_bytes()).map_err(|_| anyhow!("`{}`: a NUL in the path", trace.display()))?;
-    let mut err = [0 as c_char; 1024];
     // SAFETY: a plain call with an error buffer of the stated length.
-    if !unsafe { pixelseq_profile_start(cuda, err.as_mut_ptr(), err.len()) } {
-        bail!("cannot start libtorch's profiler: {}", message(&err));
-    }
+    call("cannot start libtorch's profiler", |err, len| unsafe {
+        pixelseq_profile_start(cuda, err, len)
+    })?;
     let out = f();
     let mut summary: *mut c_char = std::ptr::null_mut();
-    // SAFETY: a NUL-terminated path, an out pointer and an error buffer; on success `summary` is a
-    // malloc'd C string that we copy and release with the shim's free.
+    // SAFETY: a NUL-terminated path, an out pointer and an error buffer.
+    call(
+        &format!("cannot stop libtorch's profiler or save `{}`", trace.display()),
+        |err, len| unsafe { pixelseq_profile_stop(path.as_ptr(), &mut summary, err, len) },
+    )?;
+    // SAFETY: on success `summary` is a malloc'd C string, copied here and released with the
+    // shim's free.
     let text = unsafe {
-        if !pixelseq_profile_stop(path.as_ptr(), &mut summary, err.as_mut_ptr(), err.len()) {
-            bail!("cannot stop libtorch's profiler or save `{}`: {}", trace.display(), message(&err));
-        }
         let text = CStr::from_ptr(summary).to_string_lossy().into_owned();
         pixelseq_free(summary);
         text

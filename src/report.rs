@@ -20,7 +20,7 @@
 //! in FILE with the table and links to the PNG plots (relative to FILE), written atomically.
 //! Every number shown comes from a run's `result.json` (or the bench file); nothing is typed in.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Once;
@@ -380,9 +380,7 @@ impl Report {
         }
         s.trim_end().to_string() + "\n"
     }
-}
 
-impl Report {
     /// The bench table: throughput of both implementations, their ratio, peak memory.
     fn speed_markdown(&self) -> String {
         let mut s = String::from(
@@ -796,13 +794,11 @@ fn speed_rows(entries: &[BenchEntry]) -> Vec<SpeedRow> {
 /// The measurements of devices benchmarked at two or more sequence lengths: the others make
 /// points, not curves.
 fn lengths_curves(entries: &[BenchEntry]) -> Vec<BenchEntry> {
-    let lengths = |device: &str| {
-        let mut l: Vec<i64> = entries.iter().filter(|e| e.device == device).map(|e| e.seq_len).collect();
-        l.sort();
-        l.dedup();
-        l.len()
-    };
-    entries.iter().filter(|e| lengths(&e.device) >= 2).cloned().collect()
+    let mut lengths = BTreeMap::<&str, BTreeSet<i64>>::new();
+    for e in entries {
+        lengths.entry(&e.device).or_default().insert(e.seq_len);
+    }
+    entries.iter().filter(|e| lengths[e.device.as_str()].len() >= 2).cloned().collect()
 }
 
 /// Training (left) and inference (right) throughput against sequence length, log-log, a line per

@@ -149,8 +149,9 @@ impl nn::ModuleT for LipschitzRnn {
             let w = hidden_matrix(&self.c, cfg.beta, cfg.gamma); // (N, N)
             let awt = Tensor::cat(&[a.tr(), w.tr()], 1); // (N, 2N)
             let mut h = Tensor::zeros([xs.size()[0], cfg.n_units], (Kind::Float, xs.device())); // (B, N)
-                                                                                                // One unbind, not L selects: each select's backward writes its step's gradient into a
-                                                                                                // zeroed (L, B, N) tensor and sums those, quadratic in L; unbind's stacks them once.
+
+            // One unbind, not L selects: each select's backward writes its step's gradient into a
+            // zeroed (L, B, N) tensor and sums those, quadratic in L; unbind's stacks them once.
             for z_t in z.unbind(0) {
                 h = step(&h, &z_t, &awt, cfg.eps, cfg.solver); // (B, N)
             }

@@ -200,8 +200,9 @@ impl Attention {
         let (b, l, d) = xs.size3().unwrap();
         let (h, hd) = (self.n_heads, d / self.n_heads);
         let qkv = xs.apply(&self.qkv).view([b, l, 3, h, hd]).permute([2, 0, 3, 1, 4]); // (3, B, h, L, hd)
-                                                                                       // unbind, not three selects: one backward that stacks the three gradients, instead of
-                                                                                       // three that each fill a zeroed (3, B, h, L, hd) tensor and then get summed.
+
+        // unbind, not three selects: one backward that stacks the three gradients, instead of
+        // three that each fill a zeroed (3, B, h, L, hd) tensor and then get summed.
         let qkv = qkv.unbind(0);
         let (q, k, v) = (&qkv[0], &qkv[1], &qkv[2]); // (B, h, L, hd) each
         let p = if train { self.attn_dropout } else { 0.0 };

@@ -2,11 +2,13 @@
 //! global gradient norm, in-place scaling) and setting gradients to none, one call per list of
 //! tensors instead of several kernels per tensor.
 
-use std::ffi::{c_char, CStr};
+use std::ffi::c_char;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use tch::Tensor;
 use torch_sys::C_tensor;
+
+use crate::ffi::call;
 
 extern "C" {
     #[allow(clippy::too_many_arguments)]
@@ -32,17 +34,6 @@ extern "C" {
 
 fn handles(ts: &[Tensor]) -> Vec<*mut C_tensor> {
     ts.iter().map(|t| t.as_ptr() as *mut C_tensor).collect()
-}
-
-/// Runs one shim call with an error buffer; libtorch's message becomes the error.
-fn call(what: &str, f: impl FnOnce(*mut c_char, usize) -> bool) -> Result<()> {
-    let mut err = [0 as c_char; 1024];
-    if f(err.as_mut_ptr(), err.len()) {
-        return Ok(());
-    }
-    // SAFETY: the shim wrote a NUL-terminated message (snprintf) into the buffer.
-    let msg = unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy();
-    bail!("{what}: {}", msg.lines().next().unwrap_or_default())
 }
 
 /// Hyperparameters of one fused AdamW call.

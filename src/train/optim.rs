@@ -165,7 +165,12 @@ impl AdamW {
         let _ = self.step.fill_(self.t as f64);
         tch::no_grad(|| {
             for g in &self.groups {
-                let live: Vec<&Param> = g.params.iter().filter(|p| p.value.grad().defined()).collect();
+                let (live, grads): (Vec<&Param>, Vec<Tensor>) = g
+                    .params
+                    .iter()
+                    .map(|p| (p, p.value.grad()))
+                    .filter(|(_, grad)| grad.defined())
+                    .unzip();
                 if live.is_empty() {
                     continue;
                 }
@@ -178,7 +183,7 @@ impl AdamW {
                 };
                 multi_tensor::fused_adamw(
                     &list(|p| p.value.shallow_clone()),
-                    &list(|p| p.value.grad()),
+                    &grads,
                     &list(|p| p.m.shallow_clone()),
                     &list(|p| p.v.shallow_clone()),
                     &self.step,

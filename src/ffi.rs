@@ -1,0 +1,18 @@
+//! The calling convention of the C++ shims in `csrc/`: each function returns false on a libtorch
+//! exception and leaves its message in an error buffer.
+
+use std::ffi::{c_char, CStr};
+
+use anyhow::{bail, Result};
+
+/// Runs one shim call with an error buffer; libtorch's first message line becomes the error,
+/// prefixed with `what`.
+pub(crate) fn call(what: &str, f: impl FnOnce(*mut c_char, usize) -> bool) -> Result<()> {
+    let mut err = [0 as c_char; 1024];
+    if f(err.as_mut_ptr(), err.len()) {
+        return Ok(());
+    }
+    // SAFETY: the shim wrote a NUL-terminated message (snprintf) into the zeroed buffer.
+    let msg = unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy();
+    bail!("{what}: {}", msg.lines().next().unwrap_or_default())
+}
