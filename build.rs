@@ -3,7 +3,8 @@
 //! Every executable also records libtorch's folder as its run path, so it starts without
 //! `LD_LIBRARY_PATH` on the machine that built it; elsewhere `LD_LIBRARY_PATH` (searched first)
 //! points at that machine's `torch/lib`. `csrc/` (libtorch's fused multi-tensor kernels and its
-//! Kineto profiler, which tch does not wrap) is compiled against the same libtorch's headers.
+//! Kineto profiler, which tch does not wrap, and a multithreaded CPU dropout mask) is compiled
+//! against the same libtorch's headers.
 
 fn main() {
     commit();
@@ -24,6 +25,7 @@ fn csrc(lib: &std::path::Path) {
     let include = lib.parent().expect("libtorch's lib folder has a parent").join("include");
     cc::Build::new()
         .cpp(true)
+        .file("csrc/dropout.cpp")
         .file("csrc/multi_tensor.cpp")
         .file("csrc/profile.cpp")
         .include(&include)

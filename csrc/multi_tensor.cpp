@@ -4,14 +4,15 @@
 // parameter; this is what `torch.optim.AdamW(fused=True)`, `clip_grad_norm_(foreach=True)` and
 // `zero_grad(set_to_none=True)` do in PyTorch.
 //
-// Tensors arrive as tch's handles (`at::Tensor *`). Every function catches libtorch's exceptions
-// and returns false with the message in `err` instead of unwinding into Rust.
+// Tensors arrive as tch's handles (`at::Tensor *`); errors come back through `guard.h`.
 
 #include <ATen/ATen.h>
 
-#include <cstdio>
-#include <exception>
 #include <vector>
+
+#include "guard.h"
+
+using pixelseq::guard;
 
 namespace {
 
@@ -20,17 +21,6 @@ std::vector<at::Tensor> list(at::Tensor *const *ts, size_t n) {
   out.reserve(n);
   for (size_t i = 0; i < n; i++) out.push_back(*ts[i]);
   return out;
-}
-
-template <typename F>
-bool guard(char *err, size_t err_len, F f) {
-  try {
-    f();
-    return true;
-  } catch (const std::exception &e) {
-    std::snprintf(err, err_len, "%s", e.what());
-    return false;
-  }
 }
 
 }  // namespace

@@ -1,7 +1,7 @@
 // libtorch's Kineto profiler around a region of `pixelseq bench`: the same profiler that
 // `torch.profiler` drives from Python, so both implementations are profiled alike. The Chrome trace
 // goes to a file; a summary table (CPU operators by self time, device kernels by device time)
-// comes back as text. Exceptions become `false` and a message in `err`.
+// comes back as text. Errors come back through `guard.h`.
 
 #include <torch/csrc/autograd/profiler_kineto.h>
 
@@ -9,12 +9,15 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <exception>
 #include <map>
 #include <set>
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include "guard.h"
+
+using pixelseq::guard;
 
 namespace prof = torch::autograd::profiler;
 namespace impl = torch::profiler::impl;
@@ -47,23 +50,19 @@ void table(std::ostringstream &out, const char *title, const std::map<std::strin
 extern "C" {
 
 bool pixelseq_profile_start(bool cuda, char *err, size_t err_len) {
-  try {
+  return guard(err, err_len, [&] {
     impl::ProfilerConfig config(impl::ProfilerState::KINETO);
     std::set<impl::ActivityType> activities{impl::ActivityType::CPU};
     if (cuda) activities.insert(impl::ActivityType::CUDA);
     prof::prepareProfiler(config, activities);
     prof::enableProfiler(config, activities);
-    return true;
-  } catch (const std::exception &e) {
-    std::snprintf(err, err_len, "%s", e.what());
-    return false;
-  }
+  });
 }
 
 // Stops the profiler, saves the Chrome trace at `trace_path` and returns the summary in `*summary`
 // (malloc'd; release with pixelseq_free).
 bool pixelseq_profile_stop(const char *trace_path, char **summary, char *err, size_t err_len) {
-  try {
+  return guard(err, err_len, [&] {
     auto result = prof::disableProfiler();
     result->save(trace_path);
     std::vector<const prof::KinetoEvent *> ops;
@@ -109,11 +108,7 @@ bool pixelseq_profile_stop(const char *trace_path, char **summary, char *err, si
     table(out, "CPU operators by self time", self, 40);
     if (!device.empty()) table(out, "Device kernels and copies by device time", device, 40);
     *summary = strdup(out.str().c_str());
-    return true;
-  } catch (const std::exception &e) {
-    std::snprintf(err, err_len, "%s", e.what());
-    return false;
-  }
+  });
 }
 
 void pixelseq_free(char *p) { std::free(p); }

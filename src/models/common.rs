@@ -1,11 +1,19 @@
-//! Pieces that three or more models use unchanged: how pixels enter a model, and the
-//! test helpers every model's tests share.
+//! Pieces that three or more models use unchanged: how pixels enter a model, dropout and
+//! softmax attention, and the test helpers every model's tests share.
+
+use std::ffi::c_char;
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use tch::{nn, Kind, Tensor};
+use tch::{nn, Device, Kind, Tensor};
+use torch_sys::C_tensor;
 
 use super::InputSpec;
+use crate::ffi::call;
+
+extern "C" {
+    fn pixelseq_dropout_mask(like: *const C_tensor, p: f64, out: *mut *mut C_tensor, err: *mut c_char, err_len: usize) -> bool;
+}
 
 /// Per-channel mean and standard deviation on the 0–255 scale used to normalise pixels.
 /// Grayscale: the S4 repository's LRA values (122.6, 61.0); RGB: the CIFAR-10 training set.
@@ -107,6 +115,142 @@ impl InputEncoder {
 /// (behind a config switch) build their attention mask from it.
 pub fn nonzero_mask(xs: &Tensor) -> Tensor {
     xs.ne(0).any_dim(-1, false) // (B, L)
+}
+
+/// A CPU dropout mask of `like`'s shape and dtype: 0 with probability `p` ∈ [0, 1), else
+/// 1/(1 − p) (`csrc/dropout.cpp`: all threads, seeded from libtorch's default CPU generator).
+fn dropout_mask(like: &Tensor, p: f64) -> Result<Tensor> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: a live tensor handle; on success the shim stores a new heap tensor in `out`.
+    call("dropout mask", |err, len| unsafe {
+        pixelseq_dropout_mask(like.as_ptr(), p, &mut out, err, len)
+    })?;
+    // SAFETY: `out` is a tensor the shim allocated for us to own.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// Inverted dropout: in training each element is zeroed with probability `p` and the others
+/// scaled by 1/(1 − p); the identity at evaluation. On the CPU the mask comes from
+/// [`dropout_mask`] (libtorch's CPU `bernoulli_` runs on one thread, ~25× slower); on a GPU
+/// from libtorch's own fused dropout kernel.
+pub fn dropout(xs: &Tensor, p: f64, train: bool) -> Tensor {
+    if !train || p == 0.0 {
+        return xs.shallow_clone();
+    }
+    if xs.device() != Device::Cpu || p >= 1.0 {
+        return xs.dropout(p, train);
+    }
+    // Like tch's own tensor operations, a libtorch failure here (out of memory) is a panic.
+    xs * dropout_mask(xs, p).expect("dropout")
+}
+
+/// Softmax attention over (B, h, L, Dh) heads, scaled by 1/√Dh, with an optional additive bias
+/// broadcast to (B, h, L, L) and dropout `p` on the weights in training. libtorch's fused
+/// `scaled_dot_product_attention`, except for dropout on the CPU: there libtorch runs its math
+/// path with a `bernoulli_` mask of (B, h, L, L), and the same math runs here with [`dropout`].
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, p: f64, train: bool) -> Tensor {
+    let p = if train { p } else { 0.0 };
+    if p == 0.0 || q.device() != Device::Cpu {
+        return Tensor::scaled_dot_product_attention(q, k, v, bias, p, false, None, false);
+        // (B, h, L, Dh)
+    }
+    let scale = 1.0 / (*q.size().last().unwrap() as f64).sqrt();
+    let scores = (q * scale).matmul(&k.transpose(-2, -1)); // (B, h, L, L)
+    let scores = match bias {
+        Some(bias) => scores + bias,
+        None => scores,
+    };
+    dropout(&scores.softmax(-1, scores.kind()), p, true).matmul(v) // (B, h, L, Dh)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values 0 or 1/(1 − p), the dropped fraction p within four standard deviations, odd sizes
+    /// and half-precision dtypes included.
+    #[test]
+    fn dropout_mask_drops_a_fraction_p() {
+        for (n, p, kind) in [
+            (1_000_001, 0.1, Kind::Float),
+            (400_000, 0.5, Kind::Float),
+            (99_999, 0.3, Kind::BFloat16),
+        ] {
+            let mask = dropout_mask(&Tensor::zeros([n], (kind, Device::Cpu)), p).unwrap();
+            assert_eq!((mask.size(), mask.kind()), (vec![n], kind));
+            let mask = mask.to_kind(Kind::Double);
+            let keep = (1.0 / (1.0 - p) as f32) as f64; // as stored in float32 (bf16 below)
+            let keep = Tensor::from(keep).to_kind(kind).double_value(&[]);
+            let dropped = mask.eq(0.0).sum(Kind::Int64).int64_value(&[]);
+            let kept = mask.eq(keep).sum(Kind::Int64).int64_value(&[]);
+            assert_eq!(dropped + kept, n, "values other than 0 and {keep}");
+            let sd = (n as f64 * p * (1.0 - p)).sqrt();
+            assert!(
+                (dropped as f64 - n as f64 * p).abs() < 4.0 * sd,
+                "{dropped} of {n} dropped at p = {p}"
+            );
+        }
+        let none = dropout_mask(&Tensor::zeros([1000], (Kind::Float, Device::Cpu)), 0.0).unwrap();
+        assert!(none.eq(1.0).all().int64_value(&[]) == 1);
+        assert!(dropout_mask(&Tensor::zeros([3], (Kind::Float, Device::Cpu)), 1.0).is_err());
+    }
+
+    /// Masks follow `manual_seed`, change from call to call, do not depend on the number of
+    /// threads, and neighbouring elements are uncorrelated.
+    #[test]
+    fn dropout_masks_are_reproducible_and_independent() {
+        let like = Tensor::zeros([1001, 129], (Kind::Float, Device::Cpu)); // several chunks of work
+        let threads = tch::get_num_threads();
+        let masks = |threads: i32| {
+            tch::set_num_threads(threads);
+            tch::manual_seed(7);
+            (dropout_mask(&like, 0.5).unwrap(), dropout_mask(&like, 0.5).unwrap())
+        };
+        let (c, _) = masks(1);
+        let (a, b) = masks(threads.max(2));
+        tch::set_num_threads(threads);
+        assert!(a.equal(&c), "the mask depends on the number of threads");
+        assert!(!a.equal(&b), "two calls gave the same mask");
+        let x = a.view([-1]) - 1.0; // ±1
+        let n = x.size()[0];
+        let lag1 = (x.narrow(0, 0, n - 1) * x.narrow(0, 1, n - 1)).mean(Kind::Double).double_value(&[]);
+        assert!(lag1.abs() < 4.0 / (n as f64).sqrt(), "correlation {lag1} between neighbours");
+    }
+
+    /// Training: x · mask, and the gradient is the mask; evaluation: the identity.
+    #[test]
+    fn dropout_scales_kept_values_and_their_gradient() {
+        let x = (Tensor::rand([64, 33], (Kind::Float, Device::Cpu)) + 1.0).set_requires_grad(true);
+        let y = dropout(&x, 0.25, true);
+        y.sum(Kind::Float).backward();
+        let ratio = &y / &x;
+        let kept = ratio.ne(0.0);
+        assert!(ratio.masked_select(&kept).allclose(&Tensor::from(1.0f32 / 0.75), 1e-6, 1e-6, false));
+        assert!(x.grad().allclose(&ratio.detach(), 1e-6, 1e-6, false));
+        assert!(dropout(&x, 0.25, false).equal(&x));
+    }
+
+    /// The CPU dropout path computes the fused kernel's attention: with a drop probability too
+    /// small to drop anything it matches `scaled_dot_product_attention`, and with dropout it is
+    /// softmax(q·kᵀ/√Dh + bias) · mask · v for the mask that the same seed draws.
+    #[test]
+    fn attention_with_dropout_is_the_fused_kernels_math() {
+        let q = Tensor::randn([2, 3, 17, 8], (Kind::Float, Device::Cpu));
+        let k = Tensor::randn([2, 3, 17, 8], (Kind::Float, Device::Cpu));
+        let v = Tensor::randn([2, 3, 17, 8], (Kind::Float, Device::Cpu));
+        let bias = Tensor::randn([2, 1, 1, 17], (Kind::Float, Device::Cpu));
+        let fused = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&bias), 0.0, false, None, false);
+        let tiny = attention(&q, &k, &v, Some(&bias), 1e-12, true);
+        assert!(tiny.allclose(&fused, 1e-5, 1e-5, false));
+        tch::manual_seed(3);
+        let ours = attention(&q, &k, &v, Some(&bias), 0.4, true);
+        tch::manual_seed(3);
+        let scores = (q.matmul(&k.transpose(-2, -1)) / 8f64.sqrt() + &bias).softmax(-1, Kind::Float);
+        let expected = (scores * dropout_mask(&Tensor::zeros([2, 3, 17, 17], (Kind::Float, Device::Cpu)), 0.4).unwrap()).matmul(&v);
+        assert!(ours.allclose(&expected, 1e-5, 1e-5, false));
+        assert!(!ours.allclose(&fused, 1e-2, 1e-2, false));
+        assert!(attention(&q, &k, &v, Some(&bias), 0.4, false).allclose(&fused, 1e-6, 1e-6, false));
+    }
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use tch::{nn, Kind, Tensor};
 
-use super::common::{InputEncoder, InputMode};
+use super::common::{dropout, InputEncoder, InputMode};
 use super::{InputSpec, NO_DECAY, NUM_CLASSES};
 
 /// FNet's `LAYER_NORM_EPSILON` (`f_net/layers.py`).
@@ -160,7 +160,7 @@ impl Block {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let x = (xs + fourier_mix(xs)).apply(&self.mixing_norm); // (B, L, D)
         let ff = x.apply(&self.ff_in).gelu("tanh"); // (B, L, F)
-        let ff = ff.apply(&self.ff_out).dropout(self.dropout, train); // (B, L, D)
+        let ff = dropout(&ff.apply(&self.ff_out), self.dropout, train); // (B, L, D)
         (x + ff).apply(&self.output_norm) // (B, L, D)
     }
 }
@@ -219,7 +219,7 @@ impl nn::ModuleT for FNet {
         let cls = self.cls.expand([b, 1, e], false).to_kind(words.kind()); // (B, 1, E)
         let x = Tensor::cat(&[cls, words], 1) + &self.pos; // (B, L+1, E)
         let x = x.apply(&self.emb_norm).apply(&self.hidden_mapping_in); // (B, L+1, D)
-        let mut x = x.dropout(self.dropout, train); // (B, L+1, D)
+        let mut x = dropout(&x, self.dropout, train); // (B, L+1, D)
         for layer in &self.layers {
             x = layer.forward_t(&x, train); // (B, L+1, D)
         }

@@ -9,7 +9,7 @@
 //! The model is a vanilla ViT with patch size 1: Linear(3 → d) on each pixel (a 1×1 convolution,
 //! through the shared [`InputEncoder`] in Linear mode), a [cls] token and learned position
 //! embeddings for all 1,025 tokens, pre-norm blocks x ← x + DropPath(Attn(LN(x))),
-//! x ← x + DropPath(MLP(LN(x))) with fused `scaled_dot_product_attention`, exact GELU, and a final
+//! x ← x + DropPath(MLP(LN(x))) with fused `scaled_dot_product_attention` ([`attention`]), exact GELU, and a final
 //! LayerNorm and linear head on the [cls] output. The paper also ablates sin-cos and no position
 //! embedding; `pos = "none"` gives the latter (a pure set model).
 //!
@@ -38,7 +38,7 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
-use super::common::{InputEncoder, InputMode};
+use super::common::{attention, dropout, InputEncoder, InputMode};
 use super::{InputSpec, NO_DECAY, NUM_CLASSES};
 
 /// Pixel tokens take 256 values when `input = "embed"`.
@@ -205,10 +205,9 @@ impl Attention {
         // three that each fill a zeroed (3, B, h, L, hd) tensor and then get summed.
         let qkv = qkv.unbind(0);
         let (q, k, v) = (&qkv[0], &qkv[1], &qkv[2]); // (B, h, L, hd) each
-        let p = if train { self.attn_dropout } else { 0.0 };
-        let y = Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, p, false, None, false); // (B, h, L, hd)
+        let y = attention(q, k, v, None, self.attn_dropout, train); // (B, h, L, hd)
         let y = y.transpose(1, 2).reshape([b, l, d]); // (B, L, D)
-        y.apply(&self.proj).dropout(self.dropout, train) // (B, L, D)
+        dropout(&y.apply(&self.proj), self.dropout, train) // (B, L, D)
     }
 }
 
@@ -240,8 +239,8 @@ impl Block {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let a = self.attn.forward_t(&xs.apply(&self.norm1), train); // (B, L, D)
         let x = xs + drop_path(&a, self.drop_path, train); // (B, L, D)
-        let m = x.apply(&self.norm2).apply(&self.fc1).gelu("none").dropout(self.dropout, train); // (B, L, F)
-        let m = m.apply(&self.fc2).dropout(self.dropout, train); // (B, L, D)
+        let m = dropout(&x.apply(&self.norm2).apply(&self.fc1).gelu("none"), self.dropout, train); // (B, L, F)
+        let m = dropout(&m.apply(&self.fc2), self.dropout, train); // (B, L, D)
         &x + drop_path(&m, self.drop_path, train) // (B, L, D)
     }
 }
@@ -306,7 +305,7 @@ impl nn::ModuleT for Pit {
             Some(pos) => x + pos, // (B, L+1, D)
             None => x,
         };
-        let mut x = x.dropout(self.dropout, train); // (B, L+1, D)
+        let mut x = dropout(&x, self.dropout, train); // (B, L+1, D)
         for block in &self.blocks {
             x = block.forward_t(&x, train); // (B, L+1, D)
         }

@@ -139,7 +139,7 @@ fn dropout(xs: &Tensor, p: f64, tied: bool, train: bool) -> Tensor {
     if tied {
         xs.transpose(1, 2).feature_dropout(p, train).transpose(1, 2) // (B, L, H)
     } else {
-        xs.dropout(p, train) // (B, L, H)
+        super::common::dropout(xs, p, train) // (B, L, H)
     }
 }
 

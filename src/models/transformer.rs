@@ -33,7 +33,8 @@
 //!   the same standard deviation 1/√fan_in (flax truncates at 2σ).
 //! - Masked query rows skip attention dropout (flax drops entries of their uniform weights); this
 //!   only adds noise to rows nothing reads except the CLS of an image whose first pixel is black.
-//! - Attention runs through libtorch's fused `scaled_dot_product_attention`; under bf16 autocast
+//! - Attention runs through libtorch's fused `scaled_dot_product_attention` (on the CPU with
+//!   attention dropout, the same math with pixelseq's dropout: [`attention`]); under bf16 autocast
 //!   that means bf16 attention, whereas LRA computes in float32.
 
 use anyhow::{bail, Result};
@@ -41,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Init, ModuleT};
 use tch::{Kind, Tensor};
 
-use super::common::{nonzero_mask, InputEncoder, InputMode};
+use super::common::{attention, dropout, nonzero_mask, InputEncoder, InputMode};
 use super::{InputSpec, DECAY, NO_DECAY, NUM_CLASSES};
 
 /// Additive bias that removes masked keys from a softmax. Finite, so a row whose keys are all
@@ -246,9 +247,8 @@ pub(crate) struct Softmax {
 
 impl Mixer for Softmax {
     fn mix(&self, q: &Tensor, k: &Tensor, v: &Tensor, keep: Option<&Tensor>, train: bool) -> Tensor {
-        let p = if train { self.dropout } else { 0.0 };
         let bias = keep.map(|keep| key_bias(keep, q.kind())); // (B, 1, 1, L)
-        let ys = Tensor::scaled_dot_product_attention(q, k, v, bias, p, false, None, false);
+        let ys = attention(q, k, v, bias.as_ref(), self.dropout, train);
         match keep {
             // LRA masks query rows too: a black query attends uniformly to every position.
             Some(keep) => {
@@ -326,10 +326,10 @@ impl<M: Mixer> Block<M> {
     }
 
     fn forward_t(&self, xs: &Tensor, keep: Option<&Tensor>, train: bool) -> Tensor {
-        let ys = self.attn.forward_t(&xs.apply(&self.ln1), keep, train).dropout(self.dropout, train); // (B, L, d)
+        let ys = dropout(&self.attn.forward_t(&xs.apply(&self.ln1), keep, train), self.dropout, train); // (B, L, d)
         let xs = xs + ys; // (B, L, d)
         let ys = xs.apply(&self.ln2).apply(&self.fc1).gelu(self.gelu.approximate()); // (B, L, mlp)
-        let ys = ys.dropout(self.dropout, train).apply(&self.fc2).dropout(self.dropout, train); // (B, L, d)
+        let ys = dropout(&dropout(&ys, self.dropout, train).apply(&self.fc2), self.dropout, train); // (B, L, d)
         xs + ys // (B, L, d)
     }
 }
@@ -401,7 +401,7 @@ impl<M: Mixer> Encoder<M> {
             hs = Tensor::cat(&[cls.expand([b, 1, -1], false), hs], 1); // (B, L+1, d)
             keep = keep.map(|k| Tensor::cat(&[k.narrow(1, 0, 1), k], 1)); // (B, L+1): CLS copies pixel 0
         }
-        ((hs + &self.pos).dropout(self.dropout, train), keep) // (B, L', d)
+        (dropout(&(hs + &self.pos), self.dropout, train), keep) // (B, L', d)
     }
 }
 
