@@ -15,8 +15,9 @@
 //!
 //! The layer: a diagonal SSM with N/2 complex modes per channel, S4D-Lin initialisation
 //! A_n = −½ + iπn (stored as log(−Re A) and Im A), zero-order-hold discretisation, the Vandermonde
-//! kernel K_ℓ = 2·Re Σ_n C_n B̄_n e^{ΔA_n ℓ}, a causal FFT convolution of length 2L plus the D skip,
-//! then GELU, dropout, Linear(H → 2H) + GLU. Blocks are residual with a post- (or pre-) norm;
+//! kernel K_ℓ = 2·Re Σ_n C_n B̄_n e^{ΔA_n ℓ} (in factorised form, [`Kernel::forward`]), a causal
+//! FFT convolution of length 2L plus the D skip, then GELU, dropout, Linear(H → 2H) + GLU.
+//! Blocks are residual with a post- (or pre-) norm;
 //! the encoder is Linear(C → H) on normalised pixels, the head a mean over L and a Linear. All
 //! Linear layers use PyTorch's default initialisation ([`torch_linear`]), as the reference does.
 //!
