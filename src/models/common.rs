@@ -131,8 +131,8 @@ fn dropout_mask(like: &Tensor, p: f64) -> Result<Tensor> {
 
 /// Inverted dropout: in training each element is zeroed with probability `p` and the others
 /// scaled by 1/(1 − p); the identity at evaluation. On the CPU the mask comes from
-/// [`dropout_mask`] (libtorch's CPU `bernoulli_` runs on one thread, ~25× slower); on a GPU
-/// from libtorch's own fused dropout kernel.
+/// `dropout_mask` (libtorch's CPU `bernoulli_` runs on one thread: its dropout of 4M elements
+/// takes 20 ms where this one takes 4); on a GPU from libtorch's own fused dropout kernel.
 pub fn dropout(xs: &Tensor, p: f64, train: bool) -> Tensor {
     if !train || p == 0.0 {
         return xs.shallow_clone();
@@ -193,6 +193,8 @@ mod tests {
         let none = dropout_mask(&Tensor::zeros([1000], (Kind::Float, Device::Cpu)), 0.0).unwrap();
         assert!(none.eq(1.0).all().int64_value(&[]) == 1);
         assert!(dropout_mask(&Tensor::zeros([3], (Kind::Float, Device::Cpu)), 1.0).is_err());
+        let err = dropout_mask(&Tensor::zeros([3], (Kind::Int64, Device::Cpu)), 0.5).unwrap_err();
+        assert!(err.to_string().contains("floating-point"), "{err}");
     }
 
     /// Masks follow `manual_seed`, change from call to call, do not depend on the number of
