@@ -152,14 +152,12 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, p: f
     let p = if train { p } else { 0.0 };
     if p == 0.0 || q.device() != Device::Cpu {
         return Tensor::scaled_dot_product_attention(q, k, v, bias, p, false, None, false);
-        // (B, h, L, Dh)
     }
     let scale = 1.0 / (*q.size().last().unwrap() as f64).sqrt();
-    let scores = (q * scale).matmul(&k.transpose(-2, -1)); // (B, h, L, L)
-    let scores = match bias {
-        Some(bias) => scores + bias,
-        None => scores,
-    };
+    let mut scores = (q * scale).matmul(&k.transpose(-2, -1)); // (B, h, L, L)
+    if let Some(bias) = bias {
+        scores += bias; // in place: one (B, h, L, L) tensor fewer (the product's backward keeps q, k)
+    }
     dropout(&scores.softmax(-1, scores.kind()), p, true).matmul(v) // (B, h, L, Dh)
 }
 
