@@ -36,9 +36,8 @@ inline uint64_t splitmix64(uint64_t seed, uint64_t i) {
 
 // Mask values for word indices [begin, end): word w decides elements 2w and 2w + 1. One copy per
 // instruction set, chosen at load time: with AVX-512DQ the 64-bit multiplications vectorise.
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void fill(float *data, int64_t begin, int64_t end,
-                                                                            uint64_t seed, uint64_t threshold,
-                                                                            float keep) {
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void fill(float *data, int64_t begin, int64_t end, uint64_t seed, uint64_t threshold, float keep) {
   for (int64_t w = begin; w < end; w++) {
     const uint64_t r = splitmix64(seed, (uint64_t)w);
     data[2 * w] = (r & 0xffffffffull) < threshold ? 0.0f : keep;

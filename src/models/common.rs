@@ -9,7 +9,7 @@ use tch::{nn, Device, Kind, Tensor};
 use torch_sys::C_tensor;
 
 use super::InputSpec;
-use crate::ffi::call;
+use crate::ffi::call_for_tensor;
 
 extern "C" {
     fn pixelseq_dropout_mask(like: *const C_tensor, p: f64, out: *mut *mut C_tensor, err: *mut c_char, err_len: usize) -> bool;
@@ -120,13 +120,10 @@ pub fn nonzero_mask(xs: &Tensor) -> Tensor {
 /// A CPU dropout mask of `like`'s shape and dtype: 0 with probability `p` ∈ [0, 1), else
 /// 1/(1 − p) (`csrc/dropout.cpp`: all threads, seeded from libtorch's default CPU generator).
 fn dropout_mask(like: &Tensor, p: f64) -> Result<Tensor> {
-    let mut out: *mut C_tensor = std::ptr::null_mut();
-    // SAFETY: a live tensor handle; on success the shim stores a new heap tensor in `out`.
-    call("dropout mask", |err, len| unsafe {
-        pixelseq_dropout_mask(like.as_ptr(), p, &mut out, err, len)
-    })?;
-    // SAFETY: `out` is a tensor the shim allocated for us to own.
-    Ok(unsafe { Tensor::from_ptr(out) })
+    // SAFETY: a live tensor handle and an out pointer.
+    call_for_tensor("dropout mask", |out, err, len| unsafe {
+        pixelseq_dropout_mask(like.as_ptr(), p, out, err, len)
+    })
 }
 
 /// Inverted dropout: in training each element is zeroed with probability `p` and the others

@@ -9,9 +9,9 @@
 //! The model is a vanilla ViT with patch size 1: Linear(3 → d) on each pixel (a 1×1 convolution,
 //! through the shared [`InputEncoder`] in Linear mode), a [cls] token and learned position
 //! embeddings for all 1,025 tokens, pre-norm blocks x ← x + DropPath(Attn(LN(x))),
-//! x ← x + DropPath(MLP(LN(x))) with fused `scaled_dot_product_attention` ([`attention`]), exact GELU, and a final
-//! LayerNorm and linear head on the [cls] output. The paper also ablates sin-cos and no position
-//! embedding; `pos = "none"` gives the latter (a pure set model).
+//! x ← x + DropPath(MLP(LN(x))) with fused `scaled_dot_product_attention` ([`attention`]),
+//! exact GELU, and a final LayerNorm and linear head on the [cls] output. The paper also ablates
+//! sin-cos and no position embedding; `pos = "none"` gives the latter (a pure set model).
 //!
 //! No official code was found. What is verified and what is not:
 //! - Architecture as above: ~ (paper abstract and figure via summaries; `cheeyeo/ML_2024:

@@ -17,9 +17,9 @@
 //! A_n = −½ + iπn (stored as log(−Re A) and Im A), zero-order-hold discretisation, the Vandermonde
 //! kernel K_ℓ = 2·Re Σ_n C_n B̄_n e^{ΔA_n ℓ} (in factorised form, [`Kernel::forward`]), a causal
 //! FFT convolution of length 2L plus the D skip, then GELU, dropout, Linear(H → 2H) + GLU.
-//! Blocks are residual with a post- (or pre-) norm;
-//! the encoder is Linear(C → H) on normalised pixels, the head a mean over L and a Linear. All
-//! Linear layers use PyTorch's default initialisation ([`torch_linear`]), as the reference does.
+//! Blocks are residual with a post- (or pre-) norm; the encoder is Linear(C → H) on normalised
+//! pixels, the head a mean over L and a Linear. All Linear layers use PyTorch's default
+//! initialisation ([`torch_linear`]), as the reference does.
 //!
 //! Deliberate deviations:
 //! - Δ is stored as log Δ (`s4d.py`; the full repository's configs default to a softplus
@@ -284,8 +284,9 @@ impl Block {
         let k_f = k.fft_rfft(2 * l, -1, "backward"); // (H, L+1)
         let u_f = u.transpose(1, 2).fft_rfft(2 * l, -1, "backward"); // (B, H, L+1)
         let y = (u_f * k_f).fft_irfft(2 * l, -1, "backward").narrow(2, 0, l); // (B, H, L)
-                                                                              // The contiguous operand first: the sum, and GELU's backward after it, then run in the
-                                                                              // (B, L, H) layout instead of the transposed one (there GELU's backward was 20× slower).
+
+        // The contiguous operand first: the sum, and GELU's backward after it, then run in the
+        // (B, L, H) layout instead of the transposed one (there GELU's backward was 20× slower).
         u * &self.d + y.transpose(1, 2) // (B, L, H)
     }
 

@@ -8,7 +8,7 @@ use anyhow::Result;
 use tch::Tensor;
 use torch_sys::C_tensor;
 
-use crate::ffi::call;
+use crate::ffi::{call, call_for_tensor};
 
 extern "C" {
     #[allow(clippy::too_many_arguments)]
@@ -78,13 +78,10 @@ pub fn fused_adamw(params: &[Tensor], grads: &[Tensor], m: &[Tensor], v: &[Tenso
 /// The 2-norm of all of `ts` together, a float32 scalar on their device (no host synchronisation).
 pub fn total_norm(ts: &[Tensor]) -> Result<Tensor> {
     let hs = handles(ts);
-    let mut out: *mut C_tensor = std::ptr::null_mut();
-    // SAFETY: an array of live handles; on success the shim stores a new heap tensor in `out`.
-    call("gradient norm", |err, len| unsafe {
-        pixelseq_total_norm(hs.as_ptr(), hs.len(), &mut out, err, len)
-    })?;
-    // SAFETY: `out` is a tensor the shim allocated for us to own.
-    Ok(unsafe { Tensor::from_ptr(out) })
+    // SAFETY: an array of live handles and an out pointer.
+    call_for_tensor("gradient norm", |out, err, len| unsafe {
+        pixelseq_total_norm(hs.as_ptr(), hs.len(), out, err, len)
+    })
 }
 
 /// Multiplies each of `ts` in place by the scalar tensor `factor`.
