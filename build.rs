@@ -2,9 +2,9 @@
 //! without `--no-as-needed` the linker drops it and CUDA is silently unavailable at run time.
 //! Every executable also records libtorch's folder as its run path, so it starts without
 //! `LD_LIBRARY_PATH` on the machine that built it; elsewhere `LD_LIBRARY_PATH` (searched first)
-//! points at that machine's `torch/lib`. `csrc/` (libtorch's fused multi-tensor kernels and its
-//! Kineto profiler, which tch does not wrap, and a multithreaded CPU dropout mask) is compiled
-//! against the same libtorch's headers.
+//! points at that machine's `torch/lib`. `csrc/` (libtorch's fused multi-tensor kernels, its
+//! Kineto profiler and its per-device autocast state, which tch does not wrap, and a multithreaded
+//! CPU dropout mask) is compiled against the same libtorch's headers.
 
 fn main() {
     commit();
@@ -19,20 +19,27 @@ fn main() {
 }
 
 /// Compiles the C++ shims with torch-sys's flags: C++17 and the new libstdc++ ABI of the PyTorch
-/// wheels; headers sit beside the library folder in `torch/include`.
+/// wheels; headers sit beside the library folder in `torch/include`. libtorch's headers are
+/// system headers (`-isystem`: their warnings are libtorch's), the shims' own code is compiled
+/// with `-Wall -Wextra`.
 fn csrc(lib: &std::path::Path) {
     println!("cargo:rerun-if-changed=csrc");
     let include = lib.parent().expect("libtorch's lib folder has a parent").join("include");
-    cc::Build::new()
-        .cpp(true)
-        .file("csrc/dropout.cpp")
-        .file("csrc/multi_tensor.cpp")
-        .file("csrc/profile.cpp")
-        .include(&include)
-        .include(include.join("torch/csrc/api/include"))
+    let mut build = cc::Build::new();
+    build.cpp(true);
+    for file in ["autocast", "dropout", "multi_tensor", "profile"] {
+        build.file(format!("csrc/{file}.cpp"));
+    }
+    for dir in [include.clone(), include.join("torch/csrc/api/include")] {
+        build
+            .flag("-isystem")
+            .flag(dir.to_str().expect("libtorch's include folder is UTF-8"));
+    }
+    build
         .flag("-std=c++17")
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
-        .flag("-w")
+        .warnings(true)
+        .extra_warnings(true)
         .compile("pixelseq_csrc");
 }
 

@@ -34,9 +34,16 @@ inline uint64_t splitmix64(uint64_t seed, uint64_t i) {
   return z ^ (z >> 31);
 }
 
-// Mask values for word indices [begin, end): word w decides elements 2w and 2w + 1. One copy per
-// instruction set, chosen at load time: with AVX-512DQ the 64-bit multiplications vectorise.
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+// On x86-64 with GCC, one copy of `fill` per instruction set, chosen at load time: with AVX-512DQ
+// the 64-bit multiplications vectorise. Elsewhere (aarch64, clang) one portable copy.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define PIXELSEQ_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define PIXELSEQ_CLONES
+#endif
+
+// Mask values for word indices [begin, end): word w decides elements 2w and 2w + 1.
+PIXELSEQ_CLONES
 void fill(float *data, int64_t begin, int64_t end, uint64_t seed, uint64_t threshold, float keep) {
   for (int64_t w = begin; w < end; w++) {
     const uint64_t r = splitmix64(seed, (uint64_t)w);

@@ -60,10 +60,11 @@ bool pixelseq_profile_start(bool cuda, char *err, size_t err_len) {
 }
 
 // Stops the profiler, saves the Chrome trace at `trace_path` and returns the summary in `*summary`
-// (malloc'd; release with pixelseq_free).
+// (malloc'd; release with pixelseq_free). With a null `trace_path` the profile is discarded.
 bool pixelseq_profile_stop(const char *trace_path, char **summary, char *err, size_t err_len) {
   return guard(err, err_len, [&] {
     auto result = prof::disableProfiler();
+    if (trace_path == nullptr) return;
     result->save(trace_path);
     std::vector<const prof::KinetoEvent *> ops;
     std::map<std::string, Total> device;

@@ -1,53 +1,32 @@
-//! Mixed precision on CUDA. tch's `autocast` calls libtorch's deprecated device-less setters
-//! (which print a warning on every call) and leaves the dtype at libtorch's fp16 default. Here the
-//! current functions `at::autocast::{set,is}_autocast_enabled(DeviceType, …)` and
-//! `set_autocast_dtype(DeviceType, ScalarType)` are called directly from libtorch_cpu (plain C++
-//! functions taking `int8_t` enums and a bool), with tch's nesting and cache bookkeeping.
+//! Mixed precision on CUDA: the [`Precision`] a run asks for and CUDA autocast regions, set through
+//! libtorch's current per-device autocast functions (`csrc/autocast.cpp`). A region is left by a
+//! Drop guard, so a panic inside it leaves autocast as it found it.
 
-use crate::config::Precision;
+use serde::{Deserialize, Serialize};
 use tch::Device;
 
-/// `c10::DeviceType::CUDA`.
-const DEVICE_CUDA: i8 = 1;
-/// `c10::ScalarType::Half`.
-const SCALAR_HALF: i8 = 5;
-/// `c10::ScalarType::BFloat16`.
-const SCALAR_BF16: i8 = 15;
+use crate::ffi::{call, pixelseq_autocast_enter, pixelseq_autocast_exit, pixelseq_autocast_state};
 
-extern "C" {
-    #[link_name = "_ZN2at8autocast18set_autocast_dtypeEN3c1010DeviceTypeENS1_10ScalarTypeE"]
-    fn at_set_autocast_dtype(device: i8, dtype: i8);
-    #[link_name = "_ZN2at8autocast18get_autocast_dtypeEN3c1010DeviceTypeE"]
-    fn at_get_autocast_dtype(device: i8) -> i8;
-    #[link_name = "_ZN2at8autocast20set_autocast_enabledEN3c1010DeviceTypeEb"]
-    fn at_set_autocast_enabled(device: i8, enabled: bool);
-    #[link_name = "_ZN2at8autocast19is_autocast_enabledEN3c1010DeviceTypeE"]
-    fn at_is_autocast_enabled(device: i8) -> bool;
+/// Numeric precision of the forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// bf16 autocast on CUDA, fp32 on CPU.
+    Auto,
+    Fp32,
+    Bf16,
+    Fp16,
 }
 
-/// Runs `f` with CUDA autocast set to `enabled` (and `dtype` when enabling), restoring the
-/// previous state afterwards.
-fn with_cuda_autocast<T>(enabled: bool, dtype: i8, f: impl FnOnce() -> T) -> T {
-    // SAFETY: plain setters and getters of libtorch's thread-local autocast state; the enum
-    // values are c10's; nesting and cache calls are tch's own C wrappers.
-    let prev = unsafe {
-        let prev = at_is_autocast_enabled(DEVICE_CUDA);
-        if enabled {
-            at_set_autocast_dtype(DEVICE_CUDA, dtype);
-        }
-        at_set_autocast_enabled(DEVICE_CUDA, enabled);
-        torch_sys::at_autocast_increment_nesting();
-        prev
-    };
-    let out = f();
-    // SAFETY: as above.
-    unsafe {
-        if torch_sys::at_autocast_decrement_nesting() == 0 {
-            torch_sys::at_autocast_clear_cache();
-        }
-        at_set_autocast_enabled(DEVICE_CUDA, prev);
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Auto => "auto",
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+            Precision::Fp16 => "fp16",
+        })
     }
-    out
 }
 
 /// The precision a run uses on `device`: `auto` is bf16 on CUDA and fp32 on CPU; half precisions
@@ -60,25 +39,59 @@ pub fn resolve(p: Precision, device: Device) -> Precision {
     }
 }
 
+/// An open CUDA autocast region; dropping it restores the previous state.
+struct Region {
+    prev: bool,
+}
+
+impl Region {
+    fn enter(enabled: bool, bf16: bool) -> Region {
+        let mut prev = false;
+        // SAFETY: setters of libtorch's thread-local autocast state and an out pointer.
+        call("entering a CUDA autocast region", |err, len| unsafe {
+            pixelseq_autocast_enter(enabled, bf16, &mut prev, err, len)
+        })
+        .expect("libtorch's autocast setters do not throw");
+        Region { prev }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: as in `enter`; pairs with the enter that made this region.
+        call("leaving a CUDA autocast region", |err, len| unsafe {
+            pixelseq_autocast_exit(self.prev, err, len)
+        })
+        .expect("libtorch's autocast setters do not throw");
+    }
+}
+
 /// Runs `f` under CUDA autocast with the dtype of `p` (fp32: no autocast).
 pub fn autocast<T>(p: Precision, f: impl FnOnce() -> T) -> T {
-    match p {
-        Precision::Bf16 => with_cuda_autocast(true, SCALAR_BF16, f),
-        Precision::Fp16 => with_cuda_autocast(true, SCALAR_HALF, f),
-        _ => f(),
-    }
+    let _region = match p {
+        Precision::Bf16 => Region::enter(true, true),
+        Precision::Fp16 => Region::enter(true, false),
+        Precision::Auto | Precision::Fp32 => return f(),
+    };
+    f()
 }
 
 /// Runs `f` in full precision even inside an autocast region (FFTs, complex arithmetic,
 /// pseudo-inverses and long recurrences).
 pub fn without_autocast<T>(f: impl FnOnce() -> T) -> T {
-    with_cuda_autocast(false, SCALAR_HALF, f)
+    let _region = Region::enter(false, false);
+    f()
 }
 
-/// The dtype CUDA autocast would use now, as c10's scalar-type code.
-pub fn cuda_autocast_dtype() -> i8 {
-    // SAFETY: a plain getter of a global in libtorch_cpu.
-    unsafe { at_get_autocast_dtype(DEVICE_CUDA) }
+/// Whether CUDA autocast is on now, and its dtype ([`Precision::Bf16`] or [`Precision::Fp16`]).
+pub fn cuda_autocast_state() -> (bool, Precision) {
+    let (mut enabled, mut bf16) = (false, false);
+    // SAFETY: getters of libtorch's autocast state and two out pointers.
+    call("reading the CUDA autocast state", |err, len| unsafe {
+        pixelseq_autocast_state(&mut enabled, &mut bf16, err, len)
+    })
+    .expect("libtorch's autocast getters do not throw");
+    (enabled, if bf16 { Precision::Bf16 } else { Precision::Fp16 })
 }
 
 #[cfg(test)]
@@ -86,18 +99,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sets_the_cuda_autocast_dtype() {
-        assert_eq!(cuda_autocast_dtype(), SCALAR_HALF, "libtorch's default CUDA autocast dtype is fp16");
-        // SAFETY: a getter of libtorch's thread-local state.
-        let enabled = || unsafe { at_is_autocast_enabled(DEVICE_CUDA) };
+    fn sets_the_cuda_autocast_dtype_and_restores_the_state() {
+        let enabled = || cuda_autocast_state().0;
         autocast(Precision::Bf16, || {
-            assert!(enabled());
+            assert_eq!(cuda_autocast_state(), (true, Precision::Bf16));
             without_autocast(|| assert!(!enabled()));
             assert!(enabled());
         });
         assert!(!enabled());
-        assert_eq!(cuda_autocast_dtype(), SCALAR_BF16);
+        autocast(Precision::Fp16, || assert_eq!(cuda_autocast_state(), (true, Precision::Fp16)));
         assert_eq!(resolve(Precision::Auto, Device::Cpu), Precision::Fp32);
         assert_eq!(resolve(Precision::Auto, Device::Cuda(0)), Precision::Bf16);
+        assert_eq!(Precision::Bf16.to_string(), "bf16");
+    }
+
+    #[test]
+    fn a_panic_inside_a_region_leaves_autocast_off() {
+        let caught = std::panic::catch_unwind(|| autocast(Precision::Bf16, || panic!("inside")));
+        assert!(caught.is_err());
+        assert!(!cuda_autocast_state().0, "autocast stayed on after a panic");
     }
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::amp::Precision;
 use crate::data::TaskConfig;
 use crate::models::ModelConfig;
 
@@ -90,17 +91,6 @@ impl Default for Schedule {
             gamma: 0.1,
         }
     }
-}
-
-/// Numeric precision of the forward pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum Precision {
-    /// bf16 autocast on CUDA, fp32 on CPU.
-    Auto,
-    Fp32,
-    Bf16,
-    Fp16,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -255,7 +245,7 @@ impl RunConfig {
                 anyhow!("{origin}: key `{path}`: {msg}")
             }
         })?;
-        cfg.validate().with_context(|| origin.to_string())?;
+        cfg.validate().map_err(|e| anyhow!("{origin}: {e:#}"))?;
         Ok(cfg)
     }
 

@@ -1,14 +1,81 @@
-//! The calling convention of the C++ shims in `csrc/`: each function returns false on a libtorch
-//! exception and leaves its message in an error buffer.
+//! Every foreign function pixelseq calls, and the calling convention of its C++ shims (`csrc/`).
+//!
+//! Each shim returns false on a C++ exception and leaves the message in an error buffer
+//! (`csrc/guard.h`); [`call`] and [`call_for_tensor`] turn that into an error. Two invariants hold
+//! wherever these functions are called:
+//! - a `*mut C_tensor` handed to a shim is tch's handle, which on the C++ side is an
+//!   `at::Tensor *` (torch-sys allocates it with `new at::Tensor`); a handle a shim returns through
+//!   an out pointer is a new `at::Tensor` that the Rust [`Tensor`] made from it owns;
+//! - a shim may change the data or the gradient of a tensor that Rust holds as `&Tensor`, as
+//!   PyTorch's in-place operations do through shared storage (the optimizer's update, gradient
+//!   scaling, clearing gradients); it never frees or replaces the handle. Callers wrap such calls
+//!   in `tch::no_grad` where autograd must not record them.
 
-use std::ffi::{c_char, CStr};
+use std::ffi::{c_char, c_int, c_void, CStr};
 
 use anyhow::{bail, Result};
 use tch::Tensor;
 use torch_sys::C_tensor;
 
-/// Runs one shim call with an error buffer; libtorch's first message line becomes the error,
-/// prefixed with `what`.
+extern "C" {
+    // csrc/autocast.cpp
+    pub(crate) fn pixelseq_autocast_enter(enabled: bool, bf16: bool, prev: *mut bool, err: *mut c_char, err_len: usize) -> bool;
+    pub(crate) fn pixelseq_autocast_exit(prev: bool, err: *mut c_char, err_len: usize) -> bool;
+    pub(crate) fn pixelseq_autocast_state(enabled: *mut bool, bf16: *mut bool, err: *mut c_char, err_len: usize) -> bool;
+
+    // csrc/dropout.cpp
+    pub(crate) fn pixelseq_dropout_mask(like: *const C_tensor, p: f64, out: *mut *mut C_tensor, err: *mut c_char, err_len: usize) -> bool;
+
+    // csrc/multi_tensor.cpp
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn pixelseq_fused_adamw(
+        params: *const *mut C_tensor,
+        grads: *const *mut C_tensor,
+        exp_avgs: *const *mut C_tensor,
+        exp_avg_sqs: *const *mut C_tensor,
+        step: *const C_tensor,
+        n: usize,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> bool;
+    pub(crate) fn pixelseq_total_norm(
+        ts: *const *mut C_tensor,
+        n: usize,
+        out: *mut *mut C_tensor,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> bool;
+    pub(crate) fn pixelseq_mul_(ts: *const *mut C_tensor, n: usize, factor: *const C_tensor, err: *mut c_char, err_len: usize) -> bool;
+    pub(crate) fn pixelseq_clear_grads(ts: *const *mut C_tensor, n: usize, err: *mut c_char, err_len: usize) -> bool;
+
+    // csrc/profile.cpp
+    pub(crate) fn pixelseq_profile_start(cuda: bool, err: *mut c_char, err_len: usize) -> bool;
+    pub(crate) fn pixelseq_profile_stop(trace_path: *const c_char, summary: *mut *mut c_char, err: *mut c_char, err_len: usize) -> bool;
+    pub(crate) fn pixelseq_free(p: *mut c_char);
+
+    // glibc: a symbol of the libraries already loaded (the CUDA runtime, for memory figures).
+    fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
+    // libc: a signal's disposition.
+    fn signal(signum: c_int, handler: usize) -> usize;
+}
+
+/// Restores SIGPIPE's default action (end the process) that the Rust runtime set to ignore.
+pub(crate) fn default_sigpipe() {
+    const SIGPIPE: c_int = 13;
+    const SIG_DFL: usize = 0;
+    // SAFETY: setting a signal's disposition to the default has no other effect.
+    unsafe {
+        signal(SIGPIPE, SIG_DFL);
+    }
+}
+
+/// Runs one shim call with an error buffer; the first line of the C++ exception's message becomes
+/// the error, prefixed with `what`.
 pub(crate) fn call(what: &str, f: impl FnOnce(*mut c_char, usize) -> bool) -> Result<()> {
     let mut err = [0 as c_char; 1024];
     if f(err.as_mut_ptr(), err.len()) {
@@ -26,4 +93,35 @@ pub(crate) fn call_for_tensor(what: &str, f: impl FnOnce(*mut *mut C_tensor, *mu
     call(what, |err, len| f(&mut out, err, len))?;
     // SAFETY: the shim succeeded, so `out` is a tensor it allocated for us to own.
     Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// tch handles of `ts`, borrowed for one shim call (the shim neither frees nor keeps them).
+pub(crate) fn handles(ts: &[Tensor]) -> Vec<*mut C_tensor> {
+    ts.iter().map(|t| t.as_ptr() as *mut C_tensor).collect()
+}
+
+/// `cudaMemGetInfo(free, total)` of the CUDA runtime libtorch loaded.
+pub(crate) type CudaMemGetInfo = unsafe extern "C" fn(free: *mut usize, total: *mut usize) -> c_int;
+/// `cudaSetDevice(device)` of the CUDA runtime libtorch loaded.
+pub(crate) type CudaSetDevice = unsafe extern "C" fn(device: c_int) -> c_int;
+
+/// The CUDA runtime's `cudaMemGetInfo` and `cudaSetDevice`, looked up among the libraries already
+/// loaded (`RTLD_DEFAULT`, the null handle on glibc).
+pub(crate) fn cuda_runtime() -> Result<(CudaMemGetInfo, CudaSetDevice)> {
+    let symbol = |name: &CStr| {
+        // SAFETY: dlsym only reads the loaded libraries' symbol tables.
+        let f = unsafe { dlsym(std::ptr::null_mut(), name.as_ptr()) };
+        if f.is_null() {
+            bail!("{name:?} not found: libcudart is not loaded, so CUDA memory cannot be measured");
+        }
+        Ok(f)
+    };
+    let (mem_get_info, set_device) = (symbol(c"cudaMemGetInfo")?, symbol(c"cudaSetDevice")?);
+    // SAFETY: both symbols are the CUDA runtime's functions with exactly these signatures.
+    Ok(unsafe {
+        (
+            std::mem::transmute::<*mut c_void, CudaMemGetInfo>(mem_get_info),
+            std::mem::transmute::<*mut c_void, CudaSetDevice>(set_device),
+        )
+    })
 }

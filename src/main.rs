@@ -5,11 +5,12 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = pixelseq::cli::Cli::parse();
-    match pixelseq::cli::run(cli) {
+    pixelseq::commands::quiet_on_broken_pipe();
+    let cli = pixelseq::commands::Cli::parse();
+    match pixelseq::commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("{}", pixelseq::commands::error_report(&e));
             ExitCode::from(2)
         }
     }

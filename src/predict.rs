@@ -17,16 +17,13 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
 use image::imageops::{self, FilterType};
 use image::RgbImage;
-use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
+use tch::{nn::ModuleT, Device, Kind, Tensor};
 
-use crate::amp;
-use crate::cli::DeviceArgs;
-use crate::config::{Precision, RunConfig};
+use crate::amp::{self, Precision};
 use crate::data::{batch_input, cifar::CLASSES, gray_pixel, TaskConfig};
-use crate::train::{checkpoint, run::write_atomic};
+use crate::files;
 
 /// Side of a CIFAR-10 image.
 pub const SIDE: u32 = 32;
@@ -37,24 +34,6 @@ pub const TOP: usize = 3;
 /// Header of the CSV output.
 pub const CSV_HEADER: &str = "path,top1,p1,top2,p2,top3,p3";
 
-/// Images per forward pass.
-const BATCH: usize = 256;
-
-#[derive(Args)]
-pub struct PredictArgs {
-    /// Run directory written by `pixelseq train` (its config.toml and checkpoints/best are used).
-    #[arg(long)]
-    pub run: PathBuf,
-    /// PNG or JPEG files of any size, or folders searched recursively for them.
-    #[arg(required = true, value_name = "IMAGE")]
-    pub images: Vec<PathBuf>,
-    /// Write CSV (path,top1,p1,top2,p2,top3,p3) to this file instead of printing.
-    #[arg(long)]
-    pub csv: Option<PathBuf>,
-    #[command(flatten)]
-    pub device: DeviceArgs,
-}
-
 /// The top classes of one image.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prediction {
@@ -63,66 +42,11 @@ pub struct Prediction {
     pub top: Vec<(usize, f32)>,
 }
 
-/// Runs the `predict` subcommand.
-pub fn run_cli(a: PredictArgs) -> Result<()> {
-    let device = a.device.resolve()?;
-    let cfg = RunConfig::load(None, Some(&a.run.join("config.toml")), &[])
-        .with_context(|| format!("`{}` is not a run directory", a.run.display()))?;
-    let files = list_images(&a.images)?;
-    let images = files.iter().map(|f| load_image(f)).collect::<Result<Vec<_>>>()?;
-
-    let mut vs = nn::VarStore::new(device);
-    let model = cfg.model.build(&vs.root(), &cfg.task.input_spec())?;
-    let state = checkpoint::load(&a.run.join("checkpoints").join("best"), &mut vs, None)?;
-    eprintln!(
-        "{} from {}: best checkpoint (step {}, validation accuracy {:.2}%), {} image(s)",
-        cfg.model.name(),
-        a.run.display(),
-        state.step,
-        100.0 * state.best_val_acc,
-        files.len()
-    );
-    let precision = amp::resolve(cfg.train.precision, device);
-    let channels = cfg.task.input_spec().channels;
-    let mut predictions = Vec::with_capacity(files.len());
-    for (paths, batch) in files.chunks(BATCH).zip(images.chunks(BATCH)) {
-        let probs = probabilities(model.as_ref(), &pixels(batch, channels), &cfg.task, device, precision);
-        for (path, row) in paths.iter().zip(probs.chunks(CLASSES.len())) {
-            predictions.push(Prediction {
-                path: path.clone(),
-                top: top_k(row, TOP),
-            });
-        }
-    }
-
-    let as_csv = a.csv.is_some() || a.images.iter().any(|p| p.is_dir());
-    if !as_csv {
-        for p in &predictions {
-            println!("{}", p.line());
-        }
-        return Ok(());
-    }
-    let text = csv(&predictions);
-    match &a.csv {
-        Some(path) => {
-            write_atomic(path, text.as_bytes())?;
-            eprintln!("wrote {} prediction(s) to {}", predictions.len(), path.display());
-        }
-        None => print!("{text}"),
-    }
-    Ok(())
-}
-
 /// The image files named by `inputs`: files as given, folders searched recursively for `.png`,
 /// `.jpg` and `.jpeg` (any case) in sorted order.
 pub fn list_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     fn search(dir: &Path, found: &mut Vec<PathBuf>) -> Result<()> {
-        let mut entries = std::fs::read_dir(dir)
-            .with_context(|| format!("failed to read folder `{}`", dir.display()))?
-            .collect::<std::io::Result<Vec<_>>>()
-            .with_context(|| format!("failed to read folder `{}`", dir.display()))?;
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
+        for e in files::sorted_entries(dir)? {
             let path = e.path();
             if path.is_dir() {
                 search(&path, found)?;
@@ -396,7 +320,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         // Class k's logit is 10 where the first pixel's red value is k, so the top class reads
         // back the first pixel (the top-left corner in raster order).
-        let model = nn::func_t(|xs, train| {
+        let model = tch::nn::func_t(|xs, train| {
             assert!(!train, "prediction runs in evaluation mode");
             assert_eq!((xs.size()[1..].to_vec(), xs.kind()), (vec![1024, 3], Kind::Uint8));
             let first = xs.select(1, 0).select(1, 0).to_kind(Kind::Int64); // (B)
@@ -437,21 +361,5 @@ mod tests {
         for row in probs.chunks(10) {
             assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
         }
-    }
-
-    #[test]
-    fn predict_subcommand_parses() {
-        use clap::Parser;
-        let cli = crate::cli::Cli::try_parse_from(["pixelseq", "predict", "--run", "runs/x", "a.png", "dir", "--csv", "out.csv"]).unwrap();
-        let crate::cli::Command::Predict(a) = cli.command else {
-            panic!("not the predict command")
-        };
-        assert_eq!(a.run, PathBuf::from("runs/x"));
-        assert_eq!(a.images, [PathBuf::from("a.png"), PathBuf::from("dir")]);
-        assert_eq!(a.csv, Some(PathBuf::from("out.csv")));
-        assert!(
-            crate::cli::Cli::try_parse_from(["pixelseq", "predict", "--run", "runs/x"]).is_err(),
-            "an image is required"
-        );
     }
 }

@@ -8,7 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use pixelseq::models::{param_count, InputSpec, ModelConfig};
+use pixelseq::data::InputSpec;
+use pixelseq::models::{param_count, ModelConfig};
 use tch::{nn, Device};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");

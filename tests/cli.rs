@@ -1,4 +1,5 @@
-//! Bad input gets one clear line naming the key, file or value, and exit code 2 — never a panic.
+//! Bad input gets a clear error naming the key, file or value — one `error:` line, then any
+//! underlying causes under `Caused by:` as cargo prints them — and exit code 2, never a panic.
 
 use std::process::Command;
 
@@ -7,16 +8,22 @@ fn pixelseq(args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-fn assert_one_line_error(args: &[&str], needle: &str) {
+fn assert_clear_error(args: &[&str], needle: &str) {
     let (code, err) = pixelseq(args);
     assert_eq!(code, 2, "{args:?}: {err}");
-    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
-    let err = err.trim();
-    assert_eq!(err.lines().count(), 1, "{args:?}: not one line: {err}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{args:?} panicked: {err}");
+    let mut lines = err.trim().lines();
+    let first = lines.next().unwrap_or_default();
     assert!(
-        err.starts_with("error: ") && err.contains(needle),
-        "{args:?}: `{err}` lacks `{needle}`"
+        first.starts_with("error: ") && first.contains(needle),
+        "{args:?}: `{first}` lacks `{needle}`"
     );
+    for line in lines {
+        assert!(
+            line.is_empty() || line == "Caused by:" || line.starts_with("  "),
+            "{args:?}: `{line}` is neither a cause nor the `Caused by:` heading:\n{err}"
+        );
+    }
 }
 
 #[test]
@@ -25,17 +32,17 @@ fn config_errors_name_the_key() {
     fn with<'a>(tiny: &[&'a str], set: &'a str) -> Vec<&'a str> {
         [tiny, &["--set", set]].concat()
     }
-    assert_one_line_error(&with(&tiny, "model.d_modle=3"), "d_modle");
-    assert_one_line_error(&with(&tiny, "optim.lr=-1"), "optim.lr");
-    assert_one_line_error(&with(&tiny, "optim.lr=\"fast\""), "optim.lr");
-    assert_one_line_error(&with(&tiny, "train.batch_size=0"), "train.batch_size");
-    assert_one_line_error(&with(&tiny, "task.name=\"mnist\""), "task.name");
-    assert_one_line_error(&with(&tiny, "trian.epochs=3"), "trian");
-    assert_one_line_error(&with(&tiny, "model.name=\"s4\""), "s4");
-    assert_one_line_error(&["train", "--preset", "no-such-preset"], "no-such-preset");
-    assert_one_line_error(&["train", "--config", "/nonexistent/x.toml"], "/nonexistent/x.toml");
-    assert_one_line_error(&["train", "--preset", "transformer-lra", "--device", "cuda:7"], "cuda:7");
-    assert_one_line_error(&["train", "--preset", "transformer-lra", "--device", "tpu"], "tpu");
+    assert_clear_error(&with(&tiny, "model.d_modle=3"), "d_modle");
+    assert_clear_error(&with(&tiny, "optim.lr=-1"), "optim.lr");
+    assert_clear_error(&with(&tiny, "optim.lr=\"fast\""), "optim.lr");
+    assert_clear_error(&with(&tiny, "train.batch_size=0"), "train.batch_size");
+    assert_clear_error(&with(&tiny, "task.name=\"mnist\""), "task.name");
+    assert_clear_error(&with(&tiny, "trian.epochs=3"), "trian");
+    assert_clear_error(&with(&tiny, "model.name=\"s4\""), "s4");
+    assert_clear_error(&["train", "--preset", "no-such-preset"], "no-such-preset");
+    assert_clear_error(&["train", "--config", "/nonexistent/x.toml"], "/nonexistent/x.toml");
+    assert_clear_error(&["train", "--preset", "transformer-lra", "--device", "cuda:7"], "cuda:7");
+    assert_clear_error(&["train", "--preset", "transformer-lra", "--device", "tpu"], "tpu");
 }
 
 #[test]
@@ -47,9 +54,9 @@ fn config_file_errors_name_file_and_key() {
         "[task]\nname = \"lra-image\"\n[model]\nname = \"transformer\"\n[train]\nbatch_size = \"big\"\n",
     )
     .unwrap();
-    assert_one_line_error(&["train", "--config", f.to_str().unwrap()], "train.batch_size");
+    assert_clear_error(&["train", "--config", f.to_str().unwrap()], "train.batch_size");
     std::fs::write(&f, "[task\nname = 1").unwrap();
-    assert_one_line_error(&["train", "--config", f.to_str().unwrap()], "bad.toml");
+    assert_clear_error(&["train", "--config", f.to_str().unwrap()], "bad.toml");
 }
 
 #[test]
@@ -91,4 +98,19 @@ fn every_preset_loads_and_builds() {
         text.contains("174986"),
         "transformer-small has the reference's 174,986 parameters:\n{text}"
     );
+}
+
+/// `pixelseq presets | head -1`: a reader that goes away ends the command quietly, no panic.
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pixelseq"))
+        .arg("presets")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.is_empty(), "stderr after the reader left: {err}");
 }

@@ -3,41 +3,18 @@
 use tch::{Device, Kind, Tensor};
 
 use super::TaskConfig;
+use crate::rng::SplitMix64;
 
 /// Steps of a flattened 32×32 image.
 const STEPS: usize = 1024;
 /// Zero padding on each side before a random 32×32 crop.
 const CROP_PAD: i64 = 4;
 
-/// splitmix64 (Steele, Lea & Flood 2014): a 64-bit generator whose output depends only on the
-/// seed, so the permutation is the same on every platform.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n` by multiply-shift: `(next() × n) >> 64`.
-    fn below(&mut self, n: usize) -> usize {
-        ((u128::from(self.next()) * n as u128) >> 64) as usize
-    }
-}
-
 /// The fixed pixel permutation of a seed: step k of the permuted sequence is pixel `p[k]` of the
 /// raster order. Fisher–Yates driven by splitmix64 started at `seed`: for i = 1023 down to 1,
-/// swap entries i and j = below(i + 1).
+/// swap entries i and j = below(i + 1), where below(n) = (next() × n) >> 64.
 pub fn permutation(seed: u64) -> Vec<i64> {
-    let mut rng = SplitMix64(seed);
-    let mut p: Vec<i64> = (0..STEPS as i64).collect();
-    for i in (1..STEPS).rev() {
-        p.swap(i, rng.below(i + 1));
-    }
-    p
+    SplitMix64::new(seed).permutation(STEPS)
 }
 
 /// Crops (B, C, H, W) images after zero padding by `pad` on each side; image i's window starts at
@@ -117,7 +94,7 @@ mod tests {
         assert_ne!(p, permutation(1235));
         assert_ne!(permutation(0), (0..1024).collect::<Vec<i64>>());
         // Pinned values: any change to the generator changes every permuted task.
-        assert_eq!(SplitMix64(0).next(), 0xE220_A839_7B1D_CDAF);
+        assert_eq!(SplitMix64::new(0).next_u64(), 0xE220_A839_7B1D_CDAF);
         assert_eq!(&p[..4], &PINNED_1234);
     }
 

@@ -240,7 +240,7 @@ fn channel_means(pixels: &[u8]) -> [f64; 3] {
 #[cfg(test)]
 pub mod tests {
     use super::*;
-    use crate::models::common::testing::shared_cifar_dir;
+    use crate::testing::shared_cifar_dir;
     use std::sync::OnceLock;
 
     /// The shared CIFAR-10 files, read and verified once per test binary.

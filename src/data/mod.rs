@@ -66,7 +66,6 @@
 
 pub mod batch;
 pub mod cifar;
-pub mod cli;
 pub mod gray;
 pub mod prepared;
 pub mod source;
@@ -96,6 +95,12 @@ pub enum TaskName {
     Scifar,
 }
 
+impl std::fmt::Display for TaskName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl TaskName {
     /// The name used in presets and file names.
     pub fn as_str(self) -> &'static str {
@@ -112,6 +117,15 @@ impl TaskName {
             TaskName::Scifar => 3,
         }
     }
+}
+
+/// The shape of what the data pipeline feeds a model: (B, seq_len, channels) raw pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputSpec {
+    /// Values per step: 1 for grayscale (LRA Image), 3 for RGB (sCIFAR).
+    pub channels: i64,
+    /// Number of steps (1,024 for a 32×32 image).
+    pub seq_len: i64,
 }
 
 /// The `[task]` table of a preset.
@@ -132,8 +146,8 @@ pub struct TaskConfig {
 
 impl TaskConfig {
     /// What the models receive: (B, 1024, channels).
-    pub fn input_spec(&self) -> crate::models::InputSpec {
-        crate::models::InputSpec {
+    pub fn input_spec(&self) -> InputSpec {
+        InputSpec {
             channels: self.name.channels(),
             seq_len: 1024,
         }
@@ -224,7 +238,7 @@ pub fn load(data: Option<&Path>, task: TaskName) -> Result<Dataset> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::common::testing::shared_cifar_dir;
+    use crate::testing::shared_cifar_dir;
 
     #[test]
     fn splits_follow_lra() {
@@ -291,7 +305,7 @@ mod tests {
         );
         assert_eq!(
             t.input_spec(),
-            crate::models::InputSpec {
+            InputSpec {
                 channels: 1,
                 seq_len: 1024
             }

@@ -1,14 +1,14 @@
 //! The prepared cache: one task's 60,000 images and labels in one compact file (see the module
 //! docs of [`crate::data`] for the format).
 
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 use super::cifar::{hex, Images, PIXELS, TEST_IMAGES, TRAIN_IMAGES};
-use super::{source, TaskName};
+use super::TaskName;
+use crate::files::write_atomic;
 
 /// First eight bytes of a prepared cache.
 pub const MAGIC: &[u8; 8] = b"PXSQDATA";
@@ -124,7 +124,7 @@ pub fn write(path: &Path, task: TaskName, images: &Images) -> Result<()> {
     header.extend_from_slice(&(TEST_IMAGES as u32).to_le_bytes());
     header.extend_from_slice(&hasher.finalize());
     debug_assert_eq!(header.len(), HEADER_BYTES);
-    source::write_atomic(path, |w| {
+    write_atomic(path, |w| {
         w.write_all(&header)?;
         w.write_all(&frame)?;
         Ok(())

@@ -1,16 +1,16 @@
 //! Where the data lives: resolving `--data` / `$PIXELSEQ_DATA` / the default folder, extracting
-//! the official archive safely, downloading it, and writing files atomically.
+//! the official archive safely, and downloading it.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 use super::cifar::{self, hex};
 use super::{prepared, TaskName};
+use crate::files::{temp_dir_beside, write_atomic, TempGuard};
 
 /// The official CIFAR-10 binary archive.
 pub const ARCHIVE_URL: &str = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz";
@@ -159,53 +159,8 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// A unique name beside `dest` for a file or folder being built (`.<name>.<tag>-<pid>-<n>`).
-fn temp_beside(dest: &Path, tag: &str) -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = dest.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    dest.with_file_name(format!(".{name}.{tag}-{}-{n}", std::process::id()))
-}
-
-/// Removes a temporary file or folder when dropped, unless it was renamed into place.
-struct TempGuard(Option<PathBuf>);
-
-impl Drop for TempGuard {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            // Best effort: the path may not exist if creating it failed.
-            let _ = if p.is_dir() {
-                std::fs::remove_dir_all(&p)
-            } else {
-                std::fs::remove_file(&p)
-            };
-        }
-    }
-}
-
-/// Writes `dest` atomically: `fill` writes a temporary file beside it, which is synced and renamed
-/// over `dest` only if `fill` succeeds. An error leaves `dest` untouched and no temporary behind.
-pub fn write_atomic(dest: &Path, fill: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<()> {
-    if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("failed to create folder `{}`", dir.display()))?;
-    }
-    let tmp = temp_beside(dest, "partial");
-    let mut guard = TempGuard(Some(tmp.clone()));
-    let file = File::create(&tmp).with_context(|| format!("failed to create `{}`", tmp.display()))?;
-    let mut w = BufWriter::with_capacity(1 << 20, file);
-    fill(&mut w)?;
-    let file = w
-        .into_inner()
-        .map_err(|e| e.into_error())
-        .with_context(|| format!("failed to write `{}`", tmp.display()))?;
-    file.sync_all().with_context(|| format!("failed to write `{}`", tmp.display()))?;
-    std::fs::rename(&tmp, dest).with_context(|| format!("failed to move `{}` to `{}`", tmp.display(), dest.display()))?;
-    guard.0 = None;
-    Ok(())
-}
-
 /// Copies `src` to `out`, returning the sha256 of what was copied.
-fn copy_hashing(src: &mut impl Read, out: &mut impl Write) -> std::io::Result<[u8; 32]> {
+fn copy_hashing(src: &mut impl Read, out: &mut (impl Write + ?Sized)) -> std::io::Result<[u8; 32]> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -282,8 +237,8 @@ pub fn extract(archive: &Path) -> Result<PathBuf> {
     if folder.is_dir() {
         return Ok(folder);
     }
-    let tmp = temp_beside(&folder, "extract");
-    let _guard = TempGuard(Some(tmp.clone()));
+    let tmp = temp_dir_beside(&folder);
+    let _guard = TempGuard::new(tmp.clone());
     std::fs::create_dir(&tmp).with_context(|| format!("failed to create folder `{}` to extract `{}`", tmp.display(), archive.display()))?;
     unpack(archive, &tmp)?;
     let unpacked = tmp.join(FOLDER_NAME);
@@ -362,7 +317,7 @@ fn unpack(archive: &Path, into: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::common::testing::shared_cifar_dir;
+    use crate::testing::shared_cifar_dir;
 
     /// Writes a `.tar.gz` whose entries are (path, contents) or, for `None`, a symlink.
     fn tar_gz(path: &Path, entries: &[(&str, Option<&[u8]>)]) {

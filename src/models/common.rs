@@ -1,18 +1,45 @@
-//! Pieces that three or more models use unchanged: how pixels enter a model, dropout and
-//! softmax attention, and the test helpers every model's tests share.
-
-use std::ffi::c_char;
+//! Pieces that three or more models use unchanged: range checks of config fields, how pixels enter
+//! a model, dropout and softmax attention.
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
-use torch_sys::C_tensor;
 
-use super::InputSpec;
-use crate::ffi::call_for_tensor;
+use crate::data::InputSpec;
+use crate::ffi::{call_for_tensor, pixelseq_dropout_mask};
 
-extern "C" {
-    fn pixelseq_dropout_mask(like: *const C_tensor, p: f64, out: *mut *mut C_tensor, err: *mut c_char, err_len: usize) -> bool;
+/// The largest size (width, depth, state size, …) a model field may take. Far beyond any model
+/// that fits in memory; it keeps every product of sizes well inside `i64`.
+pub const MAX_SIZE: i64 = 1 << 20;
+
+/// Each named size must lie in 1..=[`MAX_SIZE`]; the error names `model.<key>`.
+pub fn check_sizes(sizes: &[(&str, i64)]) -> Result<()> {
+    for &(key, value) in sizes {
+        if !(1..=MAX_SIZE).contains(&value) {
+            bail!("model.{key} = {value} must be at least 1 and at most {MAX_SIZE}");
+        }
+    }
+    Ok(())
+}
+
+/// Each named rate (a dropout probability) must lie in [0, 1).
+pub fn check_rates(rates: &[(&str, f64)]) -> Result<()> {
+    for &(key, value) in rates {
+        if !(0.0..1.0).contains(&value) {
+            bail!("model.{key} = {value} must be in [0, 1)");
+        }
+    }
+    Ok(())
+}
+
+/// Each named value must be finite and positive.
+pub fn check_positive(values: &[(&str, f64)]) -> Result<()> {
+    for &(key, value) in values {
+        if !(value.is_finite() && value > 0.0) {
+            bail!("model.{key} = {value} must be finite and positive");
+        }
+    }
+    Ok(())
 }
 
 /// Per-channel mean and standard deviation on the 0–255 scale used to normalise pixels.
@@ -51,6 +78,16 @@ pub fn torch_linear(p: nn::Path, fan_in: i64, fan_out: i64) -> nn::Linear {
             bias: true,
         },
     )
+}
+
+/// How an encoder's outputs become one vector per image (the Transformer, Nyströmformer and PiT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pool {
+    /// A learned token is prepended to the sequence and its output is classified.
+    Cls,
+    /// The mean of the outputs over the sequence.
+    Mean,
 }
 
 /// How pixel values become model vectors.
@@ -247,94 +284,5 @@ mod tests {
         assert!(ours.allclose(&expected, 1e-5, 1e-5, false));
         assert!(!ours.allclose(&fused, 1e-2, 1e-2, false));
         assert!(attention(&q, &k, &v, Some(&bias), 0.4, false).allclose(&fused, 1e-6, 1e-6, false));
-    }
-}
-
-#[cfg(test)]
-pub mod testing {
-    //! Checks shared by every model's tests.
-    use super::super::{InputSpec, ModelConfig};
-    use tch::{nn, Device, Kind, Tensor};
-
-    /// A random batch of raw pixels (B, L, C), uint8.
-    pub fn random_pixels(b: i64, input: &InputSpec) -> Tensor {
-        Tensor::randint(256, [b, input.seq_len, input.channels], (Kind::Uint8, Device::Cpu))
-    }
-
-    /// The shared read-only CIFAR-10 folder (`../shared/data/cifar-10-batches-bin` beside the
-    /// checkout, or `$PIXELSEQ_TEST_DATA`).
-    pub fn shared_cifar_dir() -> std::path::PathBuf {
-        match std::env::var_os("PIXELSEQ_TEST_DATA") {
-            Some(d) => d.into(),
-            None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cifar-10-batches-bin"),
-        }
-    }
-
-    /// The first `n` real training images of `data_batch_1.bin` as raw pixels (n, 1024, C) uint8
-    /// and labels (n) int64; grayscale when `input.channels == 1`.
-    pub fn real_pixels(n: i64, input: &InputSpec) -> (Tensor, Tensor) {
-        let bytes = std::fs::read(shared_cifar_dir().join("data_batch_1.bin")).expect("shared CIFAR-10 data_batch_1.bin");
-        let (mut pixels, mut labels) = (Vec::new(), Vec::new());
-        for rec in bytes.chunks(3073).take(n as usize) {
-            labels.push(rec[0] as i64);
-            let (r, g, b) = (&rec[1..1025], &rec[1025..2049], &rec[2049..3073]);
-            for i in 0..1024 {
-                if input.channels == 1 {
-                    pixels.push(crate::data::gray_pixel(r[i], g[i], b[i]));
-                } else {
-                    pixels.extend([r[i], g[i], b[i]]);
-                }
-            }
-        }
-        let pixels = Tensor::from_slice(&pixels).view([n, 1024, input.channels]); // (n, L, C)
-        (pixels, Tensor::from_slice(&labels))
-    }
-
-    /// Every trainable tensor receives a non-zero gradient from one backward pass.
-    pub fn assert_gradients_reach_every_parameter(cfg: &ModelConfig, input: &InputSpec) {
-        tch::manual_seed(0);
-        let vs = nn::VarStore::new(Device::Cpu);
-        let model = cfg.build(&vs.root(), input).unwrap();
-        let xs = random_pixels(4, input);
-        let ys = Tensor::from_slice(&[0i64, 1, 2, 3]);
-        let loss = model.forward_t(&xs, true).cross_entropy_for_logits(&ys);
-        loss.backward();
-        for (name, t) in vs.variables().into_iter().filter(|(_, t)| t.requires_grad()) {
-            let g = t.grad();
-            assert!(g.defined(), "{name}: no gradient");
-            assert!(g.abs().sum(Kind::Float).double_value(&[]) > 0.0, "{name}: zero gradient");
-        }
-    }
-
-    /// Fitting one small batch of real images: after `steps` Adam steps at `lr` the training loss
-    /// is below `ratio` × its first value. Returns (first, last) loss.
-    pub fn assert_loss_falls(cfg: &ModelConfig, input: &InputSpec, n: i64, steps: usize, lr: f64, ratio: f64) -> (f64, f64) {
-        use tch::nn::OptimizerConfig;
-        tch::manual_seed(0);
-        let vs = nn::VarStore::new(Device::Cpu);
-        let model = cfg.build(&vs.root(), input).unwrap();
-        let mut opt = nn::Adam::default().build(&vs, lr).unwrap();
-        let (xs, ys) = real_pixels(n, input);
-        let mut losses = Vec::new();
-        for _ in 0..steps {
-            let loss = model.forward_t(&xs, true).cross_entropy_for_logits(&ys);
-            opt.backward_step(&loss);
-            losses.push(loss.double_value(&[]));
-        }
-        let (first, last) = (losses[0], *losses.last().unwrap());
-        assert!(last.is_finite() && last < ratio * first, "loss did not fall: {losses:?}");
-        (first, last)
-    }
-
-    /// In eval mode (dropout off) two forward passes give identical logits.
-    pub fn assert_eval_is_deterministic(cfg: &ModelConfig, input: &InputSpec) {
-        tch::manual_seed(0);
-        let vs = nn::VarStore::new(Device::Cpu);
-        let model = cfg.build(&vs.root(), input).unwrap();
-        let xs = random_pixels(2, input);
-        let a = tch::no_grad(|| model.forward_t(&xs, false));
-        let b = tch::no_grad(|| model.forward_t(&xs, false));
-        assert_eq!(a.size(), vec![2, 10]);
-        assert!(a.equal(&b), "eval mode is not deterministic");
     }
 }

@@ -31,13 +31,14 @@
 //! - Embeddings (word, [CLS], position) are in the `NO_DECAY` group; the LRA preset uses no weight
 //!   decay, so this only matters for other recipes.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tch::nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use tch::{nn, Kind, Tensor};
 
-use super::common::{dropout, InputEncoder, InputMode};
-use super::{InputSpec, NO_DECAY, NUM_CLASSES};
+use super::common::{check_rates, check_sizes, dropout, InputEncoder, InputMode};
+use super::{NO_DECAY, NUM_CLASSES};
+use crate::data::InputSpec;
 
 /// FNet's `LAYER_NORM_EPSILON` (`f_net/layers.py`).
 const LN_EPS: f64 = 1e-12;
@@ -80,19 +81,13 @@ impl Default for Config {
 
 impl Config {
     pub fn validate(&self, input: &InputSpec) -> Result<()> {
-        for (key, value) in [
+        check_sizes(&[
             ("n_layers", self.n_layers),
             ("d_emb", self.d_emb),
             ("d_model", self.d_model),
             ("d_ff", self.d_ff),
-        ] {
-            if value < 1 {
-                bail!("model.{key} = {value} must be at least 1");
-            }
-        }
-        if !(0.0..1.0).contains(&self.dropout) {
-            bail!("model.dropout = {} must be in [0, 1)", self.dropout);
-        }
+        ])?;
+        check_rates(&[("dropout", self.dropout)])?;
         InputEncoder::validate(self.input, input, VOCAB)
     }
 }
@@ -230,28 +225,10 @@ impl nn::ModuleT for FNet {
 
 #[cfg(test)]
 mod tests {
-    use super::super::common::testing;
-    use super::super::{param_count, ModelConfig};
+    use super::super::ModelConfig;
     use super::*;
+    use crate::testing::{self, count, preset_model as preset, GRAY as LRA, RGB as SCIFAR};
     use tch::{nn::ModuleT, Device};
-
-    const LRA: InputSpec = InputSpec {
-        channels: 1,
-        seq_len: 1024,
-    };
-    const SCIFAR: InputSpec = InputSpec {
-        channels: 3,
-        seq_len: 1024,
-    };
-
-    fn preset(name: &str) -> ModelConfig {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("presets")
-            .join(format!("{name}.toml"));
-        let text = std::fs::read_to_string(&path).unwrap();
-        let table: toml::Table = toml::from_str(&text).unwrap();
-        table["model"].clone().try_into().unwrap()
-    }
 
     fn tiny() -> Config {
         Config {
@@ -261,12 +238,6 @@ mod tests {
             n_layers: 2,
             ..Config::default()
         }
-    }
-
-    fn count(cfg: &ModelConfig, input: &InputSpec) -> i64 {
-        let vs = nn::VarStore::new(Device::Cpu);
-        cfg.build(&vs.root(), input).unwrap();
-        param_count(&vs)
     }
 
     #[test]

@@ -30,7 +30,8 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
 use super::common::{torch_linear, InputEncoder, InputMode};
-use super::{InputSpec, NUM_CLASSES};
+use super::NUM_CLASSES;
+use crate::data::InputSpec;
 
 /// How one step of size ε integrates h′ = f(h).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,15 +163,10 @@ impl nn::ModuleT for LipschitzRnn {
 
 #[cfg(test)]
 mod tests {
-    use super::super::common::testing::*;
     use super::super::{param_count, ModelConfig};
     use super::*;
+    use crate::testing::{RGB as SCIFAR, *};
     use tch::Device;
-
-    const SCIFAR: InputSpec = InputSpec {
-        channels: 3,
-        seq_len: 1024,
-    };
 
     fn small(solver: Solver) -> Config {
         Config {

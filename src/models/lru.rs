@@ -38,8 +38,9 @@ use serde::{Deserialize, Serialize};
 use std::f64::consts::TAU;
 use tch::{nn, Kind, Tensor};
 
-use super::common::{InputEncoder, InputMode};
-use super::{InputSpec, NUM_CLASSES, SSM};
+use super::common::{check_sizes, InputEncoder, InputMode};
+use super::{NUM_CLASSES, SSM};
+use crate::data::InputSpec;
 
 /// Which normalisation a block uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,11 +116,7 @@ impl Default for Config {
 impl Config {
     /// Checks every field before any tensor exists.
     pub fn validate(&self, input: &InputSpec) -> Result<()> {
-        for (key, value) in [("d_model", self.d_model), ("d_state", self.d_state), ("n_layers", self.n_layers)] {
-            if value < 1 {
-                bail!("model.{key} = {value} must be at least 1");
-            }
-        }
+        check_sizes(&[("d_model", self.d_model), ("d_state", self.d_state), ("n_layers", self.n_layers)])?;
         if !(0.0..1.0).contains(&self.r_min) {
             bail!("model.r_min = {} must lie in [0, 1)", self.r_min);
         }
@@ -379,19 +376,10 @@ impl nn::ModuleT for Lru {
 
 #[cfg(test)]
 mod tests {
-    use super::super::common::testing::*;
-    use super::super::{param_count, ModelConfig};
+    use super::super::ModelConfig;
     use super::*;
+    use crate::testing::*;
     use tch::{nn::ModuleT, Device};
-
-    const GRAY: InputSpec = InputSpec {
-        channels: 1,
-        seq_len: 1024,
-    };
-    const RGB: InputSpec = InputSpec {
-        channels: 3,
-        seq_len: 1024,
-    };
 
     fn tiny(parallel: Parallel) -> Config {
         Config {
@@ -403,20 +391,12 @@ mod tests {
         }
     }
 
-    /// The `[model]` table of `presets/<name>.toml`.
     fn preset(name: &str) -> Config {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("presets/{name}.toml"));
-        let table: toml::Table = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        match table["model"].clone().try_into::<ModelConfig>().unwrap() {
-            ModelConfig::Lru(cfg) => cfg,
-            other => panic!("preset {name} holds model {}", other.name()),
-        }
+        preset_config(name)
     }
 
-    fn count(cfg: &Config, input: &InputSpec) -> i64 {
-        let vs = nn::VarStore::new(Device::Cpu);
-        Lru::new(&vs.root(), cfg, input);
-        param_count(&vs)
+    fn params(cfg: &Config, input: &InputSpec) -> i64 {
+        count(&ModelConfig::Lru(cfg.clone()), input)
     }
 
     /// Forward + backward time of one LRU layer, in milliseconds (median of `reps` after a warm-up).
@@ -454,7 +434,7 @@ mod tests {
     fn preset_lru_scifar_parameter_count() {
         let cfg = preset("lru-scifar");
         assert_eq!(cfg, Config::default());
-        assert_eq!(count(&cfg, &RGB), 7_893_770);
+        assert_eq!(params(&cfg, &RGB), 7_893_770);
     }
 
     /// Preset `lru-small` (4 × H 128, N 64, sCIFAR). Per block: 3 · 64 = 192; B 2 · 64 · 128 =
@@ -462,7 +442,7 @@ mod tests {
     /// Encoder 512, head 1,290: 4 · 66,368 + 1,802 = 267,274.
     #[test]
     fn preset_lru_small_parameter_count() {
-        assert_eq!(count(&preset("lru-small"), &RGB), 267_274);
+        assert_eq!(params(&preset("lru-small"), &RGB), 267_274);
     }
 
     #[test]

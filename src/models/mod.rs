@@ -3,6 +3,11 @@
 //! float32 logits of shape (B, 10). How pixels become vectors (a 256-entry embedding or a linear
 //! map of normalised values) is each model's choice, made with [`common::InputEncoder`].
 //!
+//! Each model file opens with its paper, the setting its figure is for, the reference code followed
+//! and every deliberate deviation. Where a fact carries a marker, the marker says how it was
+//! checked: ✔ read in the reference code or the paper; ~ from a third-party page, leaderboard or
+//! reproduction; ✘ not verified (from memory, or the source could not be read).
+//!
 //! Parameters are tagged with an optimizer group through `nn::Path::set_group`: [`DECAY`] (the
 //! default; 1-D tensors in it, biases and norm gains, are exempt from weight decay), [`NO_DECAY`]
 //! (embeddings and anything the paper exempts) and [`SSM`] (state-space parameters that the paper
@@ -11,6 +16,8 @@
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tch::nn;
+
+use crate::data::InputSpec;
 
 pub mod common;
 pub mod fnet;
@@ -31,15 +38,6 @@ pub const SSM: usize = 2;
 
 /// Number of CIFAR-10 classes.
 pub const NUM_CLASSES: i64 = 10;
-
-/// The shape of what the data pipeline feeds a model: (B, seq_len, channels) raw pixels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InputSpec {
-    /// Values per step: 1 for grayscale (LRA Image), 3 for RGB (sCIFAR).
-    pub channels: i64,
-    /// Number of steps (1,024 for a 32×32 image).
-    pub seq_len: i64,
-}
 
 /// One model of the zoo with its hyperparameters; `name` selects it in TOML.
 #[derive(Debug, Clone, Serialize, Deserialize)]

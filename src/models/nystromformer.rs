@@ -34,9 +34,9 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Init, ModuleT};
 use tch::{Kind, Tensor};
 
-use super::common::InputMode;
-use super::transformer::{key_bias, Encoder, Gelu, Initialisation, Mixer, Pool};
-use super::InputSpec;
+use super::common::{InputMode, Pool};
+use super::transformer::{key_bias, Encoder, Gelu, Initialisation, Mixer};
+use crate::data::InputSpec;
 
 /// The starting point Z₀ of the iterative pseudo-inverse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,7 +148,14 @@ impl Config {
     }
 }
 
-/// Iterative Moore–Penrose pseudo-inverse of `a` (.., m, m), batched over leading dimensions.
+/// Iterative Moore–Penrose pseudo-inverse of `a` (.., m, m), batched over leading dimensions:
+/// the paper's Section 3 iteration (from Razavi, Kerayechian, Gachpazan and Shateyi, "A new
+/// iterative method for finding approximate inverses of complete and incomplete matrices", 2014),
+///
+///   Z_{j+1} = ¼ Z_j (13I − A Z_j (15I − A Z_j (7I − A Z_j))),
+///
+/// started at Z₀ of [`PinvInit`]; the same constants 7, 15, 13 and ¼ as
+/// `attention_nystrom.py` `NystromAttention.iterative_inv`, whose `n_iter = 6`.
 fn iterative_pinv(a: &Tensor, iters: i64, init: PinvInit) -> Tensor {
     let m = a.size()[a.dim() - 1];
     let eye = Tensor::eye(m, (a.kind(), a.device())); // (m, m)
@@ -269,11 +276,9 @@ impl ModuleT for Nystromformer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::common::testing::*;
-    use crate::models::transformer::tests::{
-        assert_tokens_are_raw_grey_values, built_params, logits_before_after_black_change, pixels_with_black, preset_model, LRA_IMAGE,
-    };
+    use crate::models::transformer::tests::{assert_tokens_are_raw_grey_values, logits_before_after_black_change, pixels_with_black};
     use crate::models::ModelConfig;
+    use crate::testing::{count as built_params, GRAY as LRA_IMAGE, *};
     use tch::Device;
 
     fn small() -> Config {

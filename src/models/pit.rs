@@ -38,23 +38,14 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
-use super::common::{attention, dropout, InputEncoder, InputMode};
-use super::{InputSpec, NO_DECAY, NUM_CLASSES};
+use super::common::{attention, check_rates, check_sizes, dropout, InputEncoder, InputMode, Pool};
+use super::{NO_DECAY, NUM_CLASSES};
+use crate::data::InputSpec;
 
 /// Pixel tokens take 256 values when `input = "embed"`.
 const VOCAB: i64 = 256;
 /// Standard deviation of the [cls] token and position embeddings (MoCo v3 / timm ViT).
 const EMB_STD: f64 = 0.02;
-
-/// Which output feeds the classifier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Pool {
-    /// The [cls] token (ViT).
-    Cls,
-    /// The mean over the pixel tokens (MAE's `global_pool`).
-    Mean,
-}
 
 /// Position information added to the tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +80,7 @@ pub struct Config {
     /// the last block and rising linearly from 0 at the first (timm's `drop_path_rate`): 0.0 (✘).
     pub drop_path: f64,
     /// Classifier input: "cls" (~) or "mean".
+    /// `cls`: the [cls] token (ViT); `mean`: the mean over the pixel tokens (MAE's `global_pool`).
     pub pool: Pool,
     /// Position embedding: "learned" (the paper's default) or "none".
     pub pos: Positions,
@@ -113,16 +105,12 @@ impl Default for Config {
 
 impl Config {
     pub fn validate(&self, input: &InputSpec) -> Result<()> {
-        for (key, value) in [
+        check_sizes(&[
             ("depth", self.depth),
             ("d_model", self.d_model),
             ("d_ff", self.d_ff),
             ("n_heads", self.n_heads),
-        ] {
-            if value < 1 {
-                bail!("model.{key} = {value} must be at least 1");
-            }
-        }
+        ])?;
         if self.d_model % self.n_heads != 0 {
             bail!(
                 "model.d_model = {} is not divisible by model.n_heads = {}",
@@ -130,15 +118,11 @@ impl Config {
                 self.n_heads
             );
         }
-        for (key, value) in [
+        check_rates(&[
             ("dropout", self.dropout),
             ("attn_dropout", self.attn_dropout),
             ("drop_path", self.drop_path),
-        ] {
-            if !(0.0..1.0).contains(&value) {
-                bail!("model.{key} = {value} must be in [0, 1)");
-            }
-        }
+        ])?;
         InputEncoder::validate(self.input, input, VOCAB)
     }
 }
@@ -319,29 +303,13 @@ impl nn::ModuleT for Pit {
 
 #[cfg(test)]
 mod tests {
-    use super::super::common::testing;
-    use super::super::{param_count, ModelConfig};
+    use super::super::ModelConfig;
     use super::*;
+    use crate::testing::{self, preset_config, GRAY as LRA, RGB as SCIFAR};
     use tch::{nn::ModuleT, Device};
 
-    const SCIFAR: InputSpec = InputSpec {
-        channels: 3,
-        seq_len: 1024,
-    };
-    const LRA: InputSpec = InputSpec {
-        channels: 1,
-        seq_len: 1024,
-    };
-
     fn preset(name: &str) -> Config {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("presets")
-            .join(format!("{name}.toml"));
-        let table: toml::Table = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        match table["model"].clone().try_into::<ModelConfig>().unwrap() {
-            ModelConfig::Pit(cfg) => cfg,
-            other => panic!("{name} is a {} preset", other.name()),
-        }
+        preset_config(name)
     }
 
     fn tiny() -> Config {
@@ -354,10 +322,8 @@ mod tests {
         }
     }
 
-    fn count(cfg: &Config) -> i64 {
-        let vs = nn::VarStore::new(Device::Cpu);
-        Pit::new(&vs.root(), cfg, &SCIFAR);
-        param_count(&vs)
+    fn params(cfg: &Config) -> i64 {
+        testing::count(&ModelConfig::Pit(cfg.clone()), &SCIFAR)
     }
 
     #[test]
@@ -378,12 +344,12 @@ mod tests {
         // Final LN 384; head 192·10 + 10 = 1,930.
         // Total 768 + 192 + 196,800 + 5,338,368 + 384 + 1,930 = 5,538,442 (the cheeyeo/ML_2024
         // reproduction prints 5,555,812 with a 100-class head: 5,538,442 − 1,930 + 19,300).
-        assert_eq!(count(&paper), 5_538_442);
+        assert_eq!(params(&paper), 5_538_442);
         // pit-small (depth 6, width 128, MLP 512): pixel Linear 512; [cls] 128; positions 131,200.
         // Block: LN 256 + qkv 49,536 + proj 16,512 + LN 256 + fc1 66,048 + fc2 65,664 = 198,272;
         //   × 6 = 1,189,632. Final LN 256; head 1,290.
         // Total 512 + 128 + 131,200 + 1,189,632 + 256 + 1,290 = 1,323,018.
-        assert_eq!(count(&preset("pit-small")), 1_323_018);
+        assert_eq!(params(&preset("pit-small")), 1_323_018);
     }
 
     #[test]

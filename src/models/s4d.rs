@@ -38,7 +38,8 @@ use std::f64::consts::PI;
 use tch::{nn, Kind, Tensor};
 
 use super::common::{torch_linear, InputEncoder, InputMode};
-use super::{InputSpec, NUM_CLASSES, SSM};
+use super::{NUM_CLASSES, SSM};
+use crate::data::InputSpec;
 
 /// Which normalisation a block uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -351,19 +352,10 @@ impl nn::ModuleT for S4d {
 
 #[cfg(test)]
 mod tests {
-    use super::super::common::testing::*;
-    use super::super::{param_count, ModelConfig};
+    use super::super::ModelConfig;
     use super::*;
+    use crate::testing::*;
     use tch::{nn::ModuleT, Device};
-
-    const GRAY: InputSpec = InputSpec {
-        channels: 1,
-        seq_len: 1024,
-    };
-    const RGB: InputSpec = InputSpec {
-        channels: 3,
-        seq_len: 1024,
-    };
 
     fn tiny() -> Config {
         Config {
@@ -388,20 +380,12 @@ mod tests {
         }
     }
 
-    /// The `[model]` table of `presets/<name>.toml`.
     fn preset(name: &str) -> Config {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("presets/{name}.toml"));
-        let table: toml::Table = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        match table["model"].clone().try_into::<ModelConfig>().unwrap() {
-            ModelConfig::S4d(cfg) => cfg,
-            other => panic!("preset {name} holds model {}", other.name()),
-        }
+        preset_config(name)
     }
 
-    fn count(cfg: &Config, input: &InputSpec) -> i64 {
-        let vs = nn::VarStore::new(Device::Cpu);
-        S4d::new(&vs.root(), cfg, input);
-        param_count(&vs)
+    fn params(cfg: &Config, input: &InputSpec) -> i64 {
+        count(&ModelConfig::S4d(cfg.clone()), input)
     }
 
     /// BatchNorm on (B·L, H) rows normalises, and updates its running statistics, exactly as
@@ -442,7 +426,7 @@ mod tests {
     fn preset_s4d_small_parameter_count() {
         let cfg = preset("s4d-small");
         assert_eq!(cfg, Config::default());
-        assert_eq!(count(&cfg, &GRAY), 201_226);
+        assert_eq!(params(&cfg, &GRAY), 201_226);
     }
 
     /// Preset `s4d-lra` (6 × 512, N = 64, bidirectional, trained B, BatchNorm prenorm). Per block:
@@ -452,7 +436,7 @@ mod tests {
     /// "3.96M" of `configs/experiment/mega/lra-image/README.md` (large S4D).
     #[test]
     fn preset_s4d_lra_parameter_count() {
-        assert_eq!(count(&preset("s4d-lra"), &GRAY), 3_957_770);
+        assert_eq!(params(&preset("s4d-lra"), &GRAY), 3_957_770);
     }
 
     #[test]

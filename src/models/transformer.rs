@@ -42,22 +42,13 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Init, ModuleT};
 use tch::{Kind, Tensor};
 
-use super::common::{attention, dropout, nonzero_mask, InputEncoder, InputMode};
-use super::{InputSpec, DECAY, NO_DECAY, NUM_CLASSES};
+use super::common::{attention, check_positive, check_rates, check_sizes, dropout, nonzero_mask, InputEncoder, InputMode, Pool};
+use super::{DECAY, NO_DECAY, NUM_CLASSES};
+use crate::data::InputSpec;
 
 /// Additive bias that removes masked keys from a softmax. Finite, so a row whose keys are all
 /// masked (an all-black image) gets uniform weights instead of NaN.
 const MASKED: f64 = -1e9;
-
-/// How the encoder's output becomes one vector per image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Pool {
-    /// A learned zero-initialised token is prepended and its output is classified (LRA).
-    Cls,
-    /// The mean over all positions (Nyströmformer's code); black positions count as zeros when masked.
-    Mean,
-}
 
 /// Weight initialisation of the dense layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,7 +105,9 @@ pub struct Config {
     pub dropout: f64,
     /// Dropout on attention weights. `base_cifar10_config.py`: `attention_dropout_rate = 0.2`.
     pub attn_dropout: f64,
-    /// `transformer_base.py`: `classifier_pool = "CLS"`.
+    /// `cls`: a learned zero-initialised token is prepended and its output classified (LRA,
+    /// `transformer_base.py`: `classifier_pool = "CLS"`); `mean`: the mean over all positions
+    /// (Nyströmformer's code), black positions counting as zeros when masked.
     pub pool: Pool,
     /// Biases in the q, k, v and output projections. LRA: `SelfAttention(..., bias=False)`.
     pub attn_bias: bool,
@@ -155,17 +148,13 @@ impl Config {
     /// Checks every field against the input before any tensor exists.
     pub fn validate(&self, input: &InputSpec) -> Result<()> {
         InputEncoder::validate(self.input, input, self.vocab)?;
-        for (key, value) in [
+        check_sizes(&[
             ("d_model", self.d_model),
             ("n_layers", self.n_layers),
             ("n_heads", self.n_heads),
             ("qkv_dim", self.qkv_dim),
             ("mlp_dim", self.mlp_dim),
-        ] {
-            if value < 1 {
-                bail!("model.{key} = {value} must be at least 1");
-            }
-        }
+        ])?;
         if self.qkv_dim % self.n_heads != 0 {
             bail!(
                 "model.qkv_dim = {} must be divisible by model.n_heads = {}",
@@ -173,17 +162,8 @@ impl Config {
                 self.n_heads
             );
         }
-        for (key, value) in [("dropout", self.dropout), ("attn_dropout", self.attn_dropout)] {
-            if !(0.0..1.0).contains(&value) {
-                bail!("model.{key} = {value} must be in [0, 1)");
-            }
-        }
-        if self.token_init_std.is_nan() || self.token_init_std <= 0.0 {
-            bail!("model.token_init_std = {} must be positive", self.token_init_std);
-        }
-        if self.layer_norm_eps.is_nan() || self.layer_norm_eps <= 0.0 {
-            bail!("model.layer_norm_eps = {} must be positive", self.layer_norm_eps);
-        }
+        check_rates(&[("dropout", self.dropout), ("attn_dropout", self.attn_dropout)])?;
+        check_positive(&[("token_init_std", self.token_init_std), ("layer_norm_eps", self.layer_norm_eps)])?;
         Ok(())
     }
 }
@@ -447,28 +427,9 @@ impl ModuleT for Transformer {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::models::common::testing::*;
-    use crate::models::{param_count, ModelConfig};
+    use crate::models::ModelConfig;
+    use crate::testing::{count as built_params, GRAY as LRA_IMAGE, *};
     use tch::Device;
-
-    pub(crate) const LRA_IMAGE: InputSpec = InputSpec {
-        channels: 1,
-        seq_len: 1024,
-    };
-
-    /// The `[model]` table of `presets/<name>.toml`.
-    pub(crate) fn preset_model(name: &str) -> ModelConfig {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("presets/{name}.toml"));
-        let text = std::fs::read_to_string(&path).unwrap();
-        let table: toml::Table = toml::from_str(&text).unwrap();
-        table["model"].clone().try_into().unwrap()
-    }
-
-    pub(crate) fn built_params(cfg: &ModelConfig, input: &InputSpec) -> i64 {
-        let vs = nn::VarStore::new(Device::Cpu);
-        cfg.build(&vs.root(), input).unwrap();
-        param_count(&vs)
-    }
 
     /// A few black pixels away from position 0 (whose mask the LRA CLS copies), the rest random.
     pub(crate) fn pixels_with_black(b: i64, input: &InputSpec) -> Tensor {

@@ -30,7 +30,8 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
 use super::common::torch_linear;
-use super::{InputSpec, NO_DECAY, NUM_CLASSES};
+use super::{NO_DECAY, NUM_CLASSES};
+use crate::data::InputSpec;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -227,23 +228,19 @@ impl nn::ModuleT for TrellisNet {
 
 #[cfg(test)]
 mod tests {
-    use super::super::common::testing::*;
     use super::super::{param_count, ModelConfig};
     use super::*;
-    use tch::{nn::ModuleT, Device};
-
-    const SCIFAR: InputSpec = InputSpec {
-        channels: 3,
-        seq_len: 1024,
+    use crate::testing::{
+        assert_eval_is_deterministic, assert_gradients_reach_every_parameter, assert_loss_falls, preset_config, preset_table,
+        random_pixels, RGB as SCIFAR,
     };
+    use tch::{nn::ModuleT, Device};
 
     /// The `[model]` table of a preset as a `Config`, and the whole preset.
     fn preset(name: &str) -> (Config, toml::Table) {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("presets").join(name);
-        let table: toml::Table = std::fs::read_to_string(path).unwrap().parse().unwrap();
-        let mut model = table["model"].as_table().unwrap().clone();
-        assert_eq!(model.remove("name").unwrap().as_str(), Some("trellisnet"));
-        (model.try_into().unwrap(), table)
+        let table = preset_table(name);
+        assert_eq!(table["model"]["name"].as_str(), Some("trellisnet"));
+        (preset_config(name), table)
     }
 
     /// A narrow net whose 5 levels reach 17 steps: [1, 1, 2, 4, 8].
@@ -267,7 +264,7 @@ mod tests {
 
     #[test]
     fn preset_is_unpermuted_scifar_and_has_139_990_parameters() {
-        let (cfg, table) = preset("trellisnet-scifar.toml");
+        let (cfg, table) = preset("trellisnet-scifar");
         assert_eq!(cfg, Config::default());
         let task = table["task"].as_table().unwrap();
         assert_eq!(task["name"].as_str(), Some("scifar"));

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
 use super::optim::AdamW;
+use super::step::LossScaler;
 
 /// Where training stands at a checkpoint: enough to continue exactly.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -25,6 +26,42 @@ pub struct State {
     pub train_s: f64,
     /// fp16 loss scale.
     pub loss_scale: f64,
+    /// fp16: steps in a row without an inf/NaN gradient since the scale last changed.
+    #[serde(default)]
+    pub loss_scale_growth: u64,
+}
+
+impl State {
+    /// Where a new run stands.
+    pub fn new(scaler: &LossScaler) -> State {
+        State {
+            step: 0,
+            t: 0,
+            best_val_acc: -1.0,
+            best_step: 0,
+            elapsed_s: 0.0,
+            train_s: 0.0,
+            loss_scale: scaler.scale,
+            loss_scale_growth: scaler.growth_tracker,
+        }
+    }
+
+    /// Records the loss scaler's state.
+    pub fn save_scaler(&mut self, scaler: &LossScaler) {
+        self.loss_scale = scaler.scale;
+        self.loss_scale_growth = scaler.growth_tracker;
+    }
+
+    /// Puts the recorded loss scaler state back.
+    pub fn restore(&self, scaler: &mut LossScaler) {
+        scaler.scale = self.loss_scale;
+        scaler.growth_tracker = self.loss_scale_growth;
+    }
+
+    /// Training images per second of training steps so far, at `batch_size` images per step.
+    pub fn throughput(&self, batch_size: i64) -> f64 {
+        (self.step * batch_size as u64) as f64 / self.train_s.max(1e-9)
+    }
 }
 
 /// Writes `dir` atomically: into `dir.tmp`, then renamed over `dir`.

@@ -1,10 +1,18 @@
-//! Training: AdamW with parameter groups, schedules, mixed precision, checkpoints and the loop.
+//! Training: the step shared with `bench`, the loop around it, AdamW with parameter groups,
+//! schedules, checkpoints, run directories and records.
 
 pub mod checkpoint;
+pub mod eval;
 mod multi_tensor;
 pub mod optim;
-pub mod rng;
+pub mod progress;
+pub mod records;
 pub mod run;
+pub mod run_dir;
+pub mod sampler;
 pub mod schedule;
+pub mod step;
 
-pub use run::{evaluate, run, Options, RunRecord};
+pub use eval::{evaluate, EVAL_BATCH};
+pub use run::{run, Options};
+pub use run_dir::{open_run, OpenRun, RunDir, Which};

@@ -2,39 +2,10 @@
 //! global gradient norm, in-place scaling) and setting gradients to none, one call per list of
 //! tensors instead of several kernels per tensor.
 
-use std::ffi::c_char;
-
 use anyhow::Result;
 use tch::Tensor;
-use torch_sys::C_tensor;
 
-use crate::ffi::{call, call_for_tensor};
-
-extern "C" {
-    #[allow(clippy::too_many_arguments)]
-    fn pixelseq_fused_adamw(
-        params: *const *mut C_tensor,
-        grads: *const *mut C_tensor,
-        exp_avgs: *const *mut C_tensor,
-        exp_avg_sqs: *const *mut C_tensor,
-        step: *const C_tensor,
-        n: usize,
-        lr: f64,
-        beta1: f64,
-        beta2: f64,
-        weight_decay: f64,
-        eps: f64,
-        err: *mut c_char,
-        err_len: usize,
-    ) -> bool;
-    fn pixelseq_total_norm(ts: *const *mut C_tensor, n: usize, out: *mut *mut C_tensor, err: *mut c_char, err_len: usize) -> bool;
-    fn pixelseq_mul_(ts: *const *mut C_tensor, n: usize, factor: *const C_tensor, err: *mut c_char, err_len: usize) -> bool;
-    fn pixelseq_clear_grads(ts: *const *mut C_tensor, n: usize, err: *mut c_char, err_len: usize) -> bool;
-}
-
-fn handles(ts: &[Tensor]) -> Vec<*mut C_tensor> {
-    ts.iter().map(|t| t.as_ptr() as *mut C_tensor).collect()
-}
+use crate::ffi::{call, call_for_tensor, handles, pixelseq_clear_grads, pixelseq_fused_adamw, pixelseq_mul_, pixelseq_total_norm};
 
 /// Hyperparameters of one fused AdamW call.
 pub struct AdamWStep {

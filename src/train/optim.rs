@@ -6,6 +6,8 @@
 //! is PyTorch's `torch.optim.AdamW` (decoupled decay, bias-corrected moments, eps outside the sqrt),
 //! run by its fused multi-tensor kernel.
 
+use std::collections::HashMap;
+
 use anyhow::{bail, Result};
 use tch::{nn, Kind, Tensor};
 
@@ -45,12 +47,20 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    /// Sorts the store's trainable variables into groups, by name for a stable order.
-    pub fn new(vs: &nn::VarStore, cfg: &Optim) -> AdamW {
-        let names: std::collections::HashMap<i64, String> = {
-            let vars = vs.variables_.lock().unwrap();
-            vars.named_variables.iter().map(|(n, t)| (t.data_ptr() as i64, n.clone())).collect()
-        };
+    /// Sorts the store's trainable variables into groups, by name for a stable order. A trainable
+    /// tensor is found by its storage; two names sharing one storage, or a trainable tensor
+    /// without a name, would make the checkpoint's optimizer state ambiguous and are refused.
+    /// Empty tensors (no storage, nothing to update) are left out.
+    pub fn new(vs: &nn::VarStore, cfg: &Optim) -> Result<AdamW> {
+        let mut names: HashMap<usize, String> = HashMap::new();
+        {
+            let vars = vs.variables_.lock().expect("the variable store's lock is not poisoned");
+            for (name, t) in vars.named_variables.iter().filter(|(_, t)| t.numel() > 0) {
+                if let Some(other) = names.insert(t.data_ptr() as usize, name.clone()) {
+                    bail!("variables `{other}` and `{name}` share one storage; the optimizer cannot tell them apart");
+                }
+            }
+        }
         let mut groups = vec![
             Group {
                 label: "decay",
@@ -71,10 +81,12 @@ impl AdamW {
                 params: vec![],
             },
         ];
-        let vars = vs.variables_.lock().unwrap();
-        for var in &vars.trainable_variables {
+        let vars = vs.variables_.lock().expect("the variable store's lock is not poisoned");
+        for var in vars.trainable_variables.iter().filter(|v| v.tensor.numel() > 0) {
             let t = &var.tensor;
-            let name = names.get(&(t.data_ptr() as i64)).cloned().unwrap_or_default();
+            let Some(name) = names.get(&(t.data_ptr() as usize)).cloned() else {
+                bail!("a trainable tensor of shape {:?} has no name in the variable store", t.size());
+            };
             let g = match var.group {
                 SSM => 2,
                 NO_DECAY => 1,
@@ -92,13 +104,13 @@ impl AdamW {
         for g in &mut groups {
             g.params.sort_by(|a, b| a.name.cmp(&b.name));
         }
-        AdamW {
+        Ok(AdamW {
             groups,
             betas: cfg.betas,
             eps: cfg.eps,
             t: 0,
             step: Tensor::zeros([], (Kind::Float, vs.device())),
-        }
+        })
     }
 
     /// One line per non-empty group: label, tensors, scalars, lr, weight decay.
@@ -208,7 +220,7 @@ impl AdamW {
 
     /// Restores moments saved by [`AdamW::state`] and the step count.
     pub fn load_state(&mut self, tensors: Vec<(String, Tensor)>, t: u64) -> Result<()> {
-        let mut map: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
+        let mut map: HashMap<String, Tensor> = tensors.into_iter().collect();
         for g in &mut self.groups {
             for p in &mut g.params {
                 for (prefix, slot) in [("m", &mut p.m), ("v", &mut p.v)] {
@@ -269,7 +281,7 @@ mod tests {
         tch::manual_seed(1);
         let vs_b = nn::VarStore::new(Device::Cpu);
         let net_b = model(&vs_b, false);
-        let mut ours = AdamW::new(&vs_a, &cfg);
+        let mut ours = AdamW::new(&vs_a, &cfg).unwrap();
         let mut theirs = nn::AdamW {
             beta1: 0.9,
             beta2: 0.98,
@@ -306,7 +318,7 @@ mod tests {
             ssm_lr: Some(1e-3),
             ..Default::default()
         };
-        let opt = AdamW::new(&vs, &cfg);
+        let opt = AdamW::new(&vs, &cfg).unwrap();
         let names = |i: usize| opt.groups[i].params.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
         assert_eq!(names(0), ["lin.weight"]);
         assert_eq!(names(1), ["emb", "lin.bias"]);
@@ -319,7 +331,7 @@ mod tests {
     fn clipping_bounds_the_global_norm() {
         let vs = nn::VarStore::new(Device::Cpu);
         let net = model(&vs, true);
-        let opt = AdamW::new(&vs, &Optim::default());
+        let opt = AdamW::new(&vs, &Optim::default()).unwrap();
         (net.forward(&Tensor::ones([2, 4], (Kind::Float, Device::Cpu))).sum(Kind::Float) * 1000.0).backward();
         let before = opt.clip_grad_norm(0.5).unwrap().double_value(&[]);
         assert!(before > 0.5);
@@ -339,7 +351,7 @@ mod tests {
             weight_decay: 0.5,
             ..Default::default()
         };
-        let mut opt = AdamW::new(&vs, &cfg);
+        let mut opt = AdamW::new(&vs, &cfg).unwrap();
         used.sum(Kind::Float).backward();
         opt.zero_grad().unwrap();
         assert!(!used.grad().defined());

@@ -1,19 +1,26 @@
 //! The training loop: one visible loop over optimizer steps, evaluation at an interval,
 //! checkpoints, metrics, and the test score of the best validation checkpoint at the end.
 
-use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
-use tch::{nn, nn::ModuleT, Device, Kind, Reduction, Tensor};
+use tch::{nn, nn::ModuleT, Device};
 
-use super::{checkpoint, optim::AdamW, rng::SplitMix64, schedule};
-use crate::amp;
-use crate::config::{Precision, RunConfig};
-use crate::data::{batch_input, Dataset, Split, TaskConfig};
+use super::checkpoint::{self, State};
+use super::eval::{evaluate, EVAL_BATCH};
+use super::optim::AdamW;
+use super::progress::{clock, Progress, Tally};
+use super::records::{today, truncate_metrics, Metrics, RunRecord};
+use super::run_dir::RunDir;
+use super::sampler::Sampler;
+use super::schedule;
+use super::step::{train_step, LossScaler, Settings};
+use crate::amp::{self, Precision};
+use crate::config::RunConfig;
+use crate::data::Dataset;
 use crate::models::param_count;
+use crate::{device, files};
 
 /// How a run is carried out (not part of the recorded config).
 pub struct Options {
@@ -25,333 +32,91 @@ pub struct Options {
     pub preset: Option<String>,
 }
 
-/// One line of `metrics.jsonl`, written at every evaluation.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Metrics {
-    pub step: u64,
-    pub epoch: f64,
-    pub lr: f64,
-    pub train_loss: f64,
-    pub train_acc: f64,
-    pub val_loss: f64,
-    pub val_acc: f64,
-    pub img_per_s: f64,
-    pub wall_s: f64,
+/// The sizes of a run, derived from its config and the training split.
+struct Plan {
+    batch_size: i64,
+    steps_per_epoch: u64,
+    total: u64,
+    eval_every: u64,
+    eval_batch: i64,
+    /// Validation images per evaluation during training (`None`: all).
+    val_limit: Option<i64>,
 }
 
-/// `result.json`: what a finished run achieved.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunRecord {
-    pub preset: Option<String>,
-    pub model: String,
-    pub task: String,
-    pub paper_figure: Option<f64>,
-    pub paper_setting: Option<String>,
-    pub best_val_acc: f64,
-    pub best_step: u64,
-    pub test_acc: f64,
-    pub test_loss: f64,
-    pub params: i64,
-    pub steps: u64,
-    pub epochs: f64,
-    pub img_per_s: f64,
-    pub device: String,
-    pub precision: Precision,
-    pub wall_s: f64,
-    pub seed: u64,
-    pub commit: String,
-    pub date: String,
-}
-
-/// Seed of torch's generator at `step`: dropout and augmentation depend only on (seed, step),
-/// so a resumed run draws exactly what an uninterrupted one would.
-fn step_seed(seed: u64, step: u64) -> i64 {
-    (SplitMix64::derive(seed, 2, step).next_u64() >> 1) as i64
-}
-
-/// Loss and accuracy of `model` on the first `limit` images of a split (`None`: every image,
-/// no dropped remainder).
-pub fn evaluate(model: &dyn ModuleT, split: &Split, task: &TaskConfig, batch: i64, limit: Option<i64>, precision: Precision) -> (f64, f64) {
-    let n = limit.map_or(split.len(), |l| l.min(split.len()));
-    let (mut loss, mut correct) = (
-        Tensor::zeros([], (Kind::Float, split.labels.device())),
-        Tensor::zeros([], (Kind::Int64, split.labels.device())),
-    );
-    tch::no_grad(|| {
-        let mut start = 0;
-        while start < n {
-            let len = batch.min(n - start);
-            let xs = batch_input(&split.images.narrow(0, start, len), task, false);
-            let ys = split.labels.narrow(0, start, len);
-            let logits = amp::autocast(precision, || model.forward_t(&xs, false)).to_kind(Kind::Float);
-            loss += logits.cross_entropy_loss::<Tensor>(&ys, None, Reduction::Sum, -100, 0.0);
-            correct += logits.argmax(-1, false).eq_tensor(&ys).sum(Kind::Int64);
-            start += len;
+impl Plan {
+    fn new(cfg: &RunConfig, n_train: i64) -> Plan {
+        let t = &cfg.train;
+        let batch_size = t.batch_size.min(n_train);
+        let steps_per_epoch = (n_train / batch_size) as u64;
+        let eval_batch = if t.eval_batch_size > 0 {
+            t.eval_batch_size
+        } else {
+            batch_size.max(EVAL_BATCH)
+        };
+        Plan {
+            batch_size,
+            steps_per_epoch,
+            total: t.max_steps.unwrap_or(t.epochs * steps_per_epoch),
+            eval_every: if t.eval_every == 0 { steps_per_epoch } else { t.eval_every },
+            eval_batch,
+            val_limit: (t.eval_batches > 0).then(|| t.eval_batches * eval_batch),
         }
-    });
-    (loss.double_value(&[]) / n as f64, correct.double_value(&[]) / n as f64)
-}
-
-/// Mixup or CutMix of a batch of images (B, C, 32, 32) with the batch reversed; returns the
-/// mixed images and the weight λ of the original labels. Mixup blends the 8-bit pixels and
-/// rounds them back to 8 bits, since every model reads raw pixels.
-fn mix(images: &Tensor, mixup: f64, cutmix: f64, g: &mut SplitMix64) -> (Tensor, f64) {
-    let use_cutmix = cutmix > 0.0 && (mixup == 0.0 || g.uniform() < 0.5);
-    let other = images.flip([0]);
-    if use_cutmix {
-        let lam = g.beta(cutmix);
-        let (h, w) = (images.size()[2], images.size()[3]);
-        let ch = ((h as f64) * (1.0 - lam).sqrt()) as i64;
-        let cw = ((w as f64) * (1.0 - lam).sqrt()) as i64;
-        let (cy, cx) = (g.below(h as u64) as i64, g.below(w as u64) as i64);
-        let (y0, y1) = ((cy - ch / 2).max(0), (cy + ch / 2).min(h));
-        let (x0, x1) = ((cx - cw / 2).max(0), (cx + cw / 2).min(w));
-        let out = images.copy();
-        if y1 > y0 && x1 > x0 {
-            out.narrow(2, y0, y1 - y0)
-                .narrow(3, x0, x1 - x0)
-                .copy_(&other.narrow(2, y0, y1 - y0).narrow(3, x0, x1 - x0));
-        }
-        let area = ((y1 - y0) * (x1 - x0)) as f64 / (h * w) as f64;
-        (out, 1.0 - area)
-    } else {
-        let lam = g.beta(mixup);
-        let blended = images.to_kind(Kind::Float) * lam + other.to_kind(Kind::Float) * (1.0 - lam);
-        (blended.round().to_kind(Kind::Uint8), lam)
     }
+
+    fn epoch(&self, step: u64) -> f64 {
+        step as f64 / self.steps_per_epoch as f64
+    }
+}
+
+/// Everything the loop carries from step to step.
+struct Trainer<'a> {
+    cfg: &'a RunConfig,
+    data: &'a Dataset,
+    dir: RunDir,
+    plan: Plan,
+    precision: Precision,
+    vs: nn::VarStore,
+    model: Box<dyn ModuleT>,
+    opt: AdamW,
+    scaler: LossScaler,
+    state: State,
+    started: Instant,
 }
 
 /// Trains `cfg` on `data` in `opts.dir`, then scores the best checkpoint on the test split.
 pub fn run(cfg: &RunConfig, data: &Dataset, opts: &Options) -> Result<RunRecord> {
-    let dir = &opts.dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("failed to create run directory `{}`", dir.display()))?;
-    let config_path = dir.join("config.toml");
-    if !opts.resume {
-        if dir.join("checkpoints").exists() {
-            bail!(
-                "run directory `{}` already holds a run; pass --resume {} to continue it, or choose another --out",
-                dir.display(),
-                dir.display()
-            );
-        }
-        write_atomic(&config_path, cfg.to_toml().as_bytes())?;
-    }
-    let device = opts.device;
-    let precision = amp::resolve(cfg.train.precision, device);
-    let t = &cfg.train;
-    let input = cfg.task.input_spec();
-
-    tch::manual_seed(t.seed as i64);
-    let mut vs = nn::VarStore::new(device);
-    let model = cfg.model.build(&vs.root(), &input)?;
-    let mut opt = AdamW::new(&vs, &cfg.optim);
-    let params = param_count(&vs);
-
-    let n_train = data.train.len();
-    let bs = t.batch_size.min(n_train);
-    let steps_per_epoch = (n_train / bs) as u64;
-    let total = t.max_steps.unwrap_or(t.epochs * steps_per_epoch);
-    let eval_every = if t.eval_every == 0 { steps_per_epoch } else { t.eval_every };
-    let eval_bs = if t.eval_batch_size > 0 { t.eval_batch_size } else { bs.max(256) };
-    let val_limit = (t.eval_batches > 0).then(|| t.eval_batches * eval_bs);
-
-    let last_dir = dir.join("checkpoints").join("last");
-    let best_dir = dir.join("checkpoints").join("best");
-    let metrics_path = dir.join("metrics.jsonl");
-    let mut state = checkpoint::State {
-        step: 0,
-        t: 0,
-        best_val_acc: -1.0,
-        best_step: 0,
-        elapsed_s: 0.0,
-        train_s: 0.0,
-        loss_scale: 65536.0,
-    };
-    if opts.resume {
-        state = checkpoint::load(&last_dir, &mut vs, Some(&mut opt)).with_context(|| format!("cannot resume `{}`", dir.display()))?;
-        truncate_metrics(&metrics_path, state.step)?;
-        eprintln!(
-            "resuming at step {} of {total} (best val {:.2}% at step {})",
-            state.step,
-            100.0 * state.best_val_acc,
-            state.best_step
-        );
-    } else if metrics_path.exists() {
-        std::fs::remove_file(&metrics_path)?;
-    }
-
-    eprintln!(
-        "{} on {} | {} parameters | {} train / {} val / {} test images | batch {bs}, {total} steps ({steps_per_epoch} per epoch) | {device:?}, {precision:?}",
-        cfg.model.name(),
-        serde_json::to_string(&cfg.task.name)?.trim_matches('"'),
-        params,
-        n_train,
-        data.val.len(),
-        data.test.len()
-    );
-    for line in opt.describe() {
-        eprintln!("  {line}");
-    }
-
-    let started = Instant::now() - std::time::Duration::from_secs_f64(state.elapsed_s);
-    let deadline = t.max_minutes.map(|m| m * 60.0);
-    let show_bar = std::io::stderr().is_terminal();
-    let mut bar: Option<indicatif::ProgressBar> = None;
-    let mut order: Option<(u64, Tensor)> = None;
-    let zero_f = || Tensor::zeros([], (Kind::Float, device));
-    let (mut loss_sum, mut correct_sum, mut seen) = (zero_f(), zero_f(), 0i64);
-    let mut step = state.step;
+    let mut tr = Trainer::start(cfg, data, opts)?;
+    let (plan, t) = (&tr.plan, &cfg.train);
+    let deadline = t.max_minutes.map(|m| Duration::from_secs_f64(m * 60.0));
+    let mut sampler = Sampler::new(t.seed, plan.batch_size, plan.steps_per_epoch, t.mixup, t.cutmix);
+    let mut progress = Progress::new(plan.steps_per_epoch, plan.total);
+    let mut tally = Tally::new(opts.device);
+    let mut step = tr.state.step;
     let mut stopped_early = false;
-    let mut segment = Instant::now();
-    let mut last_line = Instant::now();
-
-    while step < total {
-        let epoch = step / steps_per_epoch;
-        if order.as_ref().map(|o| o.0) != Some(epoch) {
-            let perm = SplitMix64::derive(t.seed, 1, epoch).permutation(n_train as usize);
-            order = Some((epoch, Tensor::from_slice(&perm).to_device(device)));
-        }
-        if show_bar && bar.is_none() {
-            bar = Some(epoch_bar(epoch, steps_per_epoch, step % steps_per_epoch));
-        }
-        let idx = order.as_ref().unwrap().1.narrow(0, ((step % steps_per_epoch) as i64) * bs, bs);
-        let mut images = data.train.images.index_select(0, &idx);
-        let labels = data.train.labels.index_select(0, &idx);
-        tch::manual_seed(step_seed(t.seed, step));
-        let mut lam = 1.0;
-        if t.mixup > 0.0 || t.cutmix > 0.0 {
-            let mut g = SplitMix64::derive(t.seed, 3, step);
-            (images, lam) = mix(&images, t.mixup, t.cutmix, &mut g);
-        }
-        let xs = batch_input(&images, &cfg.task, true);
-        let logits = amp::autocast(precision, || model.forward_t(&xs, true)).to_kind(Kind::Float);
-        let ce = |ys: &Tensor| logits.cross_entropy_loss::<Tensor>(ys, None, Reduction::Mean, -100, cfg.optim.label_smoothing);
-        let loss = if lam < 1.0 {
-            ce(&labels) * lam + ce(&labels.flip([0])) * (1.0 - lam)
-        } else {
-            ce(&labels)
+    while step < tr.plan.total {
+        let batch = sampler.batch(step, &data.train, &cfg.task);
+        let lr_factor = schedule::factor(&cfg.schedule, step, tr.plan.total, tr.plan.steps_per_epoch);
+        let settings = Settings {
+            precision: tr.precision,
+            label_smoothing: cfg.optim.label_smoothing,
+            clip_norm: cfg.optim.clip_norm,
+            lr_factor,
         };
-
-        opt.zero_grad()?;
-        let fp16 = precision == Precision::Fp16;
-        if fp16 {
-            (&loss * state.loss_scale).backward();
-        } else {
-            loss.backward();
-        }
-        let factor = schedule::factor(&cfg.schedule, step, total, steps_per_epoch);
-        let lr_now = cfg.optim.lr * factor;
-        if fp16 {
-            opt.scale_grads(1.0 / state.loss_scale)?;
-            let norm = opt.clip_grad_norm(if cfg.optim.clip_norm > 0.0 { cfg.optim.clip_norm } else { f64::MAX })?;
-            if norm.double_value(&[]).is_finite() {
-                opt.step(factor)?;
-                if opt.t.is_multiple_of(2000) {
-                    state.loss_scale *= 2.0;
-                }
-            } else {
-                state.loss_scale /= 2.0;
-            }
-        } else {
-            if cfg.optim.clip_norm > 0.0 {
-                let _ = opt.clip_grad_norm(cfg.optim.clip_norm)?;
-            }
-            opt.step(factor)?;
-        }
-        tch::no_grad(|| {
-            loss_sum += loss.detach() * bs as f64;
-            correct_sum += logits.argmax(-1, false).eq_tensor(&labels).sum(Kind::Float);
-        });
-        seen += bs;
+        let out = train_step(tr.model.as_ref(), &mut tr.opt, &batch, &settings, &mut tr.scaler)?;
+        tally.add(&out, batch.len());
         step += 1;
-        let check_now = !device.is_cuda() || step.is_multiple_of(50);
-        if check_now && !loss.double_value(&[]).is_finite() {
-            bail!(
-                "loss became {} at step {step}; stopped. The last good checkpoint (step {}) is kept in `{}`",
-                loss.double_value(&[]),
-                state.step,
-                last_dir.display()
-            );
+        // A CPU step waits for its result anyway; on CUDA, reading the loss every step would stall the queue.
+        if !opts.device.is_cuda() || step.is_multiple_of(50) {
+            tr.check_finite(out.loss.double_value(&[]), step)?;
         }
-        let progress = || {
-            let n = seen as f64;
-            format!(
-                "loss {:.3} acc {:.1}% lr {lr_now:.2e} {:.0} img/s",
-                loss_sum.double_value(&[]) / n,
-                100.0 * correct_sum.double_value(&[]) / n,
-                n / segment.elapsed().as_secs_f64().max(1e-9)
-            )
-        };
-        if let Some(b) = &bar {
-            b.inc(1);
-            if step.is_multiple_of(10) {
-                b.set_message(progress());
-            }
-        } else if last_line.elapsed().as_secs() >= 30 {
-            // Without a terminal, a plain line every 30 s between evaluations.
-            eprintln!(
-                "step {step}/{total} epoch {:.2} | {} | {}",
-                step as f64 / steps_per_epoch as f64,
-                progress(),
-                clock(started.elapsed().as_secs_f64())
-            );
-            last_line = Instant::now();
-        }
-        let out_of_time = deadline.is_some_and(|d| started.elapsed().as_secs_f64() >= d);
-        if step.is_multiple_of(eval_every) || step == total || out_of_time {
-            if let Some(b) = bar.take() {
-                b.finish_and_clear();
-            }
-            let n = seen.max(1) as f64;
-            let (train_loss, train_acc) = (loss_sum.double_value(&[]) / n, correct_sum.double_value(&[]) / n);
-            state.train_s += segment.elapsed().as_secs_f64();
-            if !train_loss.is_finite() {
-                bail!(
-                    "loss became {train_loss} before step {step}; stopped. The last good checkpoint (step {}) is kept in `{}`",
-                    state.step,
-                    last_dir.display()
-                );
-            }
-            let (val_loss, val_acc) = evaluate(model.as_ref(), &data.val, &cfg.task, eval_bs, val_limit, precision);
-            state.step = step;
-            state.t = opt.t;
-            state.elapsed_s = started.elapsed().as_secs_f64();
-            let improved = val_acc > state.best_val_acc;
-            if improved {
-                state.best_val_acc = val_acc;
-                state.best_step = step;
-            }
-            let m = Metrics {
-                step,
-                epoch: step as f64 / steps_per_epoch as f64,
-                lr: lr_now,
-                train_loss,
-                train_acc,
-                val_loss,
-                val_acc,
-                img_per_s: throughput(&state, step * bs as u64),
-                wall_s: state.elapsed_s,
-            };
-            // `last` is written last: a run killed before it resumes from the previous `last`,
-            // drops this metrics line (truncate_metrics) and redoes the steps, rewriting `best`
-            // alike; written first, it would leave a step without its line or its best weights.
-            append_line(&metrics_path, &serde_json::to_string(&m)?)?;
-            if improved {
-                checkpoint::save(&best_dir, &vs, None, &state)?;
-            }
-            checkpoint::save(&last_dir, &vs, Some(&opt), &state)?;
-            eprintln!(
-                "step {step}/{total} epoch {:.2} lr {lr_now:.2e} | train loss {train_loss:.4} acc {:.2}% | val loss {val_loss:.4} acc {:.2}%{} | {:.0} img/s | {}",
-                m.epoch,
-                100.0 * train_acc,
-                100.0 * val_acc,
-                if improved { " *" } else { "" },
-                m.img_per_s,
-                clock(state.elapsed_s)
-            );
-            (loss_sum, correct_sum, seen) = (zero_f(), zero_f(), 0);
-            segment = Instant::now();
-            if out_of_time && step < total {
+        let lr = cfg.optim.lr * lr_factor;
+        progress.step(step, &tally, lr, tr.started.elapsed().as_secs_f64());
+        let out_of_time = deadline.is_some_and(|d| tr.started.elapsed() >= d);
+        if step.is_multiple_of(tr.plan.eval_every) || step == tr.plan.total || out_of_time {
+            progress.clear();
+            tr.evaluate_and_save(step, lr, &tally)?;
+            tally = Tally::new(opts.device);
+            if out_of_time && step < tr.plan.total {
                 eprintln!(
                     "time budget of {} minutes spent; stopping at step {step}",
                     t.max_minutes.unwrap_or_default()
@@ -361,112 +126,283 @@ pub fn run(cfg: &RunConfig, data: &Dataset, opts: &Options) -> Result<RunRecord>
             }
         }
     }
-    if let Some(b) = bar.take() {
-        b.finish_and_clear();
+    progress.clear();
+    tr.finish(opts, stopped_early)
+}
+
+impl<'a> Trainer<'a> {
+    /// Writes the config (new run) or loads the last checkpoint (`--resume`), builds the model
+    /// and the optimizer, and prints what the run will do.
+    fn start(cfg: &'a RunConfig, data: &'a Dataset, opts: &Options) -> Result<Trainer<'a>> {
+        let dir = RunDir::new(&opts.dir);
+        std::fs::create_dir_all(&dir.root).with_context(|| format!("failed to create run directory `{}`", dir.root.display()))?;
+        if !opts.resume {
+            if dir.checkpoints().exists() {
+                bail!(
+                    "run directory `{}` already holds a run; pass --resume {} to continue it, or choose another --out",
+                    dir.root.display(),
+                    dir.root.display()
+                );
+            }
+            files::write_bytes(&dir.config(), cfg.to_toml().as_bytes())?;
+        }
+        let precision = amp::resolve(cfg.train.precision, opts.device);
+        let plan = Plan::new(cfg, data.train.len());
+
+        tch::manual_seed(cfg.train.seed as i64);
+        let mut vs = nn::VarStore::new(opts.device);
+        let model = cfg.model.build(&vs.root(), &cfg.task.input_spec())?;
+        let mut opt = AdamW::new(&vs, &cfg.optim)?;
+        let mut scaler = LossScaler::new(precision);
+        let mut state = State::new(&scaler);
+        if opts.resume {
+            state = checkpoint::load(&dir.last(), &mut vs, Some(&mut opt))
+                .with_context(|| format!("cannot resume `{}`", dir.root.display()))?;
+            state.restore(&mut scaler);
+            truncate_metrics(&dir.metrics(), state.step)?;
+            eprintln!(
+                "resuming at step {} of {} (best val {:.2}% at step {})",
+                state.step,
+                plan.total,
+                100.0 * state.best_val_acc,
+                state.best_step
+            );
+        } else if dir.metrics().exists() {
+            std::fs::remove_file(dir.metrics())?;
+        }
+        eprintln!(
+            "{} on {} | {} parameters | {} train / {} val / {} test images | batch {}, {} steps ({} per epoch) | {:?}, {precision}",
+            cfg.model.name(),
+            cfg.task.name,
+            param_count(&vs),
+            data.train.len(),
+            data.val.len(),
+            data.test.len(),
+            plan.batch_size,
+            plan.total,
+            plan.steps_per_epoch,
+            opts.device
+        );
+        for line in opt.describe() {
+            eprintln!("  {line}");
+        }
+        let started = Instant::now() - Duration::from_secs_f64(state.elapsed_s);
+        Ok(Trainer {
+            cfg,
+            data,
+            dir,
+            plan,
+            precision,
+            vs,
+            model,
+            opt,
+            scaler,
+            state,
+            started,
+        })
     }
 
-    let best = checkpoint::load(&best_dir, &mut vs, None).context("no best checkpoint to test")?;
-    let (test_loss, test_acc) = evaluate(model.as_ref(), &data.test, &cfg.task, eval_bs, None, precision);
-    eprintln!(
-        "test accuracy {:.2}% (best val {:.2}% at step {}){}",
-        100.0 * test_acc,
-        100.0 * best.best_val_acc,
-        best.best_step,
-        if stopped_early { ", stopped early by the time budget" } else { "" }
-    );
-    let record = RunRecord {
-        preset: opts.preset.clone(),
-        model: cfg.model.name().to_string(),
-        task: serde_json::to_string(&cfg.task.name)?.trim_matches('"').to_string(),
-        paper_figure: cfg.paper.as_ref().and_then(|p| p.figure),
-        paper_setting: cfg.paper.as_ref().map(|p| p.setting.clone()),
-        best_val_acc: state.best_val_acc,
-        best_step: state.best_step,
-        test_acc,
-        test_loss,
-        params,
-        steps: state.step,
-        epochs: state.step as f64 / steps_per_epoch as f64,
-        img_per_s: throughput(&state, state.step * bs as u64),
-        device: device_name(device),
-        precision,
-        wall_s: started.elapsed().as_secs_f64(),
-        seed: t.seed,
-        commit: env!("PIXELSEQ_COMMIT").to_string(),
-        date: today(),
-    };
-    write_atomic(&dir.join("result.json"), serde_json::to_string_pretty(&record)?.as_bytes())?;
-    Ok(record)
-}
+    /// Stops the run on a non-finite training loss, naming the checkpoint it keeps.
+    fn check_finite(&self, loss: f64, step: u64) -> Result<()> {
+        if loss.is_finite() {
+            return Ok(());
+        }
+        bail!(
+            "loss became {loss} at step {step}; stopped. The last good checkpoint (step {}) is kept in `{}`",
+            self.state.step,
+            self.dir.last().display()
+        )
+    }
 
-fn throughput(state: &checkpoint::State, images: u64) -> f64 {
-    images as f64 / state.train_s.max(1e-9)
-}
+    /// Scores the validation split, appends a metrics line, saves `best` (when improved) and
+    /// `last`, and prints the evaluation line.
+    fn evaluate_and_save(&mut self, step: u64, lr: f64, tally: &Tally) -> Result<()> {
+        let (train_loss, train_acc) = tally.means();
+        self.state.train_s += tally.seconds();
+        self.check_finite(train_loss, step)?;
+        let plan = &self.plan;
+        let (val_loss, val_acc) = evaluate(
+            self.model.as_ref(),
+            &self.data.val,
+            &self.cfg.task,
+            plan.eval_batch,
+            plan.val_limit,
+            self.precision,
+        );
+        let state = &mut self.state;
+        state.step = step;
+        state.t = self.opt.t;
+        state.save_scaler(&self.scaler);
+        state.elapsed_s = self.started.elapsed().as_secs_f64();
+        let improved = val_acc > state.best_val_acc;
+        if improved {
+            state.best_val_acc = val_acc;
+            state.best_step = step;
+        }
+        let m = Metrics {
+            step,
+            epoch: plan.epoch(step),
+            lr,
+            train_loss,
+            train_acc,
+            val_loss,
+            val_acc,
+            img_per_s: state.throughput(plan.batch_size),
+            wall_s: state.elapsed_s,
+        };
+        // `last` is written last: a run killed before it resumes from the previous `last`,
+        // drops this metrics line (truncate_metrics) and redoes the steps, rewriting `best`
+        // alike; written first, it would leave a step without its line or its best weights.
+        files::append_line(&self.dir.metrics(), &serde_json::to_string(&m)?)?;
+        if improved {
+            checkpoint::save(&self.dir.best(), &self.vs, None, state)?;
+        }
+        checkpoint::save(&self.dir.last(), &self.vs, Some(&self.opt), state)?;
+        eprintln!(
+            "step {step}/{} epoch {:.2} lr {lr:.2e} | train loss {train_loss:.4} acc {:.2}% | val loss {val_loss:.4} acc {:.2}%{} | {:.0} img/s | {}",
+            plan.total,
+            m.epoch,
+            100.0 * train_acc,
+            100.0 * val_acc,
+            if improved { " *" } else { "" },
+            m.img_per_s,
+            clock(state.elapsed_s)
+        );
+        Ok(())
+    }
 
-fn epoch_bar(epoch: u64, steps: u64, done: u64) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(steps);
-    bar.set_style(indicatif::ProgressStyle::with_template("epoch {prefix} {bar:30} {pos}/{len} {msg} ETA {eta}").expect("valid template"));
-    bar.set_prefix((epoch + 1).to_string());
-    bar.set_position(done);
-    bar
-}
-
-/// A readable device name for records.
-pub fn device_name(device: Device) -> String {
-    match device {
-        Device::Cuda(i) => format!("cuda:{i}"),
-        _ => format!("cpu ({} threads)", tch::get_num_threads()),
+    /// Scores the best checkpoint on the test split and writes `result.json`.
+    fn finish(mut self, opts: &Options, stopped_early: bool) -> Result<RunRecord> {
+        let best = checkpoint::load(&self.dir.best(), &mut self.vs, None).context("no best checkpoint to test")?;
+        let (test_loss, test_acc) = evaluate(
+            self.model.as_ref(),
+            &self.data.test,
+            &self.cfg.task,
+            self.plan.eval_batch,
+            None,
+            self.precision,
+        );
+        eprintln!(
+            "test accuracy {:.2}% (best val {:.2}% at step {}){}",
+            100.0 * test_acc,
+            100.0 * best.best_val_acc,
+            best.best_step,
+            if stopped_early { ", stopped early by the time budget" } else { "" }
+        );
+        let (cfg, state) = (self.cfg, &self.state);
+        let record = RunRecord {
+            preset: opts.preset.clone(),
+            model: cfg.model.name().to_string(),
+            task: cfg.task.name.to_string(),
+            paper_figure: cfg.paper.as_ref().and_then(|p| p.figure),
+            paper_setting: cfg.paper.as_ref().map(|p| p.setting.clone()),
+            best_val_acc: state.best_val_acc,
+            best_step: state.best_step,
+            test_acc,
+            test_loss,
+            params: param_count(&self.vs),
+            steps: state.step,
+            epochs: self.plan.epoch(state.step),
+            img_per_s: state.throughput(self.plan.batch_size),
+            device: device::name(opts.device),
+            precision: self.precision,
+            wall_s: self.started.elapsed().as_secs_f64(),
+            seed: cfg.train.seed,
+            commit: env!("PIXELSEQ_COMMIT").to_string(),
+            date: today(),
+        };
+        files::write_bytes(&self.dir.result(), serde_json::to_string_pretty(&record)?.as_bytes())?;
+        Ok(record)
     }
 }
 
-fn clock(s: f64) -> String {
-    let s = s as u64;
-    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Split;
+    use tch::{Kind, Tensor};
 
-/// Writes a file through a temporary sibling and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("failed to write `{}`", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("failed to write `{}`", path.display()))?;
-    Ok(())
-}
+    const TINY: &str = r#"
+[task]
+name = "lra-image"
+crop = true
+flip = true
 
-fn append_line(path: &Path, line: &str) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("failed to open `{}`", path.display()))?;
-    writeln!(f, "{line}")?;
-    Ok(())
-}
+[model]
+name = "transformer"
+d_model = 16
+n_heads = 2
+qkv_dim = 16
+mlp_dim = 16
 
-/// Drops metric lines written after the checkpoint a run resumes from.
-fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
-    let kept: Vec<&str> = text
-        .lines()
-        .filter(|l| serde_json::from_str::<Metrics>(l).is_ok_and(|m| m.step <= step))
-        .collect();
-    write_atomic(path, (kept.join("\n") + if kept.is_empty() { "" } else { "\n" }).as_bytes())
-}
+[optim]
+lr = 3e-3
+weight_decay = 0.1
+clip_norm = 1.0
+label_smoothing = 0.1
 
-/// Today's date (UTC) as YYYY-MM-DD.
-pub fn today() -> String {
-    let days = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() / 86_400)
-        .unwrap_or(0) as i64;
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
+[schedule]
+kind = "cosine"
+warmup_steps = 2
+
+[train]
+batch_size = 4
+max_steps = 5
+eval_every = 5
+mixup = 0.4
+seed = 7
+"#;
+
+    fn split(n: i64) -> Split {
+        Split {
+            images: Tensor::randint(256, [n, 1, 32, 32], (Kind::Uint8, Device::Cpu)),
+            labels: Tensor::randint(10, [n], (Kind::Int64, Device::Cpu)),
+        }
+    }
+
+    /// The loop's update is exactly `step::train_step` (the step `bench` times) on the sampler's
+    /// batches at the schedule's learning rates: driving the step by hand from the same seed ends
+    /// with the weights the trainer saved.
+    #[test]
+    fn the_loop_is_the_shared_step() {
+        tch::manual_seed(0);
+        let data = Dataset {
+            train: split(12),
+            val: split(4),
+            test: split(4),
+        };
+        let cfg = RunConfig::from_toml_str(TINY, "test").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            device: Device::Cpu,
+            dir: dir.path().join("run"),
+            resume: false,
+            preset: None,
+        };
+        run(&cfg, &data, &opts).unwrap();
+
+        tch::manual_seed(cfg.train.seed as i64);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = cfg.model.build(&vs.root(), &cfg.task.input_spec()).unwrap();
+        let mut opt = AdamW::new(&vs, &cfg.optim).unwrap();
+        let mut scaler = LossScaler::new(Precision::Fp32);
+        let plan = Plan::new(&cfg, data.train.len());
+        let mut sampler = Sampler::new(cfg.train.seed, plan.batch_size, plan.steps_per_epoch, cfg.train.mixup, 0.0);
+        for step in 0..plan.total {
+            let batch = sampler.batch(step, &data.train, &cfg.task);
+            let settings = Settings {
+                precision: Precision::Fp32,
+                label_smoothing: cfg.optim.label_smoothing,
+                clip_norm: cfg.optim.clip_norm,
+                lr_factor: schedule::factor(&cfg.schedule, step, plan.total, plan.steps_per_epoch),
+            };
+            train_step(model.as_ref(), &mut opt, &batch, &settings, &mut scaler).unwrap();
+        }
+        let saved = Tensor::read_safetensors(dir.path().join("run/checkpoints/last/model.safetensors")).unwrap();
+        let ours = vs.variables();
+        assert_eq!(saved.len(), ours.len());
+        for (name, t) in saved {
+            assert!(t.equal(&ours[&name]), "{name} differs from the hand-driven steps");
+        }
+    }
 }

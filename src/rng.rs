@@ -1,5 +1,20 @@
-//! A small deterministic generator (SplitMix64) for host-side choices that must be identical on
-//! every platform and on resume: the training order of each epoch and mixup/cutmix draws.
+//! A small deterministic generator for host-side choices that must be identical on every platform
+//! and on resume: the fixed pixel permutation of a task, the training order of each epoch, the
+//! seed of torch's generator at each step, and mixup/CutMix draws.
+//!
+//! splitmix64 (Steele, Lea & Flood, "Fast splittable pseudorandom number generators", OOPSLA 2014):
+//! a 64-bit generator whose output depends only on its seed.
+
+/// The independent streams a run draws from, one [`SplitMix64::derive`] stream id each.
+pub mod stream {
+    /// The order of the training images in each epoch (index: the epoch).
+    pub const EPOCH_ORDER: u64 = 1;
+    /// The seed of torch's generator at each optimizer step (index: the step), which drives
+    /// dropout and augmentation.
+    pub const STEP_SEED: u64 = 2;
+    /// Mixup and CutMix draws (index: the step).
+    pub const MIX: u64 = 3;
+}
 
 pub struct SplitMix64(u64);
 
@@ -62,7 +77,8 @@ impl SplitMix64 {
         x / (x + y)
     }
 
-    /// A uniformly random permutation of 0..n (Fisher–Yates).
+    /// A uniformly random permutation of 0..n (Fisher–Yates): for i = n − 1 down to 1, swap
+    /// entries i and `below(i + 1)`.
     pub fn permutation(&mut self, n: usize) -> Vec<i64> {
         let mut p: Vec<i64> = (0..n as i64).collect();
         for i in (1..n).rev() {

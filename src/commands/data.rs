@@ -1,12 +1,12 @@
 //! `pixelseq data …`: verify, download, prepare and export CIFAR-10.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
-use super::cifar::{self, Images, PIXELS};
-use super::{prepared, source, TaskName};
+use crate::data::cifar::{self, Images, PIXELS};
+use crate::data::{prepared, source, TaskName};
+use crate::files;
 
 /// Get, check and convert CIFAR-10.
 #[derive(Debug, clap::Args)]
@@ -47,7 +47,7 @@ pub enum DataCommand {
     },
 }
 
-pub fn run_cli(args: DataArgs) -> Result<()> {
+pub fn exec(args: DataArgs) -> Result<()> {
     let data = args.data.as_deref();
     match args.command {
         DataCommand::Verify => verify(data),
@@ -81,7 +81,7 @@ pub fn run_cli(args: DataArgs) -> Result<()> {
                 bail!("export writes grayscale records (--task lra-image); for scifar the official .bin files are the raw records");
             }
             let gray = read_raw(data)?.to_gray();
-            source::write_atomic(&out, |w| Ok(w.write_all(&records(&gray))?))?;
+            files::write_bytes(&out, &records(&gray))?;
             println!("wrote {} ({} records)", out.display(), gray.labels.len());
             Ok(())
         }
@@ -140,7 +140,7 @@ fn verify(data: Option<&Path>) -> Result<()> {
 mod tests {
     use super::*;
     use crate::data::cifar::tests::shared_rgb;
-    use crate::models::common::testing::shared_cifar_dir;
+    use crate::testing::shared_cifar_dir;
     use clap::Parser;
     use sha2::{Digest, Sha256};
 
@@ -179,12 +179,12 @@ mod tests {
             "--data",
             shared.to_str().unwrap(),
         ];
-        run_cli(Cli::parse_from(args).data).unwrap();
+        exec(Cli::parse_from(args).data).unwrap();
         assert_eq!(std::fs::metadata(&out).unwrap().len(), 60_000 * 1025);
-        run_cli(Cli::parse_from(["pixelseq", "--data", shared.to_str().unwrap(), "verify"]).data).unwrap();
+        exec(Cli::parse_from(["pixelseq", "--data", shared.to_str().unwrap(), "verify"]).data).unwrap();
         let err = format!(
             "{:#}",
-            run_cli(Cli::parse_from(["pixelseq", "verify", "--data", dir.path().to_str().unwrap()]).data).unwrap_err()
+            exec(Cli::parse_from(["pixelseq", "verify", "--data", dir.path().to_str().unwrap()]).data).unwrap_err()
         );
         assert!(err.contains("no CIFAR-10 data") && err.contains("pixelseq data download"), "{err}");
         let err = Cli::try_parse_from(["pixelseq", "prepare", "--task", "cifar"])

@@ -1,0 +1,134 @@
+//! Timing one model in the child process: the trainer's step and inference, each the median of
+//! `steps` after `warmup`, between device synchronisations.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use tch::{nn, Device, Kind, Tensor};
+
+use super::{memory, Measurement};
+use crate::amp::{self, Precision};
+use crate::config::RunConfig;
+use crate::data::InputSpec;
+use crate::models::{param_count, NUM_CLASSES};
+use crate::train::optim::AdamW;
+use crate::train::step::{train_step, Batch, LossScaler, Settings};
+use crate::{device, files};
+
+/// How [`measure`] times: `warmup` untimed steps, the median of `steps` timed ones, then
+/// optionally `steps` training steps under the profiler, written to `<profile>.txt` and `.json`.
+pub struct Timing {
+    pub steps: usize,
+    pub warmup: usize,
+    pub profile: Option<PathBuf>,
+}
+
+/// Times `cfg`'s model on random pixels (B, L, C): training, then inference.
+pub fn measure(cfg: &RunConfig, input: InputSpec, batch: i64, t: &Timing, device: Device, precision: Precision) -> Result<Measurement> {
+    let (steps, warmup) = (t.steps, t.warmup);
+    let gpu = match device {
+        Device::Cuda(i) => Some(memory::CudaMemory::new(i)?),
+        _ => None,
+    };
+    let mut peak = 0u64;
+    let mut sample = || {
+        if let Some(g) = &gpu {
+            peak = peak.max(g.used().unwrap_or(0));
+        }
+    };
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(device);
+    let model = cfg.model.build(&vs.root(), &input)?;
+    let mut opt = AdamW::new(&vs, &cfg.optim)?;
+    let inputs = Batch {
+        xs: Tensor::randint(256, [batch, input.seq_len, input.channels], (Kind::Uint8, device)), // (B, L, C)
+        labels: Tensor::randint(NUM_CLASSES, [batch], (Kind::Int64, device)),                    // (B)
+        mix: None,
+    };
+    let settings = Settings {
+        precision,
+        label_smoothing: cfg.optim.label_smoothing,
+        clip_norm: cfg.optim.clip_norm,
+        lr_factor: 1.0,
+    };
+    let mut scaler = LossScaler::new(precision);
+    let mut step = || train_step(model.as_ref(), &mut opt, &inputs, &settings, &mut scaler).map(|_| ());
+
+    let train = median_seconds(warmup, steps, device, || {
+        step()?;
+        sample();
+        Ok(())
+    })?;
+    let infer = median_seconds(warmup, steps, device, || {
+        let _ = tch::no_grad(|| amp::autocast(precision, || model.forward_t(&inputs.xs, false)));
+        sample();
+        Ok(())
+    })?;
+    let peak_mem_mb = match &gpu {
+        Some(g) => peak.saturating_sub(g.baseline) as f64 / MIB,
+        None => memory::peak_rss_mib().context("cannot read VmHWM from /proc/self/status")?,
+    };
+    if let Some(prefix) = &t.profile {
+        let trace = PathBuf::from(format!("{}.json", prefix.display()));
+        let ((), summary) = crate::profile::profile(device.is_cuda(), &trace, || {
+            for _ in 0..steps {
+                step()?;
+            }
+            device::sync(device);
+            Ok(())
+        })?;
+        let text = format!(
+            "{} training steps of batch {batch} at L = {}, {device:?}\n\n{summary}",
+            steps, input.seq_len
+        );
+        files::write_bytes(&prefix.with_extension("txt"), text.as_bytes())?;
+    }
+    Ok(Measurement {
+        params: param_count(&vs),
+        train_img_per_s: batch as f64 / train,
+        infer_img_per_s: batch as f64 / infer,
+        peak_mem_mb,
+        max_allocated_mb: None,
+        formulation: String::new(),
+    })
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Runs `f` `warmup` times, then `steps` times timed, each between device synchronisations;
+/// returns the median seconds.
+fn median_seconds(warmup: usize, steps: usize, device: Device, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    let mut times = Vec::with_capacity(steps);
+    for i in 0..warmup + steps {
+        device::sync(device);
+        let start = Instant::now();
+        f()?;
+        device::sync(device);
+        if i >= warmup {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    Ok(median(&mut times))
+}
+
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
+}

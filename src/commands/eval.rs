@@ -1,0 +1,52 @@
+//! `pixelseq eval`: score a run's best (or last) checkpoint on a split.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use super::DeviceArgs;
+use crate::data;
+use crate::train::{evaluate, open_run, Which, EVAL_BATCH};
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Run directory written by `pixelseq train`.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Which split to score: test, val or train.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Score the last checkpoint instead of the best one.
+    #[arg(long)]
+    pub last: bool,
+    /// CIFAR-10 folder, official archive or prepared cache (default: $PIXELSEQ_DATA, then the cache dir).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+pub fn exec(a: EvalArgs) -> Result<()> {
+    let device = a.device.resolve()?;
+    let which = if a.last { Which::Last } else { Which::Best };
+    let run = open_run(&a.run, which, device)?;
+    let dataset = data::load(a.data.as_deref(), run.config.task.name)?;
+    let split = match a.split.as_str() {
+        "test" => &dataset.test,
+        "val" => &dataset.val,
+        "train" => &dataset.train,
+        s => bail!("--split {s}: expected test, val or train"),
+    }
+    .to_device(device);
+    let (loss, acc) = evaluate(run.model.as_ref(), &split, &run.config.task, EVAL_BATCH, None, run.precision);
+    println!(
+        "{}: {which} checkpoint (step {}), {} split: accuracy {:.2}% ({} images), loss {loss:.4}",
+        a.run.display(),
+        run.state.step,
+        a.split,
+        100.0 * acc,
+        split.len(),
+    );
+    Ok(())
+}

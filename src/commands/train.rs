@@ -1,0 +1,142 @@
+//! `pixelseq train`: a new run from a preset or config file, or `--resume` of a run directory.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use super::DeviceArgs;
+use crate::amp::Precision;
+use crate::config::RunConfig;
+use crate::data;
+use crate::train::{self, records::today, RunDir};
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// A shipped preset (see `pixelseq presets`).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// A TOML config file instead of a preset.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override one config key, e.g. --set model.d_model=256 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Run directory (default: runs/<date>-<preset>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in this directory from its last checkpoint.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<PathBuf>,
+    /// CIFAR-10 folder, official archive or prepared cache (default: $PIXELSEQ_DATA, then the cache dir).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Download the official CIFAR-10 archive into the data location if no data is there.
+    #[arg(long)]
+    pub download: bool,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Budget in epochs (train.epochs).
+    #[arg(long)]
+    pub epochs: Option<u64>,
+    /// Budget in optimizer steps (train.max_steps).
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Wall-clock budget in minutes (train.max_minutes).
+    #[arg(long)]
+    pub max_minutes: Option<f64>,
+    /// Random seed (train.seed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// fp32, bf16, fp16 or auto (bf16 on CUDA) (train.precision).
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
+}
+
+impl TrainArgs {
+    /// `--set` overrides, then the budget, seed and precision flags as overrides of their keys.
+    fn overrides(&self) -> Vec<String> {
+        let mut overrides = self.overrides.clone();
+        let flags = [
+            ("train.epochs", self.epochs.map(|v| v.to_string())),
+            ("train.max_steps", self.max_steps.map(|v| v.to_string())),
+            ("train.max_minutes", self.max_minutes.map(|v| format!("{v:?}"))),
+            ("train.seed", self.seed.map(|v| v.to_string())),
+            ("train.precision", self.precision.map(|p| format!("\"{p}\""))),
+        ];
+        for (key, value) in flags {
+            if let Some(v) = value {
+                overrides.push(format!("{key}={v}"));
+            }
+        }
+        overrides
+    }
+}
+
+pub fn exec(a: TrainArgs) -> Result<()> {
+    let overrides = a.overrides();
+    let device = a.device.resolve()?;
+    let (cfg, dir, preset) = match &a.resume {
+        Some(dir) => {
+            if a.preset.is_some() || a.config.is_some() || a.out.is_some() {
+                bail!("--resume takes the run's own config.toml; drop --preset/--config/--out");
+            }
+            let run = RunDir::new(dir);
+            let cfg = RunConfig::load(None, Some(&run.config()), &overrides)
+                .with_context(|| format!("`{}` is not a run directory", dir.display()))?;
+            (cfg, dir.clone(), run.preset_name())
+        }
+        None => {
+            let cfg = RunConfig::load(a.preset.as_deref(), a.config.as_deref(), &overrides)?;
+            let stem = a
+                .preset
+                .clone()
+                .or_else(|| {
+                    a.config
+                        .as_ref()
+                        .and_then(|c| c.file_stem())
+                        .map(|s| s.to_string_lossy().into_owned())
+                })
+                .unwrap_or_default();
+            let dir = a
+                .out
+                .clone()
+                .unwrap_or_else(|| unique_dir(PathBuf::from("runs").join(format!("{}-{stem}", today()))));
+            (cfg, dir, a.preset.clone())
+        }
+    };
+    if a.download {
+        let (root, _) = data::source::root(a.data.as_deref())?;
+        if data::source::find(&root, Some(cfg.task.name))?.is_none() {
+            data::source::download(&root)?;
+        }
+    }
+    let dataset = data::load(a.data.as_deref(), cfg.task.name)?.to_device(device);
+    if a.resume.is_none() {
+        std::fs::create_dir_all(&dir).with_context(|| format!("failed to create run directory `{}`", dir.display()))?;
+        if let Some(p) = &preset {
+            std::fs::write(RunDir::new(&dir).preset(), p)?;
+        }
+    }
+    eprintln!("run directory: {}", dir.display());
+    let opts = train::Options {
+        device,
+        dir: dir.clone(),
+        resume: a.resume.is_some(),
+        preset,
+    };
+    let record = train::run(&cfg, &dataset, &opts)?;
+    println!("{}", serde_json::to_string_pretty(&record)?);
+    Ok(())
+}
+
+/// `base`, or `base-2`, `base-3`, … if it exists.
+fn unique_dir(base: PathBuf) -> PathBuf {
+    if !base.exists() {
+        return base;
+    }
+    (2..)
+        .map(|i| PathBuf::from(format!("{}-{i}", base.display())))
+        .find(|p| !p.exists())
+        .expect("a free name exists")
+}

@@ -1,0 +1,268 @@
+//! Writing files so that nothing is half-written or lost: every file that matters (configs,
+//! records, prepared data, downloads, reports, predictions) is written into a uniquely named
+//! temporary file beside its destination, synced, and renamed over it, so a crash leaves either
+//! the old file or the new one. Special targets (a FIFO, a device, `/dev/stdout`) are written
+//! directly instead, and a symbolic link is followed: its target is replaced, the link stays.
+//!
+//! Temporary names are `.<name>.partial-<pid>-<random>`: a process killed while writing leaves
+//! one behind, which [`remove_stale_temps`] removes once that process is gone.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+/// The marker between a temporary file's destination name and its owner's process id.
+const PARTIAL: &str = ".partial-";
+
+/// Where writing `dest` really goes: the end of its chain of symbolic links (relative targets are
+/// resolved against the link's folder), else `dest` itself.
+fn resolve_links(dest: &Path) -> PathBuf {
+    let mut path = dest.to_path_buf();
+    for _ in 0..40 {
+        match std::fs::read_link(&path) {
+            Ok(target) => {
+                path = match path.parent() {
+                    Some(dir) if target.is_relative() => dir.join(target),
+                    _ => target,
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    path
+}
+
+/// Writes `dest` atomically: `fill` writes a temporary file beside it, which is synced and renamed
+/// over `dest` only if `fill` succeeds. An error leaves `dest` untouched and no temporary behind.
+/// The parent folder is created if needed. A special file (FIFO, device) is written in place.
+pub fn write_atomic(dest: &Path, fill: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
+    let target = resolve_links(dest);
+    if std::fs::metadata(&target).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&target)
+            .with_context(|| format!("failed to open `{}` for writing", dest.display()))?;
+        let mut w = BufWriter::new(file);
+        fill(&mut w)?;
+        return w.flush().with_context(|| format!("failed to write `{}`", dest.display()));
+    }
+    let dir = match target.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("failed to create folder `{}`", dir.display()))?;
+            dir.to_path_buf()
+        }
+        None => PathBuf::from("."),
+    };
+    let name = target.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let prefix = format!(".{name}{PARTIAL}{}-", std::process::id());
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // What `File::create` would give a new file (the umask applies); an existing file keeps its mode.
+        let mode = std::fs::metadata(&target).map_or(0o666, |m| m.permissions().mode());
+        builder.permissions(std::fs::Permissions::from_mode(mode));
+    }
+    let tmp = builder
+        .tempfile_in(&dir)
+        .with_context(|| format!("failed to create a temporary file beside `{}`", dest.display()))?;
+    let mut w = BufWriter::with_capacity(1 << 20, tmp);
+    fill(&mut w)?;
+    let tmp = w
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("failed to write `{}`", dest.display()))?;
+    tmp.as_file()
+        .sync_all()
+        .with_context(|| format!("failed to write `{}`", dest.display()))?;
+    tmp.persist(&target)
+        .map_err(|e| e.error)
+        .with_context(|| format!("failed to move the new `{}` into place", dest.display()))?;
+    Ok(())
+}
+
+/// [`write_atomic`] of a byte string.
+pub fn write_bytes(dest: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic(dest, |w| Ok(w.write_all(bytes)?))
+}
+
+/// Appends one line to a file (created if missing) and syncs it.
+pub fn append_line(path: &Path, line: &str) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("failed to open `{}`", path.display()))?;
+    writeln!(f, "{line}").with_context(|| format!("failed to write `{}`", path.display()))?;
+    f.sync_data().with_context(|| format!("failed to write `{}`", path.display()))
+}
+
+/// The entries of folder `dir`, sorted by name.
+pub fn sorted_entries(dir: &Path) -> Result<Vec<std::fs::DirEntry>> {
+    let mut entries = std::fs::read_dir(dir)
+        .and_then(|entries| entries.collect::<std::io::Result<Vec<_>>>())
+        .with_context(|| format!("failed to read folder `{}`", dir.display()))?;
+    entries.sort_by_key(|e| e.file_name());
+    Ok(entries)
+}
+
+/// Whether process `pid` still runs (Linux: `/proc/<pid>` exists).
+fn alive(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// The process id in a temporary name written by this module (`.<name>.partial-<pid>-<random>`).
+fn owner(name: &str) -> Option<u32> {
+    let rest = &name[name.rfind(PARTIAL)? + PARTIAL.len()..];
+    rest.split('-').next()?.parse().ok()
+}
+
+/// Removes the temporary files and folders in `dir` left by pixelseq processes that are gone
+/// (killed while writing); returns how many were removed. Names without a dead owner are left.
+pub fn remove_stale_temps(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = owner(&name).filter(|_| name.starts_with('.')) else {
+            continue;
+        };
+        if pid == std::process::id() || alive(pid) {
+            continue;
+        }
+        let path = entry.path();
+        let gone = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        if gone.is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// A unique name beside `dest` for a folder being built by this process (see
+/// [`remove_stale_temps`]).
+pub fn temp_dir_beside(dest: &Path) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = dest.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    dest.with_file_name(format!(".{name}{PARTIAL}{}-{n}", std::process::id()))
+}
+
+/// Removes a temporary file or folder when dropped, unless [`TempGuard::keep`] was called.
+pub struct TempGuard(Option<PathBuf>);
+
+impl TempGuard {
+    pub fn new(path: PathBuf) -> TempGuard {
+        TempGuard(Some(path))
+    }
+
+    /// The path was renamed into place: leave it.
+    pub fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            // Best effort: the path may not exist if creating it failed.
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_a_file_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.csv");
+        write_bytes(&path, b"one").unwrap();
+        write_bytes(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_failed_fill_leaves_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x");
+        write_bytes(&path, b"old").unwrap();
+        let err = write_atomic(&path, |w| {
+            w.write_all(b"half")?;
+            anyhow::bail!("interrupted")
+        });
+        assert!(err.is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// A user's `X.tmp` beside `X` is never touched (the temporary name is unique).
+    #[test]
+    fn neighbours_are_not_clobbered() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("X.tmp");
+        std::fs::write(&tmp, b"mine").unwrap();
+        write_bytes(&dir.path().join("X.csv"), b"data").unwrap();
+        assert_eq!(std::fs::read(&tmp).unwrap(), b"mine");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_is_followed_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("real.txt");
+        std::fs::write(&target, b"old").unwrap();
+        let link = dir.path().join("link.txt");
+        std::os::unix::fs::symlink("real.txt", &link).unwrap();
+        write_bytes(&link, b"new").unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_is_written_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::read(fifo).unwrap())
+        };
+        write_bytes(&fifo, b"through the pipe").unwrap();
+        assert_eq!(reader.join().unwrap(), b"through the pipe");
+        assert!(!std::fs::metadata(&fifo).unwrap().is_file(), "the FIFO was replaced by a file");
+    }
+
+    #[test]
+    fn stale_temporaries_of_dead_processes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        // A pid above the kernel's maximum (4,194,304) never runs.
+        let dead = dir.path().join(".cifar.tar.gz.partial-4999999-abc");
+        let folder = dir.path().join(".cifar-10-batches-bin.partial-4999999-0");
+        let live = dir.path().join(format!(".x.partial-{}-1", std::process::id()));
+        let other = dir.path().join("notes.partial-4999999-1");
+        for f in [&dead, &live, &other] {
+            std::fs::write(f, b"").unwrap();
+        }
+        std::fs::create_dir(&folder).unwrap();
+        std::fs::write(folder.join("data_batch_1.bin"), b"x").unwrap();
+        assert_eq!(remove_stale_temps(dir.path()), 2);
+        assert!(!dead.exists() && !folder.exists());
+        assert!(live.exists() && other.exists());
+    }
+}

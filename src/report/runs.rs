@@ -1,0 +1,181 @@
+//! Finding and reading finished runs and bench files.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::bench::Record;
+use crate::config::Paper;
+use crate::files;
+use crate::train::records::{Metrics, RunRecord};
+
+/// One finished run, read from its directory.
+pub struct Run {
+    pub dir: PathBuf,
+    pub record: RunRecord,
+    /// The lines of `metrics.jsonl`, in order.
+    pub metrics: Vec<Metrics>,
+    /// The `[paper]` table of `config.toml`.
+    pub paper: Option<Paper>,
+    /// `task.permute` of `config.toml`: the seed of the fixed pixel permutation, if any.
+    pub permute: Option<u64>,
+    /// Name in plot legends: the preset (else the model), with the directory name where two
+    /// runs would share it.
+    pub label: String,
+}
+
+/// The parts of `config.toml` a report reads. The rest (model, optimizer) is left alone, so runs
+/// stay readable when a model's config gains or loses a field.
+#[derive(Deserialize)]
+struct ConfigView {
+    paper: Option<Paper>,
+    task: TaskView,
+}
+
+#[derive(Deserialize)]
+struct TaskView {
+    permute: Option<u64>,
+}
+
+/// Run directories named by `inputs`: each is a run directory itself (it holds `result.json`,
+/// `config.toml` or `metrics.jsonl`) or a folder searched recursively; the search skips
+/// unfinished runs (no `result.json`) with a note.
+pub fn find_runs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    fn is_run(dir: &Path) -> bool {
+        ["result.json", "config.toml", "metrics.jsonl"]
+            .iter()
+            .any(|f| dir.join(f).is_file())
+    }
+    fn search(dir: &Path, found: &mut Vec<PathBuf>) -> Result<()> {
+        for e in files::sorted_entries(dir)? {
+            if !e.file_type()?.is_dir() {
+                continue;
+            }
+            let sub = e.path();
+            if !is_run(&sub) {
+                search(&sub, found)?;
+            } else if sub.join("result.json").is_file() {
+                found.push(sub);
+            } else {
+                eprintln!("skipping unfinished run {} (no result.json)", sub.display());
+            }
+        }
+        Ok(())
+    }
+    let mut found = Vec::new();
+    for input in inputs {
+        if !input.exists() {
+            bail!("`{}` not found", input.display());
+        }
+        if !input.is_dir() {
+            bail!(
+                "`{}` is not a folder; pass run directories or folders holding them",
+                input.display()
+            );
+        }
+        if is_run(input) {
+            found.push(input.clone());
+        } else {
+            let before = found.len();
+            search(input, &mut found)?;
+            if found.len() == before {
+                bail!("no finished runs (folders with result.json) under `{}`", input.display());
+            }
+        }
+    }
+    found.dedup();
+    Ok(found)
+}
+
+/// Reads `result.json`, `metrics.jsonl` and `config.toml` of one run directory.
+pub fn read_run(dir: &Path) -> Result<Run> {
+    let record: RunRecord = read_json(&dir.join("result.json"))?;
+    let metrics_path = dir.join("metrics.jsonl");
+    let text = read_text(&metrics_path)?;
+    let metrics = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| json_error(&metrics_path, i + 1, &e)))
+        .collect::<Result<Vec<Metrics>>>()?;
+    let config_path = dir.join("config.toml");
+    let text = read_text(&config_path)?;
+    let config: ConfigView = toml::from_str(&text).map_err(|e| {
+        let line = e.span().map_or(1, |s| text[..s.start].matches('\n').count() + 1);
+        anyhow!(
+            "malformed TOML in `{}` at line {line}: {}",
+            config_path.display(),
+            e.message().trim()
+        )
+    })?;
+    Ok(Run {
+        dir: dir.to_path_buf(),
+        label: record.preset.clone().unwrap_or_else(|| record.model.clone()),
+        record,
+        metrics,
+        paper: config.paper,
+        permute: config.task.permute,
+    })
+}
+
+/// Reads a benchmark JSON file.
+pub fn read_bench(path: &Path) -> Result<Vec<Record>> {
+    let entries: Vec<Record> = read_json(path)?;
+    if entries.is_empty() {
+        bail!("bench file `{}` holds no measurements", path.display());
+    }
+    Ok(entries)
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    if !path.is_file() {
+        bail!("`{}` not found (is the run finished?)", path.display());
+    }
+    std::fs::read_to_string(path).with_context(|| format!("failed to read `{}`", path.display()))
+}
+
+fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = read_text(path)?;
+    serde_json::from_str(&text).map_err(|e| json_error(path, e.line(), &e))
+}
+
+/// "malformed JSON in `path` at line N: message", with serde_json's own position suffix dropped
+/// (for JSON Lines, `line` is the file's line, not the line within one record).
+fn json_error(path: &Path, line: usize, e: &serde_json::Error) -> anyhow::Error {
+    let text = e.to_string();
+    let message = text
+        .strip_suffix(&format!(" at line {} column {}", e.line(), e.column()))
+        .unwrap_or(&text);
+    anyhow!("malformed JSON in `{}` at line {line}: {message}", path.display())
+}
+
+/// Labels are presets (else models); a label two runs share gets the directory name added.
+pub(super) fn assign_labels(runs: &mut [Run]) {
+    let mut counts = BTreeMap::<String, usize>::new();
+    for r in runs.iter() {
+        *counts.entry(r.label.clone()).or_default() += 1;
+    }
+    for r in runs.iter_mut() {
+        if counts[&r.label] > 1 {
+            let name = r.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            r.label = format!("{} ({name})", r.label);
+        }
+    }
+}
+
+impl Run {
+    /// The paper's model name where the config has one, else the zoo name.
+    pub(super) fn model_name(&self) -> &str {
+        self.paper.as_ref().map_or(&self.record.model, |p| &p.model)
+    }
+
+    pub(super) fn task_name(&self) -> String {
+        match self.permute {
+            Some(seed) => format!("{}, permuted (seed {seed})", self.record.task),
+            None => self.record.task.clone(),
+        }
+    }
+}

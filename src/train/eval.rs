@@ -1,0 +1,32 @@
+//! Scoring a model on a split: mean cross-entropy and accuracy over every image (no dropped
+//! remainder), in eval mode and without gradients.
+
+use tch::{nn::ModuleT, Kind, Reduction, Tensor};
+
+use crate::amp::{self, Precision};
+use crate::data::{batch_input, Split, TaskConfig};
+
+/// Images per forward pass when scoring, unless a run's config says otherwise.
+pub const EVAL_BATCH: i64 = 256;
+
+/// Loss and accuracy of `model` on the first `limit` images of a split (`None`: every image).
+pub fn evaluate(model: &dyn ModuleT, split: &Split, task: &TaskConfig, batch: i64, limit: Option<i64>, precision: Precision) -> (f64, f64) {
+    let n = limit.map_or(split.len(), |l| l.min(split.len()));
+    let (mut loss, mut correct) = (
+        Tensor::zeros([], (Kind::Float, split.labels.device())),
+        Tensor::zeros([], (Kind::Int64, split.labels.device())),
+    );
+    tch::no_grad(|| {
+        let mut start = 0;
+        while start < n {
+            let len = batch.min(n - start);
+            let xs = batch_input(&split.images.narrow(0, start, len), task, false);
+            let ys = split.labels.narrow(0, start, len);
+            let logits = amp::autocast(precision, || model.forward_t(&xs, false)).to_kind(Kind::Float);
+            loss += logits.cross_entropy_loss::<Tensor>(&ys, None, Reduction::Sum, -100, 0.0);
+            correct += logits.argmax(-1, false).eq_tensor(&ys).sum(Kind::Int64);
+            start += len;
+        }
+    });
+    (loss.double_value(&[]) / n as f64, correct.double_value(&[]) / n as f64)
+}

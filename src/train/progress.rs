@@ -1,0 +1,126 @@
+//! What the trainer shows while it runs: the running training loss and accuracy since the last
+//! evaluation ([`Tally`]), on a progress bar per epoch when stderr is a terminal, else as a plain
+//! line every 30 seconds ([`Progress`]).
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use tch::{Device, Kind, Tensor};
+
+use super::step::Outcome;
+
+/// Seconds between plain progress lines when stderr is not a terminal.
+const LINE_EVERY: Duration = Duration::from_secs(30);
+
+/// Training loss and accuracy summed on the device since the last evaluation (no host sync per step).
+pub struct Tally {
+    loss_sum: Tensor,
+    correct_sum: Tensor,
+    seen: i64,
+    since: Instant,
+}
+
+impl Tally {
+    pub fn new(device: Device) -> Tally {
+        Tally {
+            loss_sum: Tensor::zeros([], (Kind::Float, device)),
+            correct_sum: Tensor::zeros([], (Kind::Float, device)),
+            seen: 0,
+            since: Instant::now(),
+        }
+    }
+
+    /// Adds one step's outcome over `n` images.
+    pub fn add(&mut self, out: &Outcome, n: i64) {
+        tch::no_grad(|| {
+            self.loss_sum += &out.loss * n as f64;
+            self.correct_sum += &out.correct;
+        });
+        self.seen += n;
+    }
+
+    /// Mean loss and accuracy of the images seen (reads the device).
+    pub fn means(&self) -> (f64, f64) {
+        let n = self.seen.max(1) as f64;
+        (self.loss_sum.double_value(&[]) / n, self.correct_sum.double_value(&[]) / n)
+    }
+
+    /// Seconds of training since the tally started.
+    pub fn seconds(&self) -> f64 {
+        self.since.elapsed().as_secs_f64()
+    }
+
+    /// "loss … acc …% lr … … img/s".
+    pub fn line(&self, lr: f64) -> String {
+        let (loss, acc) = self.means();
+        format!(
+            "loss {loss:.3} acc {:.1}% lr {lr:.2e} {:.0} img/s",
+            100.0 * acc,
+            self.seen as f64 / self.seconds().max(1e-9)
+        )
+    }
+}
+
+/// The progress display of a run.
+pub struct Progress {
+    terminal: bool,
+    bar: Option<indicatif::ProgressBar>,
+    last_line: Instant,
+    steps_per_epoch: u64,
+    total: u64,
+}
+
+impl Progress {
+    pub fn new(steps_per_epoch: u64, total: u64) -> Progress {
+        Progress {
+            terminal: std::io::stderr().is_terminal(),
+            bar: None,
+            last_line: Instant::now(),
+            steps_per_epoch,
+            total,
+        }
+    }
+
+    /// After optimizer step `step` (1-based count of steps done): advance the bar, or print a
+    /// plain line when 30 s have passed; `wall_s` is the run's wall time so far.
+    pub fn step(&mut self, step: u64, tally: &Tally, lr: f64, wall_s: f64) {
+        if self.terminal {
+            let spe = self.steps_per_epoch;
+            let bar = self.bar.get_or_insert_with(|| epoch_bar((step - 1) / spe, spe, (step - 1) % spe));
+            bar.inc(1);
+            if step.is_multiple_of(10) {
+                bar.set_message(tally.line(lr));
+            }
+        } else if self.last_line.elapsed() >= LINE_EVERY {
+            eprintln!(
+                "step {step}/{} epoch {:.2} | {} | {}",
+                self.total,
+                step as f64 / self.steps_per_epoch as f64,
+                tally.line(lr),
+                clock(wall_s)
+            );
+            self.last_line = Instant::now();
+        }
+    }
+
+    /// Clears the bar before a line of its own is printed (an evaluation, the end).
+    pub fn clear(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+fn epoch_bar(epoch: u64, steps: u64, done: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(steps);
+    bar.set_style(indicatif::ProgressStyle::with_template("epoch {prefix} {bar:30} {pos}/{len} {msg} ETA {eta}").expect("valid template"));
+    bar.set_prefix((epoch + 1).to_string());
+    bar.set_position(done);
+    bar
+}
+
+/// Seconds as H:MM:SS.
+pub fn clock(s: f64) -> String {
+    let s = s as u64;
+    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}

@@ -1,0 +1,199 @@
+//! One training step, the same for `pixelseq train` and `pixelseq bench`: forward under autocast,
+//! cross-entropy (label smoothing; mixup/CutMix targets), backward (scaled for fp16), unscaling
+//! and clipping, one AdamW update.
+
+use anyhow::Result;
+use tch::{nn::ModuleT, Kind, Reduction, Tensor};
+
+use super::optim::AdamW;
+use crate::amp::{self, Precision};
+
+/// What one step trains on.
+pub struct Batch {
+    /// Model input, raw pixels (B, L, C) uint8.
+    pub xs: Tensor,
+    /// Classes (B) int64.
+    pub labels: Tensor,
+    /// Mixup/CutMix: the labels of the images mixed in (B) and the weight λ of `labels`.
+    pub mix: Option<(Tensor, f64)>,
+}
+
+impl Batch {
+    pub fn len(&self) -> i64 {
+        self.labels.size()[0]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// How a step runs (from the run's config and the schedule).
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub precision: Precision,
+    pub label_smoothing: f64,
+    /// Gradient clipping by global norm; 0 turns it off.
+    pub clip_norm: f64,
+    /// The schedule's multiplier of every group's learning rate.
+    pub lr_factor: f64,
+}
+
+/// What a step reports, as device scalars (reading them synchronises with the device).
+pub struct Outcome {
+    /// Mean training loss of the batch, float32 ().
+    pub loss: Tensor,
+    /// Images whose argmax is their (first) label, float32 ().
+    pub correct: Tensor,
+}
+
+/// PyTorch's `torch.amp.GradScaler` defaults: the initial scale 2^16, ×2 after 2,000 steps in a
+/// row without an inf/NaN gradient, ×0.5 and the step skipped when one appears.
+pub const INIT_SCALE: f64 = 65536.0;
+pub const GROWTH_FACTOR: f64 = 2.0;
+pub const BACKOFF_FACTOR: f64 = 0.5;
+pub const GROWTH_INTERVAL: u64 = 2000;
+
+/// Dynamic loss scaling for fp16 (GradScaler's rule); with any other precision it does nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LossScaler {
+    pub enabled: bool,
+    pub scale: f64,
+    /// Steps in a row without an inf/NaN gradient since the scale last changed.
+    pub growth_tracker: u64,
+}
+
+impl LossScaler {
+    /// A fresh scaler, enabled for fp16.
+    pub fn new(precision: Precision) -> LossScaler {
+        LossScaler {
+            enabled: precision == Precision::Fp16,
+            scale: INIT_SCALE,
+            growth_tracker: 0,
+        }
+    }
+
+    /// After a step: back off and restart counting on an inf/NaN gradient, else grow every
+    /// [`GROWTH_INTERVAL`] good steps.
+    pub fn update(&mut self, found_inf: bool) {
+        if found_inf {
+            self.scale *= BACKOFF_FACTOR;
+            self.growth_tracker = 0;
+        } else {
+            self.growth_tracker += 1;
+            if self.growth_tracker == GROWTH_INTERVAL {
+                self.scale *= GROWTH_FACTOR;
+                self.growth_tracker = 0;
+            }
+        }
+    }
+}
+
+/// One optimizer step of `model` on `batch`. With fp16 loss scaling a step whose gradients are
+/// not finite is skipped (the optimizer's count does not advance) and the scale backs off.
+pub fn train_step(model: &dyn ModuleT, opt: &mut AdamW, batch: &Batch, s: &Settings, scaler: &mut LossScaler) -> Result<Outcome> {
+    let logits = amp::autocast(s.precision, || model.forward_t(&batch.xs, true)).to_kind(Kind::Float); // (B, 10)
+    let ce = |ys: &Tensor| logits.cross_entropy_loss::<Tensor>(ys, None, Reduction::Mean, -100, s.label_smoothing);
+    let loss = match &batch.mix {
+        Some((other, lam)) => ce(&batch.labels) * *lam + ce(other) * (1.0 - lam),
+        None => ce(&batch.labels),
+    };
+    opt.zero_grad()?;
+    if scaler.enabled {
+        (&loss * scaler.scale).backward();
+        opt.scale_grads(1.0 / scaler.scale)?;
+        let max_norm = if s.clip_norm > 0.0 { s.clip_norm } else { f64::MAX };
+        let finite = opt.clip_grad_norm(max_norm)?.double_value(&[]).is_finite();
+        if finite {
+            opt.step(s.lr_factor)?;
+        }
+        scaler.update(!finite);
+    } else {
+        loss.backward();
+        if s.clip_norm > 0.0 {
+            let _ = opt.clip_grad_norm(s.clip_norm)?;
+        }
+        opt.step(s.lr_factor)?;
+    }
+    let correct = tch::no_grad(|| logits.argmax(-1, false).eq_tensor(&batch.labels).sum(Kind::Float));
+    Ok(Outcome {
+        loss: loss.detach(),
+        correct,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Optim;
+    use tch::{nn, Device};
+
+    #[test]
+    fn loss_scaler_follows_grad_scaler() {
+        let mut s = LossScaler::new(Precision::Fp16);
+        assert!(s.enabled && s.scale == 65536.0);
+        for _ in 0..GROWTH_INTERVAL - 1 {
+            s.update(false);
+        }
+        assert_eq!(s.scale, 65536.0);
+        s.update(false);
+        assert_eq!((s.scale, s.growth_tracker), (131072.0, 0));
+        for _ in 0..10 {
+            s.update(false);
+        }
+        s.update(true);
+        assert_eq!((s.scale, s.growth_tracker), (65536.0, 0), "an inf backs off and restarts the count");
+        assert!(!LossScaler::new(Precision::Bf16).enabled);
+    }
+
+    /// With loss scaling on, an inf gradient skips the update: weights and the optimizer's count
+    /// stay; a finite one is unscaled before the update, which then equals the unscaled step.
+    #[test]
+    fn scaled_steps_skip_infs_and_equal_unscaled_ones() {
+        let run = |scaled: bool, poison: bool| {
+            tch::manual_seed(0);
+            let vs = nn::VarStore::new(Device::Cpu);
+            let lin = nn::linear(vs.root() / "l", 4, 10, Default::default());
+            let model = nn::func_t(move |xs, _| {
+                let xs = xs.to_kind(Kind::Float) / 255.0;
+                let out = xs.sum_dim_intlist([1].as_slice(), false, Kind::Float).apply(&lin);
+                if poison {
+                    out * f64::INFINITY
+                } else {
+                    out
+                }
+            });
+            let initial: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(n, t)| (n, t.copy())).collect();
+            let mut opt = AdamW::new(&vs, &Optim::default()).unwrap();
+            let batch = Batch {
+                xs: Tensor::randint(256, [6, 3, 4], (Kind::Uint8, Device::Cpu)),
+                labels: Tensor::from_slice(&[0i64, 1, 2, 3, 4, 5]),
+                mix: None,
+            };
+            let mut scaler = LossScaler {
+                enabled: scaled,
+                ..LossScaler::new(Precision::Fp16)
+            };
+            let s = Settings {
+                precision: Precision::Fp32,
+                label_smoothing: 0.1,
+                clip_norm: 1.0,
+                lr_factor: 1.0,
+            };
+            train_step(&model, &mut opt, &batch, &s, &mut scaler).unwrap();
+            (initial, vs.variables(), opt.t, scaler)
+        };
+        let (_, plain, t_plain, _) = run(false, false);
+        let (_, scaled, t_scaled, scaler) = run(true, false);
+        assert_eq!((t_plain, t_scaled, scaler.growth_tracker), (1, 1, 1));
+        for (name, w) in &plain {
+            let diff = (w - &scaled[name]).abs().max().double_value(&[]);
+            assert!(diff < 1e-6, "{name}: {diff}");
+        }
+        let (initial, after, t_inf, scaler) = run(true, true);
+        assert_eq!((t_inf, scaler.scale), (0, 32768.0));
+        for (name, w) in &initial {
+            assert!(w.equal(&after[name]), "{name} changed in a skipped step");
+        }
+    }
+}
