@@ -1,8 +1,8 @@
 """PiT, the Pixel Transformer (Nguyen et al. 2024), in PyTorch as a timm / MoCo v3 style ViT with
 patch size 1, as pixelseq's src/models/pit.rs builds it: Linear(C -> d) per pixel, [cls] token,
 learned positions, pre-norm blocks with a fused qkv projection and
-F.scaled_dot_product_attention, exact GELU MLP, stochastic depth, LayerNorm and head on the
-pooled token."""
+F.scaled_dot_product_attention, exact GELU MLP, stochastic depth, LayerNorm (eps 1e-6) and head on
+the pooled token. Initialised as MoCo v3's ViT: zero biases, [cls] N(0, 1e-6); positions N(0, 0.02)."""
 
 import math
 
@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from common import NUM_CLASSES, InputEncoder, tag
 
 EMB_STD = 0.02
+CLS_STD = 1e-6
+LN_EPS = 1e-6
 
 
 def linear(d_in, d_out):
@@ -54,9 +56,9 @@ class Block(nn.Module):
     def __init__(self, cfg, drop_path):
         super().__init__()
         d, f = cfg["d_model"], cfg["d_ff"]
-        self.norm1 = nn.LayerNorm(d)
+        self.norm1 = nn.LayerNorm(d, eps=LN_EPS)
         self.attn = Attention(cfg)
-        self.norm2 = nn.LayerNorm(d)
+        self.norm2 = nn.LayerNorm(d, eps=LN_EPS)
         self.fc1, self.fc2 = linear(d, f), linear(f, d)
         self.drop = nn.Dropout(cfg["dropout"])
         self.drop_path = drop_path
@@ -76,14 +78,15 @@ class Pit(nn.Module):
             tag(self.pixels.embed.weight, "no_decay")
         else:
             nn.init.xavier_uniform_(self.pixels.linear.weight)
-        self.cls = tag(nn.Parameter(EMB_STD * torch.randn(1, 1, d)), "no_decay")
+            nn.init.zeros_(self.pixels.linear.bias)
+        self.cls = tag(nn.Parameter(CLS_STD * torch.randn(1, 1, d)), "no_decay")
         self.pos = None
         if cfg["pos"] == "learned":
             self.pos = tag(nn.Parameter(EMB_STD * torch.randn(1, seq_len + 1, d)), "no_decay")
         self.drop = nn.Dropout(cfg["dropout"])
         rates = [cfg["drop_path"] * (i / (depth - 1) if depth > 1 else 1.0) for i in range(depth)]
         self.blocks = nn.ModuleList([Block(cfg, r) for r in rates])
-        self.norm = nn.LayerNorm(d)
+        self.norm = nn.LayerNorm(d, eps=LN_EPS)
         self.head = linear(d, NUM_CLASSES)
         self.pool = cfg["pool"]
 
