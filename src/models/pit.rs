@@ -438,7 +438,7 @@ mod tests {
         assert_eq!(bias.size(), vec![192]);
         assert_eq!(bias.abs().max().double_value(&[]), 0.0, "bias {bias}");
         // 576 weights: the largest |w| lies within 2% of the bound unless the bound is wrong.
-        let (bound, max) = ((6.0 / (3.0 + 192.0) as f64).sqrt(), l.ws.abs().max().double_value(&[]));
+        let (bound, max) = ((6.0f64 / (3.0 + 192.0)).sqrt(), l.ws.abs().max().double_value(&[]));
         assert!(max <= bound && max > 0.98 * bound, "max |w| = {max}, bound {bound}");
     }
 
