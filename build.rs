@@ -3,8 +3,8 @@
 //! Every executable also records libtorch's folder as its run path, so it starts without
 //! `LD_LIBRARY_PATH` on the machine that built it; elsewhere `LD_LIBRARY_PATH` (searched first)
 //! points at that machine's `torch/lib`. `csrc/` (libtorch's fused multi-tensor kernels, its
-//! Kineto profiler and its per-device autocast state, which tch does not wrap, and a multithreaded
-//! CPU dropout mask) is compiled against the same libtorch's headers.
+//! Kineto profiler and its per-device autocast state, which tch does not wrap, a multithreaded
+//! CPU dropout mask and a caching CPU allocator) is compiled against the same libtorch's headers.
 
 fn main() {
     commit();
@@ -27,7 +27,7 @@ fn csrc(lib: &std::path::Path) {
     let include = lib.parent().expect("libtorch's lib folder has a parent").join("include");
     let mut build = cc::Build::new();
     build.cpp(true);
-    for file in ["autocast", "dropout", "multi_tensor", "profile"] {
+    for file in ["autocast", "cpu_allocator", "dropout", "multi_tensor", "profile"] {
         build.file(format!("csrc/{file}.cpp"));
     }
     for dir in [include.clone(), include.join("torch/csrc/api/include")] {

@@ -118,6 +118,53 @@ pub struct Train {
     /// CutMix alpha; 0 = off.
     pub cutmix: f64,
     pub precision: Precision,
+    /// Images per forward/backward pass within one optimizer step (gradient accumulation):
+    /// `"auto"` picks the largest that fits the device (see `train::memory`), a number fixes it.
+    /// The optimizer's batch stays `batch_size`.
+    pub micro_batch: MicroBatch,
+}
+
+/// `train.micro_batch`: `"auto"` or a number of images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MicroBatch {
+    Auto,
+    Size(i64),
+}
+
+impl Serialize for MicroBatch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MicroBatch::Auto => s.serialize_str("auto"),
+            MicroBatch::Size(n) => s.serialize_i64(*n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MicroBatch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = MicroBatch;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"auto\" or a number of images")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<MicroBatch, E> {
+                match v {
+                    "auto" => Ok(MicroBatch::Auto),
+                    _ => Err(E::custom(format!("`{v}`: expected \"auto\" or a number of images"))),
+                }
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<MicroBatch, E> {
+                Ok(MicroBatch::Size(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<MicroBatch, E> {
+                i64::try_from(v)
+                    .map(MicroBatch::Size)
+                    .map_err(|_| E::custom(format!("{v} is too large")))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 impl Default for Train {
@@ -134,6 +181,7 @@ impl Default for Train {
             mixup: 0.0,
             cutmix: 0.0,
             precision: Precision::Auto,
+            micro_batch: MicroBatch::Auto,
         }
     }
 }
@@ -324,6 +372,11 @@ impl RunConfig {
         }
         if let Some(m) = t.max_minutes {
             positive(m, "train.max_minutes")?;
+        }
+        if let MicroBatch::Size(n) = t.micro_batch {
+            if n < 1 {
+                bail!("key `train.micro_batch` = {n}: must be >= 1, or \"auto\"");
+            }
         }
         non_negative(t.mixup, "train.mixup")?;
         non_negative(t.cutmix, "train.cutmix")?;

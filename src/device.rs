@@ -1,7 +1,114 @@
-//! Devices: parsing `--device`, naming a device in records, waiting for its queued work.
+//! Devices: parsing `--device`, naming a device in records, waiting for its queued work, the CPU's
+//! tensor allocator, and how much memory a device has and uses.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use std::ffi::c_int;
 
 use anyhow::{bail, Result};
-use tch::Device;
+use tch::{Device, Kind, Tensor};
+
+use crate::ffi::{
+    call, cuda_runtime, pixelseq_cpu_allocator_configure, pixelseq_cpu_allocator_install, pixelseq_cpu_allocator_stats,
+    pixelseq_cpu_allocator_trim, CudaMemGetInfo,
+};
+
+/// Environment variable choosing libtorch's CPU allocator: `caching` (the default) or `system`.
+pub const CPU_ALLOCATOR_ENV: &str = "PIXELSEQ_CPU_ALLOCATOR";
+
+/// Memory kept free for the rest of the process (libtorch's code, small blocks, the data) when
+/// the caching allocator's limit is set from the memory available.
+const HEADROOM: u64 = 512 << 20;
+
+/// The limit the caching allocator was given (0: none).
+static CPU_LIMIT: AtomicU64 = AtomicU64::new(0);
+/// Whether the caching allocator is installed in this process.
+static CACHING: AtomicBool = AtomicBool::new(false);
+
+/// Makes `csrc/cpu_allocator.cpp` libtorch's CPU allocator, unless `$PIXELSEQ_CPU_ALLOCATOR` is
+/// `system`: blocks of 64 KiB and more are kept on free and reused for the next request of the
+/// same size, so a training step does not page-fault its activations again (see that file);
+/// live + cached memory stays within the highest live total seen. Tensors are limited to the
+/// memory available now (less 512 MiB): one that does not fit is libtorch's out-of-memory error,
+/// not the kernel's OOM killer.
+pub fn install_cpu_allocator() -> Result<()> {
+    match std::env::var(CPU_ALLOCATOR_ENV).as_deref() {
+        Err(_) | Ok("caching") => {
+            // SAFETY: registers a process-lifetime allocator object with libtorch.
+            call("installing the caching CPU allocator", |err, len| unsafe {
+                pixelseq_cpu_allocator_install(err, len)
+            })?;
+            let limit = cpu_memory_available().map_or(0, |a| a.saturating_sub(HEADROOM));
+            CPU_LIMIT.store(limit, Ordering::Relaxed);
+            CACHING.store(true, Ordering::Relaxed);
+            configure_cpu_allocator(limit);
+            Ok(())
+        }
+        Ok("system") => Ok(()),
+        Ok(other) => bail!("${CPU_ALLOCATOR_ENV} = `{other}`: expected `caching` or `system`"),
+    }
+}
+
+fn configure_cpu_allocator(limit: u64) {
+    // SAFETY: sets two integers under the allocator's lock.
+    call("configuring the CPU allocator", |err, len| unsafe {
+        pixelseq_cpu_allocator_configure(limit, err, len)
+    })
+    .expect("configuring does not throw");
+}
+
+/// Restarts the caching allocator's peak from the memory in use now (for a measurement).
+pub fn reset_cpu_peak() {
+    configure_cpu_allocator(CPU_LIMIT.load(Ordering::Relaxed));
+}
+
+/// Whether the caching CPU allocator is libtorch's CPU allocator in this process.
+pub fn caching_cpu_allocator() -> bool {
+    CACHING.load(Ordering::Relaxed)
+}
+
+/// `MemAvailable` of `/proc/meminfo`, bytes: what can be allocated without swapping.
+pub fn cpu_memory_available() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = info
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// What the caching CPU allocator holds, in bytes of large blocks, and how often it reused one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CpuAllocatorStats {
+    pub live: u64,
+    pub cached: u64,
+    pub peak: u64,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+/// The caching CPU allocator's counters (all zero when it is not installed).
+pub fn cpu_allocator_stats() -> CpuAllocatorStats {
+    let mut s = CpuAllocatorStats::default();
+    // SAFETY: five out pointers to plain integers and an error buffer.
+    call("reading the CPU allocator's counters", |err, len| unsafe {
+        pixelseq_cpu_allocator_stats(&mut s.live, &mut s.cached, &mut s.peak, &mut s.hits, &mut s.misses, err, len)
+    })
+    .expect("reading counters does not throw");
+    s
+}
+
+/// Returns the caching CPU allocator's free blocks to the system (memory in use stays).
+pub fn trim_cpu_allocator() {
+    // SAFETY: frees only blocks no tensor refers to.
+    call("trimming the CPU allocator", |err, len| unsafe {
+        pixelseq_cpu_allocator_trim(err, len)
+    })
+    .expect("trimming does not throw");
+}
 
 /// `auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`; `flag` names the option in errors.
 pub fn parse(s: &str, flag: &str) -> Result<Device> {
@@ -26,6 +133,48 @@ pub fn parse(s: &str, flag: &str) -> Result<Device> {
     }
 }
 
+/// Cores this process may run on: physical cores (hyper-threads of one core counted once) among
+/// the CPUs it is allowed to use.
+pub fn physical_cores() -> usize {
+    let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let mut cores = std::collections::BTreeSet::new();
+    let mut physical = "";
+    for line in cpuinfo.lines() {
+        let (key, value) = line.split_once(':').map_or(("", ""), |(k, v)| (k.trim(), v.trim()));
+        match key {
+            "physical id" => physical = value,
+            "core id" => {
+                cores.insert((physical, value));
+            }
+            _ => {}
+        }
+    }
+    if cores.is_empty() {
+        logical
+    } else {
+        cores.len().min(logical)
+    }
+}
+
+/// The CPU threads for libtorch: `requested`, at most the cores this process may run on (more
+/// only make every operation's threads wait for each other: a warning says so), else the
+/// physical cores.
+pub fn cpu_threads(requested: Option<i32>) -> Result<i32> {
+    let logical = std::thread::available_parallelism().map_or(1, |n| n.get()) as i32;
+    match requested {
+        Some(n) if n < 1 => bail!("--threads {n}: must be >= 1"),
+        Some(n) if n > logical => {
+            eprintln!(
+                "warning: --threads {n} is more than the {logical} cores this process may use; using {logical}                  (oversubscribed threads wait for each other at every operation)"
+            );
+            Ok(logical)
+        }
+        Some(n) => Ok(n),
+        None => Ok(physical_cores() as i32),
+    }
+}
+
 /// `cpu` or `cuda:N`, as [`parse`] reads it back.
 pub fn arg(device: Device) -> String {
     match device {
@@ -46,6 +195,86 @@ pub fn name(device: Device) -> String {
 pub fn sync(device: Device) {
     if let Device::Cuda(i) = device {
         tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// A `kB` field of `/proc/self/status` (`VmRSS`, `VmHWM`), bytes.
+fn status_bytes(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Resident set of this process (`VmRSS`), bytes.
+pub fn rss_bytes() -> Option<u64> {
+    status_bytes("VmRSS:")
+}
+
+/// Peak resident set of this process since it started or since [`reset_peak_rss`] (`VmHWM`), bytes.
+pub fn peak_rss_bytes() -> Option<u64> {
+    status_bytes("VmHWM:")
+}
+
+/// Restarts the peak resident set from the current one (Linux: `5` into `/proc/self/clear_refs`).
+pub fn reset_peak_rss() {
+    // Best effort: without it the peak only starts higher.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak resident set of this process (`VmHWM`), MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    peak_rss_bytes().map(|b| b as f64 / (1u64 << 20) as f64)
+}
+
+/// Device memory in use through the CUDA runtime that libtorch already loaded.
+pub struct CudaMemory {
+    mem_get_info: CudaMemGetInfo,
+    /// Bytes in use before the model existed (the CUDA context, libtorch's first block).
+    pub baseline: u64,
+}
+
+impl CudaMemory {
+    /// Initialises CUDA on device `index`, makes it current for the runtime, and takes the baseline.
+    pub fn new(index: usize) -> Result<CudaMemory> {
+        let _ = Tensor::zeros([1], (Kind::Float, Device::Cuda(index)));
+        tch::Cuda::synchronize(index as i64);
+        let (mem_get_info, set_device) = cuda_runtime()?;
+        // SAFETY: a valid device index (the tensor above was created on it).
+        let rc = unsafe { set_device(index as c_int) };
+        if rc != 0 {
+            bail!("cudaSetDevice({index}) failed with error {rc}");
+        }
+        let mut m = CudaMemory { mem_get_info, baseline: 0 };
+        m.baseline = m.used()?;
+        Ok(m)
+    }
+
+    /// Free bytes on the current device.
+    pub fn free(&self) -> Result<u64> {
+        let (mut free, mut total) = (0usize, 0usize);
+        // SAFETY: two valid out-pointers.
+        let rc = unsafe { (self.mem_get_info)(&mut free, &mut total) };
+        if rc != 0 {
+            bail!("cudaMemGetInfo failed with error {rc}");
+        }
+        Ok(free as u64)
+    }
+
+    /// Bytes in use on the current device: total − free.
+    pub fn used(&self) -> Result<u64> {
+        let (mut free, mut total) = (0usize, 0usize);
+        // SAFETY: two valid out-pointers.
+        let rc = unsafe { (self.mem_get_info)(&mut free, &mut total) };
+        if rc != 0 {
+            bail!("cudaMemGetInfo failed with error {rc}");
+        }
+        Ok((total - free) as u64)
     }
 }
 

@@ -23,6 +23,20 @@ extern "C" {
     pub(crate) fn pixelseq_autocast_exit(prev: bool, err: *mut c_char, err_len: usize) -> bool;
     pub(crate) fn pixelseq_autocast_state(enabled: *mut bool, bf16: *mut bool, err: *mut c_char, err_len: usize) -> bool;
 
+    // csrc/cpu_allocator.cpp
+    pub(crate) fn pixelseq_cpu_allocator_install(err: *mut c_char, err_len: usize) -> bool;
+    pub(crate) fn pixelseq_cpu_allocator_stats(
+        live: *mut u64,
+        cached: *mut u64,
+        peak: *mut u64,
+        hits: *mut u64,
+        misses: *mut u64,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> bool;
+    pub(crate) fn pixelseq_cpu_allocator_trim(err: *mut c_char, err_len: usize) -> bool;
+    pub(crate) fn pixelseq_cpu_allocator_configure(limit: u64, err: *mut c_char, err_len: usize) -> bool;
+
     // csrc/dropout.cpp
     pub(crate) fn pixelseq_dropout_mask(like: *const C_tensor, p: f64, out: *mut *mut C_tensor, err: *mut c_char, err_len: usize) -> bool;
 

@@ -1,5 +1,6 @@
 //! Timing one model in the child process: the trainer's step and inference, each the median of
-//! `steps` after `warmup`, between device synchronisations.
+//! `steps` after `warmup`, between device synchronisations. Both take the batch in the parts the
+//! trainer would (`train.micro_batch`, `auto` by default: see `train::memory`).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -7,11 +8,12 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use tch::{nn, Device, Kind, Tensor};
 
-use super::{memory, Measurement};
+use super::Measurement;
 use crate::amp::{self, Precision};
 use crate::config::RunConfig;
 use crate::data::InputSpec;
 use crate::models::{param_count, NUM_CLASSES};
+use crate::train::memory;
 use crate::train::optim::AdamW;
 use crate::train::step::{train_step, Batch, LossScaler, Settings};
 use crate::{device, files};
@@ -28,7 +30,7 @@ pub struct Timing {
 pub fn measure(cfg: &RunConfig, input: InputSpec, batch: i64, t: &Timing, device: Device, precision: Precision) -> Result<Measurement> {
     let (steps, warmup) = (t.steps, t.warmup);
     let gpu = match device {
-        Device::Cuda(i) => Some(memory::CudaMemory::new(i)?),
+        Device::Cuda(i) => Some(device::CudaMemory::new(i)?),
         _ => None,
     };
     let mut peak = 0u64;
@@ -41,6 +43,7 @@ pub fn measure(cfg: &RunConfig, input: InputSpec, batch: i64, t: &Timing, device
     let vs = nn::VarStore::new(device);
     let model = cfg.model.build(&vs.root(), &input)?;
     let mut opt = AdamW::new(&vs, &cfg.optim)?;
+    let memory = memory::plan(model.as_ref(), &vs, input, batch, batch, cfg.train.micro_batch, device, precision)?;
     let inputs = Batch {
         xs: Tensor::randint(256, [batch, input.seq_len, input.channels], (Kind::Uint8, device)), // (B, L, C)
         labels: Tensor::randint(NUM_CLASSES, [batch], (Kind::Int64, device)),                    // (B)
@@ -51,6 +54,7 @@ pub fn measure(cfg: &RunConfig, input: InputSpec, batch: i64, t: &Timing, device
         label_smoothing: cfg.optim.label_smoothing,
         clip_norm: cfg.optim.clip_norm,
         lr_factor: 1.0,
+        micro_batch: memory.micro_batch,
     };
     let mut scaler = LossScaler::new(precision);
     let mut step = || train_step(model.as_ref(), &mut opt, &inputs, &settings, &mut scaler).map(|_| ());
@@ -61,13 +65,16 @@ pub fn measure(cfg: &RunConfig, input: InputSpec, batch: i64, t: &Timing, device
         Ok(())
     })?;
     let infer = median_seconds(warmup, steps, device, || {
-        let _ = tch::no_grad(|| amp::autocast(precision, || model.forward_t(&inputs.xs, false)));
+        for start in (0..batch).step_by(memory.eval_batch as usize) {
+            let xs = inputs.xs.narrow(0, start, memory.eval_batch.min(batch - start));
+            let _ = tch::no_grad(|| amp::autocast(precision, || model.forward_t(&xs, false)));
+        }
         sample();
         Ok(())
     })?;
     let peak_mem_mb = match &gpu {
         Some(g) => peak.saturating_sub(g.baseline) as f64 / MIB,
-        None => memory::peak_rss_mib().context("cannot read VmHWM from /proc/self/status")?,
+        None => device::peak_rss_mib().context("cannot read VmHWM from /proc/self/status")?,
     };
     if let Some(prefix) = &t.profile {
         let trace = PathBuf::from(format!("{}.json", prefix.display()));
@@ -91,6 +98,7 @@ pub fn measure(cfg: &RunConfig, input: InputSpec, batch: i64, t: &Timing, device
         peak_mem_mb,
         max_allocated_mb: None,
         formulation: String::new(),
+        micro_batch: (memory.micro_batch < batch).then_some(memory.micro_batch),
     })
 }
 

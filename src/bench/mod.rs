@@ -53,8 +53,8 @@
 //! # Layout
 //! `mod.rs` runs the cells (preset × length, `--repeat` rounds); `child.rs` is the protocol with
 //! the child processes (this executable's `bench --one`, and the PyTorch reference);
-//! `measure.rs` times a model in the child; `memory.rs` reads peak memory; `table.rs` prints the
-//! results; `record.rs` holds the JSON record that `report` reads too.
+//! `measure.rs` times a model in the child (peak memory from [`crate::device`]); `table.rs` prints
+//! the results; `record.rs` holds the JSON record that `report` reads too.
 //!
 //! # Output
 //! A table on stdout (throughputs, pixelseq/PyTorch ratios, peak memory, parameters), for each
@@ -63,7 +63,6 @@
 
 mod child;
 mod measure;
-mod memory;
 mod record;
 mod table;
 
@@ -271,6 +270,7 @@ impl Run<'_> {
             memory: self.memory.to_string(),
             note,
             formulation: m.map(|m| m.formulation.clone()).unwrap_or_default(),
+            micro_batch: m.and_then(|m| m.micro_batch),
         }
     }
 }
@@ -284,6 +284,7 @@ fn fastest(best: Option<Result<Measurement, String>>, m: Result<Measurement, Str
             infer_img_per_s: b.infer_img_per_s.max(m.infer_img_per_s),
             peak_mem_mb: b.peak_mem_mb.max(m.peak_mem_mb),
             max_allocated_mb: b.max_allocated_mb.into_iter().chain(m.max_allocated_mb).reduce(f64::max),
+            micro_batch: m.micro_batch.or(b.micro_batch),
             ..m
         }),
         (Some(Ok(b)), Err(_)) => Ok(b),
@@ -330,6 +331,7 @@ mod tests {
             peak_mem_mb: train,
             max_allocated_mb: None,
             formulation: String::new(),
+            micro_batch: None,
         };
         let best = fastest(Some(Ok(m(2.0, 9.0))), Ok(m(3.0, 5.0))).unwrap();
         assert_eq!((best.train_img_per_s, best.infer_img_per_s, best.peak_mem_mb), (3.0, 9.0, 3.0));

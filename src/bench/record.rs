@@ -15,6 +15,9 @@ pub struct Measurement {
     /// How the PyTorch reference computes the model, when worth saying.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub formulation: String,
+    /// pixelseq: images per forward/backward pass, when fewer than the batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub micro_batch: Option<i64>,
 }
 
 /// One line of the JSON output: one implementation of one preset at one length. Numbers are
@@ -44,6 +47,9 @@ pub struct Record {
     /// How the PyTorch reference computes the model (the formulation compared).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub formulation: String,
+    /// pixelseq: images per forward/backward pass, when fewer than the batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub micro_batch: Option<i64>,
 }
 
 impl Record {

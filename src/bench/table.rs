@@ -38,6 +38,9 @@ pub fn table(records: &[Record], memory: &str) -> String {
             (None, None) => "—".into(),
         };
         let mut notes = vec![ours.note.clone()];
+        if let Some(m) = ours.micro_batch {
+            notes.push(format!("micro-batch {m}"));
+        }
         if let Some(t) = theirs.filter(|t| t.note != ours.note) {
             notes.push(format!("pytorch: {}", t.note));
         }
@@ -128,6 +131,7 @@ mod tests {
             memory: "rss".into(),
             note: String::new(),
             formulation: String::new(),
+            micro_batch: None,
         }
     }
 

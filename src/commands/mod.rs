@@ -9,7 +9,7 @@ mod presets;
 mod report;
 mod train;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use tch::Device;
 
@@ -44,6 +44,7 @@ pub enum Command {
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
+    crate::device::install_cpu_allocator()?;
     match cli.command {
         Command::Data(args) => data::exec(args),
         Command::Train(args) => train::exec(args),
@@ -61,20 +62,15 @@ pub struct DeviceArgs {
     /// auto (CUDA when available), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// CPU threads for libtorch (default: libtorch's choice).
+    /// CPU threads for libtorch (default: the physical cores; at most the cores available).
     #[arg(long)]
     pub threads: Option<i32>,
 }
 
 impl DeviceArgs {
-    /// Sets libtorch's CPU threads (when given) and parses the device.
+    /// Sets libtorch's CPU threads and parses the device.
     pub fn resolve(&self) -> Result<Device> {
-        if let Some(n) = self.threads {
-            if n < 1 {
-                bail!("--threads {n}: must be >= 1");
-            }
-            tch::set_num_threads(n);
-        }
+        tch::set_num_threads(crate::device::cpu_threads(self.threads)?);
         crate::device::parse(&self.device, "--device")
     }
 }

@@ -141,6 +141,7 @@ mod tests {
             precision: Precision::Bf16,
             wall_s: 3725.0,
             seed: 0,
+            micro_batch: 64,
             commit: "abc123def456".into(),
             date: "2025-11-26".into(),
         }
@@ -240,6 +241,7 @@ mod tests {
             memory: "rss".into(),
             note: String::new(),
             formulation: String::new(),
+            micro_batch: None,
         }
     }
 

@@ -29,6 +29,9 @@ pub struct State {
     /// fp16: steps in a row without an inf/NaN gradient since the scale last changed.
     #[serde(default)]
     pub loss_scale_growth: u64,
+    /// Images per forward/backward pass the run trains with (0: not chosen yet).
+    #[serde(default)]
+    pub micro_batch: i64,
 }
 
 impl State {
@@ -43,6 +46,7 @@ impl State {
             train_s: 0.0,
             loss_scale: scaler.scale,
             loss_scale_growth: scaler.growth_tracker,
+            micro_batch: 0,
         }
     }
 

@@ -43,6 +43,9 @@ pub struct RunRecord {
     pub precision: Precision,
     pub wall_s: f64,
     pub seed: u64,
+    /// Images per forward/backward pass (0 in records written before micro-batching).
+    #[serde(default)]
+    pub micro_batch: i64,
     pub commit: String,
     pub date: String,
 }

@@ -9,6 +9,7 @@ use tch::{nn, nn::ModuleT, Device};
 
 use super::checkpoint::{self, State};
 use super::eval::{evaluate, EVAL_BATCH};
+use super::memory;
 use super::optim::AdamW;
 use super::progress::{clock, Progress, Tally};
 use super::records::{today, truncate_metrics, Metrics, RunRecord};
@@ -35,6 +36,8 @@ pub struct Options {
 /// The sizes of a run, derived from its config and the training split.
 struct Plan {
     batch_size: i64,
+    /// Images per forward/backward pass (see `train::memory`).
+    micro_batch: i64,
     steps_per_epoch: u64,
     total: u64,
     eval_every: u64,
@@ -55,6 +58,7 @@ impl Plan {
         };
         Plan {
             batch_size,
+            micro_batch: batch_size,
             steps_per_epoch,
             total: t.max_steps.unwrap_or(t.epochs * steps_per_epoch),
             eval_every: if t.eval_every == 0 { steps_per_epoch } else { t.eval_every },
@@ -101,6 +105,7 @@ pub fn run(cfg: &RunConfig, data: &Dataset, opts: &Options) -> Result<RunRecord>
             label_smoothing: cfg.optim.label_smoothing,
             clip_norm: cfg.optim.clip_norm,
             lr_factor,
+            micro_batch: tr.plan.micro_batch,
         };
         let out = train_step(tr.model.as_ref(), &mut tr.opt, &batch, &settings, &mut tr.scaler)?;
         tally.add(&out, batch.len());
@@ -147,7 +152,7 @@ impl<'a> Trainer<'a> {
             files::write_bytes(&dir.config(), cfg.to_toml().as_bytes())?;
         }
         let precision = amp::resolve(cfg.train.precision, opts.device);
-        let plan = Plan::new(cfg, data.train.len());
+        let mut plan = Plan::new(cfg, data.train.len());
 
         tch::manual_seed(cfg.train.seed as i64);
         let mut vs = nn::VarStore::new(opts.device);
@@ -170,6 +175,25 @@ impl<'a> Trainer<'a> {
         } else if dir.metrics().exists() {
             std::fs::remove_file(dir.metrics())?;
         }
+        let input = cfg.task.input_spec();
+        let memory = memory::plan(
+            model.as_ref(),
+            &vs,
+            input,
+            plan.batch_size,
+            plan.eval_batch,
+            cfg.train.micro_batch,
+            opts.device,
+            precision,
+        )?;
+        // A resumed run keeps the micro-batch it started with: dropout masks are drawn part by part.
+        plan.micro_batch = if state.micro_batch > 0 {
+            state.micro_batch
+        } else {
+            memory.micro_batch
+        };
+        state.micro_batch = plan.micro_batch;
+        plan.eval_batch = memory.eval_batch;
         eprintln!(
             "{} on {} | {} parameters | {} train / {} val / {} test images | batch {}, {} steps ({} per epoch) | {:?}, {precision}",
             cfg.model.name(),
@@ -186,6 +210,7 @@ impl<'a> Trainer<'a> {
         for line in opt.describe() {
             eprintln!("  {line}");
         }
+        eprintln!("  {}", memory.note);
         let started = Instant::now() - Duration::from_secs_f64(state.elapsed_s);
         Ok(Trainer {
             cfg,
@@ -308,6 +333,7 @@ impl<'a> Trainer<'a> {
             precision: self.precision,
             wall_s: self.started.elapsed().as_secs_f64(),
             seed: cfg.train.seed,
+            micro_batch: self.plan.micro_batch,
             commit: env!("PIXELSEQ_COMMIT").to_string(),
             date: today(),
         };
@@ -395,6 +421,7 @@ seed = 7
                 label_smoothing: cfg.optim.label_smoothing,
                 clip_norm: cfg.optim.clip_norm,
                 lr_factor: schedule::factor(&cfg.schedule, step, plan.total, plan.steps_per_epoch),
+                micro_batch: plan.micro_batch,
             };
             train_step(model.as_ref(), &mut opt, &batch, &settings, &mut scaler).unwrap();
         }

@@ -1,6 +1,14 @@
 //! One training step, the same for `pixelseq train` and `pixelseq bench`: forward under autocast,
 //! cross-entropy (label smoothing; mixup/CutMix targets), backward (scaled for fp16), unscaling
 //! and clipping, one AdamW update.
+//!
+//! A batch larger than the micro-batch is taken in parts (gradient accumulation): each part's
+//! mean loss is weighted by its share of the batch before its backward pass, so the summed
+//! gradients are those of the whole batch's mean loss, and one optimizer step follows. Per-image
+//! terms (label smoothing, the mixup partner's label, accuracy) are exact; what depends on the
+//! whole batch is not: BatchNorm normalises each part with its own statistics (as PyTorch's
+//! data-parallel training without SyncBatchNorm does per device), and dropout masks are drawn
+//! part by part from the step's generator.
 
 use anyhow::Result;
 use tch::{nn::ModuleT, Kind, Reduction, Tensor};
@@ -37,6 +45,8 @@ pub struct Settings {
     pub clip_norm: f64,
     /// The schedule's multiplier of every group's learning rate.
     pub lr_factor: f64,
+    /// Images per forward/backward pass (the whole batch when it is at least the batch size).
+    pub micro_batch: i64,
 }
 
 /// What a step reports, as device scalars (reading them synchronises with the device).
@@ -92,15 +102,33 @@ impl LossScaler {
 /// One optimizer step of `model` on `batch`. With fp16 loss scaling a step whose gradients are
 /// not finite is skipped (the optimizer's count does not advance) and the scale backs off.
 pub fn train_step(model: &dyn ModuleT, opt: &mut AdamW, batch: &Batch, s: &Settings, scaler: &mut LossScaler) -> Result<Outcome> {
-    let logits = amp::autocast(s.precision, || model.forward_t(&batch.xs, true)).to_kind(Kind::Float); // (B, 10)
-    let ce = |ys: &Tensor| logits.cross_entropy_loss::<Tensor>(ys, None, Reduction::Mean, -100, s.label_smoothing);
-    let loss = match &batch.mix {
-        Some((other, lam)) => ce(&batch.labels) * *lam + ce(other) * (1.0 - lam),
-        None => ce(&batch.labels),
-    };
     opt.zero_grad()?;
+    let n = batch.len();
+    let part = s.micro_batch.clamp(1, n);
+    let (mut loss, mut correct) = (
+        Tensor::zeros([], (Kind::Float, batch.xs.device())),
+        Tensor::zeros([], (Kind::Float, batch.xs.device())),
+    );
+    for start in (0..n).step_by(part as usize) {
+        let len = part.min(n - start);
+        let labels = batch.labels.narrow(0, start, len); // (b)
+        let logits = amp::autocast(s.precision, || model.forward_t(&batch.xs.narrow(0, start, len), true)).to_kind(Kind::Float); // (b, 10)
+        let ce = |ys: &Tensor| logits.cross_entropy_loss::<Tensor>(ys, None, Reduction::Mean, -100, s.label_smoothing);
+        let part_loss = match &batch.mix {
+            Some((other, lam)) => ce(&labels) * *lam + ce(&other.narrow(0, start, len)) * (1.0 - lam),
+            None => ce(&labels),
+        } * (len as f64 / n as f64);
+        if scaler.enabled {
+            (&part_loss * scaler.scale).backward();
+        } else {
+            part_loss.backward();
+        }
+        tch::no_grad(|| {
+            loss += part_loss.detach();
+            correct += logits.argmax(-1, false).eq_tensor(&labels).sum(Kind::Float);
+        });
+    }
     if scaler.enabled {
-        (&loss * scaler.scale).backward();
         opt.scale_grads(1.0 / scaler.scale)?;
         let max_norm = if s.clip_norm > 0.0 { s.clip_norm } else { f64::MAX };
         let finite = opt.clip_grad_norm(max_norm)?.double_value(&[]).is_finite();
@@ -109,17 +137,12 @@ pub fn train_step(model: &dyn ModuleT, opt: &mut AdamW, batch: &Batch, s: &Setti
         }
         scaler.update(!finite);
     } else {
-        loss.backward();
         if s.clip_norm > 0.0 {
             let _ = opt.clip_grad_norm(s.clip_norm)?;
         }
         opt.step(s.lr_factor)?;
     }
-    let correct = tch::no_grad(|| logits.argmax(-1, false).eq_tensor(&batch.labels).sum(Kind::Float));
-    Ok(Outcome {
-        loss: loss.detach(),
-        correct,
-    })
+    Ok(Outcome { loss, correct })
 }
 
 #[cfg(test)]
@@ -179,6 +202,7 @@ mod tests {
                 label_smoothing: 0.1,
                 clip_norm: 1.0,
                 lr_factor: 1.0,
+                micro_batch: 6,
             };
             train_step(&model, &mut opt, &batch, &s, &mut scaler).unwrap();
             (initial, vs.variables(), opt.t, scaler)
@@ -194,6 +218,55 @@ mod tests {
         assert_eq!((t_inf, scaler.scale), (0, 32768.0));
         for (name, w) in &initial {
             assert!(w.equal(&after[name]), "{name} changed in a skipped step");
+        }
+    }
+
+    /// k micro-batches give the update of one batch (dropout off, LayerNorm only): label
+    /// smoothing, mixup targets and clipping included.
+    #[test]
+    fn micro_batches_give_the_update_of_the_whole_batch() {
+        let cfg: crate::models::ModelConfig = toml::from_str(
+            "name = \"transformer\"\nd_model = 16\nn_heads = 2\nqkv_dim = 16\nmlp_dim = 16\ndropout = 0.0\nattn_dropout = 0.0",
+        )
+        .unwrap();
+        let input = crate::data::InputSpec { channels: 1, seq_len: 64 };
+        tch::manual_seed(1);
+        let labels = Tensor::randint(10, [8], (Kind::Int64, Device::Cpu));
+        let batch = Batch {
+            xs: Tensor::randint(256, [8, 64, 1], (Kind::Uint8, Device::Cpu)),
+            mix: Some((labels.flip([0]), 0.7)),
+            labels,
+        };
+        let train = |micro_batch: i64| {
+            tch::manual_seed(0);
+            let vs = nn::VarStore::new(Device::Cpu);
+            let model = cfg.build(&vs.root(), &input).unwrap();
+            let mut opt = AdamW::new(&vs, &Optim::default()).unwrap();
+            let mut scaler = LossScaler::new(Precision::Fp32);
+            let s = Settings {
+                precision: Precision::Fp32,
+                label_smoothing: 0.1,
+                clip_norm: 0.5,
+                lr_factor: 1.0,
+                micro_batch,
+            };
+            let mut outcomes = Vec::new();
+            for _ in 0..2 {
+                let out = train_step(model.as_ref(), &mut opt, &batch, &s, &mut scaler).unwrap();
+                outcomes.push((out.loss.double_value(&[]), out.correct.double_value(&[])));
+            }
+            (vs.variables(), outcomes)
+        };
+        let (whole, whole_out) = train(8);
+        let (parts, parts_out) = train(3);
+        for ((l1, c1), (l2, c2)) in whole_out.iter().zip(&parts_out) {
+            assert!((l1 - l2).abs() < 1e-5 * l1.abs(), "loss {l1} vs {l2}");
+            assert_eq!(c1, c2);
+        }
+        for (name, w) in &whole {
+            let diff = (w - &parts[name]).abs().max().double_value(&[]);
+            let scale = w.abs().max().double_value(&[]).max(1e-3);
+            assert!(diff <= 1e-5 * scale, "{name}: {diff}");
         }
     }
 }

@@ -1,0 +1,260 @@
+//! How many images one forward/backward pass may take on a device (`train.micro_batch = "auto"`),
+//! and how many one evaluation pass may take.
+//!
+//! The model is built and its optimizer state allocated first; then a probe measures what one
+//! training pass (forward in training mode, loss, backward) costs beyond that, at 1 and at 4
+//! images, by the peak of the memory in use: the caching CPU allocator's count of large blocks
+//! ([`crate::device::caching_cpu_allocator`]), else the process's peak resident set, or on CUDA
+//! the device memory in use. The difference gives the cost per image, the rest the fixed cost
+//! (gradients, workspaces). The same is done for an evaluation pass (no gradients). The probe
+//! takes no optimizer step and restores every buffer it touched (BatchNorm statistics), so the
+//! run goes on exactly as without it.
+//!
+//! The auto micro-batch is the largest that keeps a training pass within 40% of the memory
+//! available on a CPU (`MemAvailable`; other programs keep the rest) or 80% of the free memory of
+//! a GPU, and splits the batch into equal parts: a batch of 256 that fits 100 at a time runs as
+//! 86 + 86 + 84. A model whose pass does not fit even one image in the memory available is
+//! refused before training starts, with the measured costs.
+
+use anyhow::{bail, Result};
+use tch::{nn, nn::ModuleT, Device, Kind, Reduction, Tensor};
+
+use crate::amp::{self, Precision};
+use crate::config::MicroBatch;
+use crate::data::InputSpec;
+use crate::device;
+
+/// Share of the available memory an automatic micro-batch plans to use, CPU and GPU.
+const CPU_SHARE: f64 = 0.4;
+const GPU_SHARE: f64 = 0.8;
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// What a pass costs beyond the model and optimizer state: `fixed + per_image × images` bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Footprint {
+    pub fixed: f64,
+    pub per_image: f64,
+}
+
+impl Footprint {
+    /// The most images whose pass fits in `bytes` (0 if not even one).
+    fn images_within(&self, bytes: f64) -> i64 {
+        ((bytes - self.fixed) / self.per_image.max(1.0)).floor().max(0.0) as i64
+    }
+
+    fn at(&self, images: i64) -> f64 {
+        self.fixed + self.per_image * images as f64
+    }
+}
+
+/// The micro-batch of training passes and the batch of evaluation passes of a run.
+#[derive(Debug, Clone)]
+pub struct MemoryPlan {
+    pub micro_batch: i64,
+    pub eval_batch: i64,
+    /// One line for the log: how the sizes were chosen.
+    pub note: String,
+}
+
+/// Splits `batch` into the fewest equal parts of at most `most` images: the size of a part.
+pub fn equal_parts(batch: i64, most: i64) -> i64 {
+    let parts = (batch + most - 1) / most.max(1);
+    (batch + parts - 1) / parts
+}
+
+/// The training micro-batch (`micro`: the config's choice) and evaluation batch (at most
+/// `eval_batch`) for `model`, already built on `device` with its optimizer state.
+#[allow(clippy::too_many_arguments)]
+pub fn plan(
+    model: &dyn ModuleT,
+    vs: &nn::VarStore,
+    input: InputSpec,
+    batch: i64,
+    eval_batch: i64,
+    micro: MicroBatch,
+    device: Device,
+    precision: Precision,
+) -> Result<MemoryPlan> {
+    let available = available_bytes(device)?;
+    let share = if device.is_cuda() { GPU_SHARE } else { CPU_SHARE };
+    let budget = share * available;
+    let train = probe(model, vs, input, batch, device, precision, true)?;
+    let eval = probe(model, vs, input, eval_batch, device, precision, false)?;
+    if train.at(1) > 0.95 * available {
+        bail!(
+            "the model does not fit: one image's training pass needs {:.2} GiB ({:.2} GiB fixed + {:.2} GiB per image) \
+             beyond the model and optimizer state, and {:.2} GiB are available on {}; reduce the model's size (model.*) \
+             or use a larger device",
+            train.at(1) / GIB,
+            train.fixed / GIB,
+            train.per_image / GIB,
+            available / GIB,
+            device::name(device)
+        );
+    }
+    let fits = train.images_within(budget).max(1);
+    let micro_batch = match micro {
+        MicroBatch::Size(n) => n.min(batch),
+        MicroBatch::Auto => equal_parts(batch, fits.min(batch)),
+    };
+    let eval_batch = eval_batch.min(eval.images_within(budget).max(1));
+    let note = format!(
+        "micro-batch {micro_batch} of batch {batch}{}, evaluation batch {eval_batch}: a training pass needs {:.0} MiB + {:.1} MiB per image, \
+         {:.1} GiB available",
+        if micro == MicroBatch::Auto { " (auto)" } else { "" },
+        train.fixed / (1u64 << 20) as f64,
+        train.per_image / (1u64 << 20) as f64,
+        available / GIB
+    );
+    Ok(MemoryPlan {
+        micro_batch,
+        eval_batch,
+        note,
+    })
+}
+
+/// Memory a run may still take on `device`, bytes: `MemAvailable` on a CPU, free memory on a GPU.
+pub fn available_bytes(device: Device) -> Result<f64> {
+    match device {
+        Device::Cuda(i) => {
+            let m = device::CudaMemory::new(i)?;
+            Ok(m.free()? as f64)
+        }
+        _ => match device::cpu_memory_available() {
+            Some(b) => Ok(b as f64),
+            None => bail!("cannot read MemAvailable from /proc/meminfo to size the micro-batch; set train.micro_batch to a number"),
+        },
+    }
+}
+
+/// Measures the footprint of a training (`train`) or evaluation pass from passes at 1 and at
+/// `min(batch, 4)` images of random pixels.
+fn probe(
+    model: &dyn ModuleT,
+    vs: &nn::VarStore,
+    input: InputSpec,
+    batch: i64,
+    device: Device,
+    precision: Precision,
+    train: bool,
+) -> Result<Footprint> {
+    let buffers: Vec<(Tensor, Tensor)> = vs
+        .variables()
+        .into_values()
+        .filter(|t| !t.requires_grad())
+        .map(|t| {
+            let saved = t.copy();
+            (t, saved)
+        })
+        .collect();
+    let params: Vec<Tensor> = vs.trainable_variables();
+    let meter = Meter::new(device)?;
+    let large = batch.clamp(1, 4);
+    let one = meter.peak_of(|| pass(model, input, 1, device, precision, train), &params)?;
+    let footprint = if large > 1 {
+        let many = meter.peak_of(|| pass(model, input, large, device, precision, train), &params)?;
+        let per_image = ((many - one) / (large - 1) as f64).max(many / large as f64 / 4.0);
+        Footprint {
+            fixed: (one - per_image).max(0.0),
+            per_image,
+        }
+    } else {
+        Footprint {
+            fixed: 0.0,
+            per_image: one,
+        }
+    };
+    tch::no_grad(|| {
+        for (t, saved) in &buffers {
+            t.shallow_clone().copy_(saved);
+        }
+    });
+    Ok(footprint)
+}
+
+/// One pass of `images` random images: forward, and in training mode the loss's backward.
+fn pass(model: &dyn ModuleT, input: InputSpec, images: i64, device: Device, precision: Precision, train: bool) {
+    let xs = Tensor::randint(256, [images, input.seq_len, input.channels], (Kind::Uint8, device)); // (B, L, C)
+    if train {
+        let ys = Tensor::zeros([images], (Kind::Int64, device)); // (B)
+        let logits = amp::autocast(precision, || model.forward_t(&xs, true)).to_kind(Kind::Float);
+        logits
+            .cross_entropy_loss::<Tensor>(&ys, None, Reduction::Mean, -100, 0.0)
+            .backward();
+    } else {
+        let _ = tch::no_grad(|| amp::autocast(precision, || model.forward_t(&xs, false)));
+    }
+    device::sync(device);
+}
+
+/// Memory in use on a device, measured from a baseline.
+struct Meter {
+    device: Device,
+    baseline: f64,
+}
+
+impl Meter {
+    fn new(device: Device) -> Result<Meter> {
+        let baseline = Meter::in_use(device)?;
+        Ok(Meter { device, baseline })
+    }
+
+    /// Bytes in use now: the caching CPU allocator's large blocks, else the resident set; on
+    /// CUDA the device memory in use.
+    fn in_use(device: Device) -> Result<f64> {
+        Ok(match device {
+            Device::Cuda(i) => device::CudaMemory::new(i)?.used()? as f64,
+            _ if device::caching_cpu_allocator() => device::cpu_allocator_stats().live as f64,
+            _ => device::rss_bytes().unwrap_or(0) as f64,
+        })
+    }
+
+    /// Bytes in use at the peak of `f` beyond the baseline; `f`'s gradients are dropped after it.
+    fn peak_of(&self, f: impl FnOnce(), params: &[Tensor]) -> Result<f64> {
+        let peak = match self.device {
+            Device::Cuda(i) => {
+                // The CUDA caching allocator keeps what a pass reserved: in use after is the peak.
+                f();
+                device::CudaMemory::new(i)?.used()? as f64
+            }
+            _ if device::caching_cpu_allocator() => {
+                device::reset_cpu_peak();
+                f();
+                device::cpu_allocator_stats().peak as f64
+            }
+            _ => {
+                device::reset_peak_rss();
+                f();
+                device::peak_rss_bytes().unwrap_or(0) as f64
+            }
+        };
+        super::multi_tensor::clear_grads(params)?;
+        Ok((peak - self.baseline).max(0.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_split_into_equal_parts() {
+        assert_eq!(equal_parts(256, 100), 86);
+        assert_eq!(equal_parts(256, 256), 256);
+        assert_eq!(equal_parts(256, 1), 1);
+        assert_eq!(equal_parts(50, 7), 7);
+        assert_eq!(equal_parts(64, 40), 32);
+    }
+
+    #[test]
+    fn footprints_count_images() {
+        let f = Footprint {
+            fixed: 100.0,
+            per_image: 10.0,
+        };
+        assert_eq!(f.images_within(155.0), 5);
+        assert_eq!(f.images_within(50.0), 0);
+        assert_eq!(f.at(3), 130.0);
+    }
+}
