@@ -4,11 +4,15 @@
 // training step page-faults and zeroes its activations again: on this project's 2-core machine
 // half of a CPU run's time was kernel time. Raising glibc's mmap/trim thresholds removes the
 // faults but keeps freed memory in a fragmenting heap (+50-70% peak RSS). Here blocks of 64 KiB
-// and more are kept on free, by size, and handed out again for the next request of the same
-// size: a training step asks for the same sizes as the step before, so after the first step
-// nearly every large block is reused. The cache is bounded: before fresh memory is taken, cached
-// blocks are released (largest first) until live + cached + the new block fit in the highest
-// live total seen so far, so the process never holds much more than its own peak working set.
+// and more are kept on free, by size, and handed out again for the next request of that size or
+// a little less (at most a third of a block is left unused): a training step asks for the same
+// sizes as the step before, so after the first step nearly every large block is reused. The
+// cache is bounded: before fresh memory is taken, cached blocks are released (largest first)
+// until live + cached + the new block fit in the highest live total seen so far plus the largest
+// block, so the process holds at most one block more than its own peak working set. A pass whose
+// blocks of different sizes need more than that (an evaluation pass at a larger batch than the
+// training passes before it: 256 MB FFT buffers among 128 MB activations) misses some of them
+// every time; the trainer therefore evaluates on a CPU in passes no larger than its micro-batch.
 // Smaller blocks go straight to c10::alloc_cpu / free_cpu (glibc serves them from its arenas).
 // With a limit set, a large block that would take the memory in use beyond it is refused with
 // libtorch's out-of-memory error, as a GPU allocator does: on a CPU the kernel's OOM killer would
@@ -28,6 +32,7 @@
 #include <iterator>
 #include <map>
 #include <mutex>
+#include <utility>
 
 #include "guard.h"
 
@@ -50,6 +55,7 @@ struct Cache {
   size_t live = 0;                     // bytes of large blocks in use
   size_t cached = 0;                   // bytes of large blocks kept for reuse
   size_t peak = 0;                     // highest `live` seen
+  size_t largest = 0;                  // largest block handed out
   size_t limit = 0;                    // most `live` may reach; 0: none
   uint64_t hits = 0;
   uint64_t misses = 0;
@@ -83,9 +89,9 @@ struct CachingCpuAllocator final : c10::Allocator {
       const size_t zero = 0;
       std::memcpy(base, &zero, sizeof zero);
     } else {
-      const size_t size = rounded(n + kHeader);
-      base = take(size);
-      std::memcpy(base, &size, sizeof size);
+      const auto block = take(rounded(n + kHeader));
+      base = block.first;
+      std::memcpy(base, &block.second, sizeof block.second);
     }
     char *data = base + kHeader;
     return {data, data, &release, c10::Device(c10::DeviceType::CPU)};
@@ -98,24 +104,25 @@ struct CachingCpuAllocator final : c10::Allocator {
   }
 
  private:
-  // A block of `size` bytes: a cached one of exactly that size, else fresh memory after
-  // releasing cached blocks beyond the budget.
-  static char *take(size_t size) {
+  // A block for `size` bytes: the smallest cached one of `size` to 1.5 × `size` bytes, else fresh
+  // memory after releasing cached blocks beyond the budget. Returns the block and its size.
+  static std::pair<char *, size_t> take(size_t size) {
     Cache &c = cache();
     std::unique_lock<std::mutex> lock(c.mutex);
-    auto it = c.free.find(size);
-    if (it != c.free.end()) {
-      char *base = it->second;
+    auto it = c.free.lower_bound(size);
+    if (it != c.free.end() && it->first <= size + size / 2) {
+      const auto block = *it;
       c.free.erase(it);
-      c.cached -= size;
-      c.live += size;
+      c.cached -= block.first;
+      c.live += block.first;
       c.peak = std::max(c.peak, c.live);
       c.hits++;
-      return base;
+      return {block.second, block.first};
     }
     c.misses++;
+    c.largest = std::max(c.largest, size);
     std::multimap<size_t, char *> evicted;
-    while (!c.free.empty() && c.live + c.cached + size > std::max(c.peak, c.live + size)) {
+    while (!c.free.empty() && c.live + c.cached + size > std::max(c.peak + c.largest, c.live + size)) {
       auto largest = std::prev(c.free.end());
       c.cached -= largest->first;
       evicted.insert(*largest);
@@ -133,7 +140,7 @@ struct CachingCpuAllocator final : c10::Allocator {
     lock.unlock();
     for (auto &e : evicted) c10::free_cpu(e.second);
     try {
-      return static_cast<char *>(c10::alloc_cpu(size));
+      return {static_cast<char *>(c10::alloc_cpu(size)), size};
     } catch (...) {
       std::lock_guard<std::mutex> relock(c.mutex);
       c.live -= size;

@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::DeviceArgs;
 use crate::data;
-use crate::train::{evaluate, open_run, Which, EVAL_BATCH};
+use crate::train::{evaluate, memory, open_run, Which, EVAL_BATCH};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -39,7 +39,16 @@ pub fn exec(a: EvalArgs) -> Result<()> {
         s => bail!("--split {s}: expected test, val or train"),
     }
     .to_device(device);
-    let (loss, acc) = evaluate(run.model.as_ref(), &split, &run.config.task, EVAL_BATCH, None, run.precision);
+    let batch = memory::eval_batch(
+        run.model.as_ref(),
+        &run.vs,
+        run.config.task.input_spec(),
+        EVAL_BATCH,
+        device,
+        run.precision,
+    )?;
+    let score = evaluate(run.model.as_ref(), &split, &run.config.task, batch, None, run.precision, &a.split);
+    let (loss, acc) = (score.loss, score.acc);
     println!(
         "{}: {which} checkpoint (step {}), {} split: accuracy {:.2}% ({} images), loss {loss:.4}",
         a.run.display(),

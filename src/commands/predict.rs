@@ -9,7 +9,7 @@ use super::DeviceArgs;
 use crate::data::cifar::CLASSES;
 use crate::files;
 use crate::predict::{csv, list_images, load_image, pixels, probabilities, top_k, Prediction, TOP};
-use crate::train::{open_run, Which, EVAL_BATCH};
+use crate::train::{memory, open_run, Which, EVAL_BATCH};
 
 #[derive(Args)]
 pub struct PredictArgs {
@@ -42,7 +42,14 @@ pub fn exec(a: PredictArgs) -> Result<()> {
     );
     let channels = cfg.task.input_spec().channels;
     let mut predictions = Vec::with_capacity(files.len());
-    let batch_size = EVAL_BATCH as usize;
+    let batch_size = memory::eval_batch(
+        run.model.as_ref(),
+        &run.vs,
+        cfg.task.input_spec(),
+        EVAL_BATCH,
+        device,
+        run.precision,
+    )? as usize;
     for (paths, batch) in files.chunks(batch_size).zip(images.chunks(batch_size)) {
         let probs = probabilities(run.model.as_ref(), &pixels(batch, channels), &cfg.task, device, run.precision);
         for (path, row) in paths.iter().zip(probs.chunks(CLASSES.len())) {

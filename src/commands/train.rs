@@ -4,12 +4,14 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use tch::Device;
 
 use super::DeviceArgs;
-use crate::amp::Precision;
+use crate::amp::{self, Precision};
+use crate::bench::{self, Timing};
 use crate::config::RunConfig;
-use crate::data;
-use crate::train::{self, records::today, RunDir};
+use crate::data::{self, Dataset};
+use crate::train::{self, records::today, RunDir, EVAL_BATCH};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -42,9 +44,16 @@ pub struct TrainArgs {
     /// Budget in optimizer steps (train.max_steps).
     #[arg(long)]
     pub max_steps: Option<u64>,
-    /// Wall-clock budget in minutes (train.max_minutes).
+    /// Wall-clock budget in minutes for the whole run, evaluations and the final test included
+    /// (train.max_minutes).
     #[arg(long)]
     pub max_minutes: Option<f64>,
+    /// Size the run to this many minutes of this machine: time the training step and an
+    /// evaluation pass first (as `bench` does), then set train.max_steps so that training, its
+    /// evaluations and the final test fit (the warm-up scaled with it), with train.max_minutes as
+    /// the hard stop.
+    #[arg(long, value_name = "MINUTES", conflicts_with_all = ["epochs", "max_steps", "max_minutes", "resume"])]
+    pub fit_minutes: Option<f64>,
     /// Random seed (train.seed).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -76,7 +85,7 @@ impl TrainArgs {
 pub fn exec(a: TrainArgs) -> Result<()> {
     let overrides = a.overrides();
     let device = a.device.resolve()?;
-    let (cfg, dir, preset) = match &a.resume {
+    let (mut cfg, dir, preset) = match &a.resume {
         Some(dir) => {
             if a.preset.is_some() || a.config.is_some() || a.out.is_some() {
                 bail!("--resume takes the run's own config.toml; drop --preset/--config/--out");
@@ -112,6 +121,9 @@ pub fn exec(a: TrainArgs) -> Result<()> {
         }
     }
     let dataset = data::load(a.data.as_deref(), cfg.task.name)?.to_device(device);
+    if let Some(minutes) = a.fit_minutes {
+        fit(&mut cfg, &dataset, device, minutes)?;
+    }
     if a.resume.is_none() {
         std::fs::create_dir_all(&dir).with_context(|| format!("failed to create run directory `{}`", dir.display()))?;
         if let Some(p) = &preset {
@@ -139,4 +151,53 @@ fn unique_dir(base: PathBuf) -> PathBuf {
         .map(|i| PathBuf::from(format!("{}-{i}", base.display())))
         .find(|p| !p.exists())
         .expect("a free name exists")
+}
+
+/// Seconds a run takes before its first step and after its last that a fit does not time: data
+/// already loaded, the model built, the memory probe, checkpoints.
+const START_UP_S: f64 = 15.0;
+
+/// Sets `train.max_steps` (and the warm-up in proportion) so that the run of `cfg` on `data` fits
+/// `minutes` on `device`, from the measured speed of its training step and evaluation pass, and
+/// `train.max_minutes` to `minutes`.
+fn fit(cfg: &mut RunConfig, data: &Dataset, device: Device, minutes: f64) -> Result<()> {
+    if !(minutes.is_finite() && minutes > 0.0) {
+        bail!("--fit-minutes {minutes}: must be a positive number of minutes");
+    }
+    let t = &cfg.train;
+    let (n_train, n_val, n_test) = (data.train.len(), data.val.len(), data.test.len());
+    let batch = t.batch_size.min(n_train);
+    let steps_per_epoch = (n_train / batch) as u64;
+    let planned = t.max_steps.unwrap_or(t.epochs * steps_per_epoch);
+    let eval_every = if t.eval_every == 0 { steps_per_epoch } else { t.eval_every };
+    let val = if t.eval_batches > 0 {
+        n_val.min(t.eval_batches * batch.max(EVAL_BATCH))
+    } else {
+        n_val
+    };
+    eprintln!("timing the training step and an evaluation pass to fit {minutes} minutes…");
+    let timing = Timing {
+        steps: 3,
+        warmup: 2,
+        profile: None,
+    };
+    let precision = amp::resolve(t.precision, device);
+    let m = bench::measure(cfg, cfg.task.input_spec(), batch, &timing, device, precision)?;
+    let per_step = batch as f64 / m.train_img_per_s + val as f64 / (m.infer_img_per_s * eval_every as f64);
+    let fixed = START_UP_S + (val + n_test) as f64 / m.infer_img_per_s;
+    let steps = (((0.9 * minutes * 60.0 - fixed) / per_step).floor() as u64).clamp(1, planned.max(1));
+    let warmup = cfg.schedule.warmup_steps;
+    if warmup > 0 {
+        cfg.schedule.warmup_steps = ((warmup as f64 * steps as f64 / planned as f64).round() as u64).max(1);
+    }
+    cfg.train.max_steps = Some(steps);
+    cfg.train.max_minutes = Some(minutes);
+    eprintln!(
+        "fitted to {minutes} minutes: {steps} steps ({:.2} epochs, warm-up {} steps) at {:.0} img/s training and {:.0} img/s evaluation (measured)",
+        steps as f64 / steps_per_epoch as f64,
+        cfg.schedule.warmup_steps,
+        m.train_img_per_s,
+        m.infer_img_per_s
+    );
+    Ok(())
 }

@@ -1,17 +1,37 @@
 //! Scoring a model on a split: mean cross-entropy and accuracy over every image (no dropped
-//! remainder), in eval mode and without gradients.
+//! remainder), in eval mode and without gradients, with progress shown as it goes.
 
 use tch::{nn::ModuleT, Kind, Reduction, Tensor};
 
+use super::progress::EvalProgress;
 use crate::amp::{self, Precision};
 use crate::data::{batch_input, Split, TaskConfig};
 
 /// Images per forward pass when scoring, unless a run's config says otherwise.
 pub const EVAL_BATCH: i64 = 256;
 
-/// Loss and accuracy of `model` on the first `limit` images of a split (`None`: every image).
-pub fn evaluate(model: &dyn ModuleT, split: &Split, task: &TaskConfig, batch: i64, limit: Option<i64>, precision: Precision) -> (f64, f64) {
+/// What an evaluation pass gives.
+#[derive(Debug, Clone, Copy)]
+pub struct Score {
+    pub loss: f64,
+    pub acc: f64,
+    /// Images scored per second.
+    pub img_per_s: f64,
+}
+
+/// Loss and accuracy of `model` on the first `limit` images of a split (`None`: every image);
+/// `what` names the pass in the progress display.
+pub fn evaluate(
+    model: &dyn ModuleT,
+    split: &Split,
+    task: &TaskConfig,
+    batch: i64,
+    limit: Option<i64>,
+    precision: Precision,
+    what: &str,
+) -> Score {
     let n = limit.map_or(split.len(), |l| l.min(split.len()));
+    let mut progress = EvalProgress::new(what, n);
     let (mut loss, mut correct) = (
         Tensor::zeros([], (Kind::Float, split.labels.device())),
         Tensor::zeros([], (Kind::Int64, split.labels.device())),
@@ -26,7 +46,12 @@ pub fn evaluate(model: &dyn ModuleT, split: &Split, task: &TaskConfig, batch: i6
             loss += logits.cross_entropy_loss::<Tensor>(&ys, None, Reduction::Sum, -100, 0.0);
             correct += logits.argmax(-1, false).eq_tensor(&ys).sum(Kind::Int64);
             start += len;
+            progress.update(start);
         }
     });
-    (loss.double_value(&[]) / n as f64, correct.double_value(&[]) / n as f64)
+    Score {
+        loss: loss.double_value(&[]) / n as f64,
+        acc: correct.double_value(&[]) / n as f64,
+        img_per_s: progress.rate(),
+    }
 }

@@ -114,6 +114,21 @@ pub fn plan(
     })
 }
 
+/// The most images (at most `batch`) an evaluation pass of `model` may take on `device`.
+pub fn eval_batch(
+    model: &dyn ModuleT,
+    vs: &nn::VarStore,
+    input: InputSpec,
+    batch: i64,
+    device: Device,
+    precision: Precision,
+) -> Result<i64> {
+    let share = if device.is_cuda() { GPU_SHARE } else { CPU_SHARE };
+    let budget = share * available_bytes(device)?;
+    let eval = probe(model, vs, input, batch, device, precision, false)?;
+    Ok(batch.min(eval.images_within(budget).max(1)))
+}
+
 /// Memory a run may still take on `device`, bytes: `MemAvailable` on a CPU, free memory on a GPU.
 pub fn available_bytes(device: Device) -> Result<f64> {
     match device {

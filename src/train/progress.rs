@@ -1,6 +1,7 @@
 //! What the trainer shows while it runs: the running training loss and accuracy since the last
 //! evaluation ([`Tally`]), on a progress bar per epoch when stderr is a terminal, else as a plain
-//! line every 30 seconds ([`Progress`]).
+//! line every 30 seconds ([`Progress`]), both with the time left; and the same for an evaluation
+//! pass ([`EvalProgress`]).
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -45,6 +46,11 @@ impl Tally {
         (self.loss_sum.double_value(&[]) / n, self.correct_sum.double_value(&[]) / n)
     }
 
+    /// Training images per second since the tally started (`None` before the first step).
+    pub fn img_per_s(&self) -> Option<f64> {
+        (self.seen > 0).then(|| self.seen as f64 / self.seconds().max(1e-9))
+    }
+
     /// Seconds of training since the tally started.
     pub fn seconds(&self) -> f64 {
         self.since.elapsed().as_secs_f64()
@@ -82,22 +88,24 @@ impl Progress {
     }
 
     /// After optimizer step `step` (1-based count of steps done): advance the bar, or print a
-    /// plain line when 30 s have passed; `wall_s` is the run's wall time so far.
-    pub fn step(&mut self, step: u64, tally: &Tally, lr: f64, wall_s: f64) {
+    /// plain line when 30 s have passed; `wall_s` is the run's wall time so far and `left_s` the
+    /// estimated time to its end.
+    pub fn step(&mut self, step: u64, tally: &Tally, lr: f64, wall_s: f64, left_s: f64) {
         if self.terminal {
             let spe = self.steps_per_epoch;
             let bar = self.bar.get_or_insert_with(|| epoch_bar((step - 1) / spe, spe, (step - 1) % spe));
             bar.inc(1);
             if step.is_multiple_of(10) {
-                bar.set_message(tally.line(lr));
+                bar.set_message(format!("{} | run ends in {}", tally.line(lr), clock(left_s)));
             }
         } else if self.last_line.elapsed() >= LINE_EVERY {
             eprintln!(
-                "step {step}/{} epoch {:.2} | {} | {}",
+                "step {step}/{} epoch {:.2} | {} | {} | ends in {}",
                 self.total,
                 step as f64 / self.steps_per_epoch as f64,
                 tally.line(lr),
-                clock(wall_s)
+                clock(wall_s),
+                clock(left_s)
             );
             self.last_line = Instant::now();
         }
@@ -107,6 +115,65 @@ impl Progress {
     pub fn clear(&mut self) {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
+        }
+    }
+}
+
+/// The progress display of one evaluation pass over `total` images.
+pub struct EvalProgress {
+    what: String,
+    total: i64,
+    bar: Option<indicatif::ProgressBar>,
+    started: Instant,
+    last_line: Instant,
+}
+
+impl EvalProgress {
+    /// `what` names the pass in messages ("validation", "test").
+    pub fn new(what: &str, total: i64) -> EvalProgress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} images ETA {eta}").expect("valid template"),
+            );
+            bar.set_prefix(what.to_string());
+            bar
+        });
+        EvalProgress {
+            what: what.to_string(),
+            total,
+            bar,
+            started: Instant::now(),
+            last_line: Instant::now(),
+        }
+    }
+
+    /// After `done` of the images are scored.
+    pub fn update(&mut self, done: i64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(done as u64);
+        } else if self.last_line.elapsed() >= LINE_EVERY {
+            let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+            eprintln!(
+                "{} {done}/{} images | {rate:.0} img/s | ends in {}",
+                self.what,
+                self.total,
+                clock((self.total - done) as f64 / rate.max(1e-9))
+            );
+            self.last_line = Instant::now();
+        }
+    }
+
+    /// Images scored per second.
+    pub fn rate(&self) -> f64 {
+        self.total as f64 / self.started.elapsed().as_secs_f64().max(1e-9)
+    }
+}
+
+impl Drop for EvalProgress {
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
         }
     }
 }

@@ -85,13 +85,15 @@ struct Trainer<'a> {
     scaler: LossScaler,
     state: State,
     started: Instant,
+    /// Images per second of the last evaluation pass.
+    eval_img_per_s: Option<f64>,
+    deadline: Option<Duration>,
 }
 
 /// Trains `cfg` on `data` in `opts.dir`, then scores the best checkpoint on the test split.
 pub fn run(cfg: &RunConfig, data: &Dataset, opts: &Options) -> Result<RunRecord> {
     let mut tr = Trainer::start(cfg, data, opts)?;
     let (plan, t) = (&tr.plan, &cfg.train);
-    let deadline = t.max_minutes.map(|m| Duration::from_secs_f64(m * 60.0));
     let mut sampler = Sampler::new(t.seed, plan.batch_size, plan.steps_per_epoch, t.mixup, t.cutmix);
     let mut progress = Progress::new(plan.steps_per_epoch, plan.total);
     let mut tally = Tally::new(opts.device);
@@ -115,8 +117,8 @@ pub fn run(cfg: &RunConfig, data: &Dataset, opts: &Options) -> Result<RunRecord>
             tr.check_finite(out.loss.double_value(&[]), step)?;
         }
         let lr = cfg.optim.lr * lr_factor;
-        progress.step(step, &tally, lr, tr.started.elapsed().as_secs_f64());
-        let out_of_time = deadline.is_some_and(|d| tr.started.elapsed() >= d);
+        progress.step(step, &tally, lr, tr.started.elapsed().as_secs_f64(), tr.time_left(step, &tally));
+        let out_of_time = tr.out_of_time(&tally);
         if step.is_multiple_of(tr.plan.eval_every) || step == tr.plan.total || out_of_time {
             progress.clear();
             tr.evaluate_and_save(step, lr, &tally)?;
@@ -194,6 +196,11 @@ impl<'a> Trainer<'a> {
         };
         state.micro_batch = plan.micro_batch;
         plan.eval_batch = memory.eval_batch;
+        if !opts.device.is_cuda() && cfg.train.eval_batch_size == 0 {
+            // On a CPU a larger batch is not faster, and evaluation passes no larger than the
+            // training micro-batch reuse the caching allocator's blocks instead of faulting in new ones.
+            plan.eval_batch = plan.eval_batch.min(plan.micro_batch);
+        }
         eprintln!(
             "{} on {} | {} parameters | {} train / {} val / {} test images | batch {}, {} steps ({} per epoch) | {:?}, {precision}",
             cfg.model.name(),
@@ -213,6 +220,8 @@ impl<'a> Trainer<'a> {
         eprintln!("  {}", memory.note);
         let started = Instant::now() - Duration::from_secs_f64(state.elapsed_s);
         Ok(Trainer {
+            eval_img_per_s: None,
+            deadline: cfg.train.max_minutes.map(|m| Duration::from_secs_f64(m * 60.0)),
             cfg,
             data,
             dir,
@@ -225,6 +234,42 @@ impl<'a> Trainer<'a> {
             state,
             started,
         })
+    }
+
+    /// Seconds the validation pass at a stop and the final test pass take: at the speed of the
+    /// last evaluation, or before the first at twice the training speed (an evaluation pass has
+    /// no backward pass and larger batches).
+    fn final_passes_s(&self, tally: &Tally) -> f64 {
+        let train_ips = tally.img_per_s().unwrap_or_else(|| self.state.throughput(self.plan.batch_size));
+        let eval_ips = self.eval_img_per_s.unwrap_or(2.0 * train_ips).max(1e-9);
+        (self.val_images() + self.data.test.len()) as f64 / eval_ips
+    }
+
+    fn val_images(&self) -> i64 {
+        self.plan.val_limit.map_or(self.data.val.len(), |l| l.min(self.data.val.len()))
+    }
+
+    /// Whether the time budget (`train.max_minutes`, the whole run) leaves no room for another
+    /// step before the final validation and test passes.
+    fn out_of_time(&self, tally: &Tally) -> bool {
+        self.deadline
+            .is_some_and(|d| self.started.elapsed().as_secs_f64() + self.final_passes_s(tally) >= d.as_secs_f64())
+    }
+
+    /// Estimated seconds to the run's end after `step`: the steps left, the evaluations due and
+    /// the test pass, or the time budget left if that ends it first.
+    fn time_left(&self, step: u64, tally: &Tally) -> f64 {
+        let plan = &self.plan;
+        let Some(train_ips) = tally.img_per_s() else { return 0.0 };
+        let steps_left = plan.total.saturating_sub(step);
+        let evals_left = plan.total / plan.eval_every - step / plan.eval_every;
+        let eval_ips = self.eval_img_per_s.unwrap_or(2.0 * train_ips).max(1e-9);
+        let left = (steps_left * plan.batch_size as u64) as f64 / train_ips
+            + (evals_left as i64 * self.val_images() + self.data.test.len()) as f64 / eval_ips;
+        match self.deadline {
+            Some(d) => left.min((d.as_secs_f64() - self.started.elapsed().as_secs_f64()).max(0.0)),
+            None => left,
+        }
     }
 
     /// Stops the run on a non-finite training loss, naming the checkpoint it keeps.
@@ -246,14 +291,17 @@ impl<'a> Trainer<'a> {
         self.state.train_s += tally.seconds();
         self.check_finite(train_loss, step)?;
         let plan = &self.plan;
-        let (val_loss, val_acc) = evaluate(
+        let val = evaluate(
             self.model.as_ref(),
             &self.data.val,
             &self.cfg.task,
             plan.eval_batch,
             plan.val_limit,
             self.precision,
+            "validation",
         );
+        self.eval_img_per_s = Some(val.img_per_s);
+        let (val_loss, val_acc) = (val.loss, val.acc);
         let state = &mut self.state;
         state.step = step;
         state.t = self.opt.t;
@@ -299,14 +347,16 @@ impl<'a> Trainer<'a> {
     /// Scores the best checkpoint on the test split and writes `result.json`.
     fn finish(mut self, opts: &Options, stopped_early: bool) -> Result<RunRecord> {
         let best = checkpoint::load(&self.dir.best(), &mut self.vs, None).context("no best checkpoint to test")?;
-        let (test_loss, test_acc) = evaluate(
+        let test = evaluate(
             self.model.as_ref(),
             &self.data.test,
             &self.cfg.task,
             self.plan.eval_batch,
             None,
             self.precision,
+            "test",
         );
+        let (test_loss, test_acc) = (test.loss, test.acc);
         eprintln!(
             "test accuracy {:.2}% (best val {:.2}% at step {}){}",
             100.0 * test_acc,
