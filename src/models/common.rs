@@ -178,6 +178,17 @@ pub fn dropout(xs: &Tensor, p: f64, train: bool) -> Tensor {
     xs * dropout_mask(xs, p).expect("dropout")
 }
 
+/// Additive attention bias (L, L) that lets position t attend only to positions ≤ t.
+pub fn causal_bias(l: i64, kind: Kind, device: Device) -> Tensor {
+    Tensor::full([l, l], f64::NEG_INFINITY, (kind, device)).triu(1) // (L, L)
+}
+
+/// Replaces the input vectors `hs` (B, L, d) at the positions of `mask` (B, L) bool by `token`
+/// (d): the learned mask vector of masked self-pretraining.
+pub fn mask_inputs(hs: &Tensor, mask: &Tensor, token: &Tensor) -> Tensor {
+    hs.where_self(&mask.logical_not().unsqueeze(-1), &token.to_kind(hs.kind())) // (B, L, d)
+}
+
 /// Softmax attention over (B, h, L, Dh) heads, scaled by 1/√Dh, with an optional additive bias
 /// broadcast to (B, h, L, L) and dropout `p` on the weights in training. libtorch's fused
 /// `scaled_dot_product_attention`, except for dropout on the CPU: there libtorch runs its math

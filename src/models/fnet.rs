@@ -36,8 +36,8 @@ use serde::{Deserialize, Serialize};
 use tch::nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use tch::{nn, Kind, Tensor};
 
-use super::common::{check_rates, check_sizes, dropout, InputEncoder, InputMode};
-use super::{NO_DECAY, NUM_CLASSES};
+use super::common::{check_rates, check_sizes, dropout, mask_inputs, InputEncoder, InputMode};
+use super::{Backbone, Input, NO_DECAY, NUM_CLASSES};
 use crate::data::InputSpec;
 
 /// FNet's `LAYER_NORM_EPSILON` (`f_net/layers.py`).
@@ -206,10 +206,14 @@ impl FNet {
     }
 }
 
-impl nn::ModuleT for FNet {
-    /// Raw pixels (B, L, C) uint8 → logits (B, 10) float32.
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let words = self.encoder.forward(xs); // (B, L, E)
+impl FNet {
+    /// The sequence after the blocks, [CLS] first (B, L+1, D); `input` masks pixels
+    /// (self-pretraining; the Fourier mixing sees every position, so there is no causal pass).
+    fn encode(&self, xs: &Tensor, input: Input, train: bool) -> Tensor {
+        let mut words = self.encoder.forward(xs); // (B, L, E)
+        if let Some((mask, token)) = input.masked {
+            words = mask_inputs(&words, mask, token); // (B, L, E)
+        }
         let (b, e) = (words.size()[0], words.size()[2]);
         let cls = self.cls.expand([b, 1, e], false).to_kind(words.kind()); // (B, 1, E)
         let x = Tensor::cat(&[cls, words], 1) + &self.pos; // (B, L+1, E)
@@ -218,8 +222,28 @@ impl nn::ModuleT for FNet {
         for layer in &self.layers {
             x = layer.forward_t(&x, train); // (B, L+1, D)
         }
+        x
+    }
+}
+
+impl nn::ModuleT for FNet {
+    /// Raw pixels (B, L, C) uint8 → logits (B, 10) float32.
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let x = self.encode(xs, Input::plain(), train); // (B, L+1, D)
         let pooled = x.select(1, 0).apply(&self.pooler).tanh(); // (B, D)
         pooled.apply(&self.head).to_kind(Kind::Float) // (B, 10)
+    }
+}
+
+impl Backbone for FNet {
+    /// The pixel positions of the last block's output (B, L, D).
+    fn features(&self, xs: &Tensor, input: Input, train: bool) -> Tensor {
+        assert!(!input.causal, "FNet has no causal form");
+        self.encode(xs, input, train).narrow(1, 1, xs.size()[1]) // (B, L, D)
+    }
+
+    fn width(&self) -> i64 {
+        self.pooler.ws.size()[0]
     }
 }
 

@@ -13,9 +13,9 @@
 //! (embeddings and anything the paper exempts) and [`SSM`] (state-space parameters that the paper
 //! trains with their own small learning rate and no weight decay). The trainer follows the tags.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use tch::nn;
+use tch::{nn, Tensor};
 
 use crate::data::InputSpec;
 
@@ -25,6 +25,7 @@ pub mod lipschitz;
 pub mod lru;
 pub mod nystromformer;
 pub mod pit;
+pub mod pretrain;
 pub mod s4d;
 pub mod transformer;
 pub mod trellisnet;
@@ -38,6 +39,55 @@ pub const SSM: usize = 2;
 
 /// Number of CIFAR-10 classes.
 pub const NUM_CLASSES: i64 = 10;
+
+/// What a self-pretraining run (`pixelseq pretrain`) predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Objective {
+    /// Hidden pixels from the others: a share of the positions get the learned mask vector
+    /// instead of their pixel (BERT, MAE; Amos et al. 2024's main recipe).
+    Masked,
+    /// The next pixel from the ones before it, every position at once (GPT); needs a model
+    /// whose position t can be made to see only pixels ≤ t.
+    Causal,
+}
+
+impl std::fmt::Display for Objective {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Objective::Masked => "masked",
+            Objective::Causal => "causal",
+        })
+    }
+}
+
+/// How a backbone pass treats its input (self-pretraining); [`Input::plain`] for classification.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    /// Positions (B, L) bool whose input vector is replaced by a learned mask vector (d).
+    pub masked: Option<(&'a Tensor, &'a Tensor)>,
+    /// Position t sees only pixels ≤ t.
+    pub causal: bool,
+}
+
+impl Input<'_> {
+    /// Every pixel as it is, nothing hidden.
+    pub fn plain() -> Input<'static> {
+        Input {
+            masked: None,
+            causal: false,
+        }
+    }
+}
+
+/// A model seen as a backbone: one feature vector per pixel, before pooling and the classifier.
+/// What self-pretraining trains; the classifier (`head`, FNet's `pooler`) is left out of it.
+pub trait Backbone: nn::ModuleT {
+    /// Raw pixels (B, L, C) uint8 → features (B, L, d), position t for pixel t.
+    fn features(&self, xs: &Tensor, input: Input, train: bool) -> Tensor;
+    /// The feature width d.
+    fn width(&self) -> i64;
+}
 
 /// One model of the zoo with its hyperparameters; `name` selects it in TOML.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -80,6 +130,44 @@ impl ModelConfig {
             ModelConfig::Transformer(cfg) => cfg.validate(input),
             ModelConfig::Nystromformer(cfg) => cfg.validate(input),
         }
+    }
+
+    /// The self-pretraining objectives this model supports (none: it has no backbone form).
+    /// Causal needs a pass in which position t sees only pixels ≤ t: softmax attention with a
+    /// causal mask (Transformer, PiT) or a causal convolution kernel without BatchNorm statistics
+    /// over positions (unidirectional S4D with LayerNorm). Nyström landmarks and FNet's Fourier
+    /// mixing average over the whole sequence: masked only.
+    pub fn objectives(&self) -> Vec<Objective> {
+        match self {
+            ModelConfig::Transformer(_) | ModelConfig::Pit(_) => vec![Objective::Masked, Objective::Causal],
+            ModelConfig::S4d(cfg) if !cfg.bidirectional && cfg.norm != s4d::Norm::Batch => vec![Objective::Masked, Objective::Causal],
+            ModelConfig::S4d(_) | ModelConfig::Nystromformer(_) | ModelConfig::Fnet(_) => vec![Objective::Masked],
+            ModelConfig::Lru(_) | ModelConfig::Trellisnet(_) | ModelConfig::LipschitzRnn(_) => vec![],
+        }
+    }
+
+    /// Name prefixes of the classifier's tensors: what a backbone pretrained without it lacks.
+    pub fn classifier(&self) -> &'static [&'static str] {
+        match self {
+            ModelConfig::Fnet(_) => &["head.", "pooler."],
+            _ => &["head."],
+        }
+    }
+
+    /// Builds the model under `p` as a backbone for self-pretraining (validating first).
+    pub fn build_backbone(&self, p: &nn::Path, input: &InputSpec) -> Result<Box<dyn Backbone>> {
+        self.validate(input)?;
+        Ok(match self {
+            ModelConfig::S4d(cfg) => Box::new(s4d::S4d::new(p, cfg, input)),
+            ModelConfig::Fnet(cfg) => Box::new(fnet::FNet::new(p, cfg, input)),
+            ModelConfig::Pit(cfg) => Box::new(pit::Pit::new(p, cfg, input)),
+            ModelConfig::Transformer(cfg) => Box::new(transformer::Transformer::new(p, cfg, input)),
+            ModelConfig::Nystromformer(cfg) => Box::new(nystromformer::Nystromformer::new(p, cfg, input)),
+            ModelConfig::Lru(_) | ModelConfig::Trellisnet(_) | ModelConfig::LipschitzRnn(_) => bail!(
+                "model `{}` has no self-pretraining form; pretrain supports transformer, nystromformer, fnet, pit and s4d",
+                self.name()
+            ),
+        })
     }
 
     /// Builds the model under `p` (validating first).

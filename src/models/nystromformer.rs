@@ -36,6 +36,7 @@ use tch::{Kind, Tensor};
 
 use super::common::{InputMode, Pool};
 use super::transformer::{key_bias, Encoder, Gelu, Initialisation, Mixer};
+use super::{Backbone, Input};
 use crate::data::InputSpec;
 
 /// The starting point Z₀ of the iterative pseudo-inverse.
@@ -245,7 +246,10 @@ impl Nystrom {
 }
 
 impl Mixer for Nystrom {
-    fn mix(&self, q: &Tensor, k: &Tensor, v: &Tensor, keep: Option<&Tensor>, _train: bool) -> Tensor {
+    /// Landmarks average over the whole sequence, so there is no causal form: `causal` is never
+    /// set for this model (its only self-pretraining objective is masked).
+    fn mix(&self, q: &Tensor, k: &Tensor, v: &Tensor, keep: Option<&Tensor>, causal: bool, _train: bool) -> Tensor {
+        assert!(!causal, "Nyström attention has no causal form");
         // The reference computes attention in float32 with autocast off.
         let float = |t: &Tensor| t.to_kind(Kind::Float); // (B, H, L, Dh)
         crate::amp::without_autocast(|| self.attend(&float(q), &float(k), &float(v), keep))
@@ -270,6 +274,16 @@ impl ModuleT for Nystromformer {
     /// Raw pixels (B, L, C) uint8 → logits (B, 10) float32.
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         self.body.forward_t(xs, train)
+    }
+}
+
+impl Backbone for Nystromformer {
+    fn features(&self, xs: &Tensor, input: Input, train: bool) -> Tensor {
+        self.body.features(xs, input, train)
+    }
+
+    fn width(&self) -> i64 {
+        self.body.width()
     }
 }
 

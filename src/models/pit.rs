@@ -59,8 +59,8 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
-use super::common::{attention, check_rates, check_sizes, dropout, InputEncoder, InputMode, Pool};
-use super::{NO_DECAY, NUM_CLASSES};
+use super::common::{attention, causal_bias, check_rates, check_sizes, dropout, mask_inputs, InputEncoder, InputMode, Pool};
+use super::{Backbone, Input, NO_DECAY, NUM_CLASSES};
 use crate::data::InputSpec;
 
 /// Pixel tokens take 256 values when `input = "embed"`.
@@ -218,7 +218,7 @@ impl Attention {
         }
     }
 
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+    fn forward_t(&self, xs: &Tensor, causal: bool, train: bool) -> Tensor {
         let (b, l, d) = xs.size3().unwrap();
         let (h, hd) = (self.n_heads, d / self.n_heads);
         let qkv = xs.apply(&self.qkv).view([b, l, 3, h, hd]).permute([2, 0, 3, 1, 4]); // (3, B, h, L, hd)
@@ -227,7 +227,8 @@ impl Attention {
         // three that each fill a zeroed (3, B, h, L, hd) tensor and then get summed.
         let qkv = qkv.unbind(0);
         let (q, k, v) = (&qkv[0], &qkv[1], &qkv[2]); // (B, h, L, hd) each
-        let y = attention(q, k, v, None, self.attn_dropout, train); // (B, h, L, hd)
+        let bias = causal.then(|| causal_bias(l, q.kind(), q.device())); // (L, L)
+        let y = attention(q, k, v, bias.as_ref(), self.attn_dropout, train); // (B, h, L, hd)
         let y = y.transpose(1, 2).reshape([b, l, d]); // (B, L, D)
         dropout(&y.apply(&self.proj), self.dropout, train) // (B, L, D)
     }
@@ -258,8 +259,8 @@ impl Block {
         }
     }
 
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let a = self.attn.forward_t(&xs.apply(&self.norm1), train); // (B, L, D)
+    fn forward_t(&self, xs: &Tensor, causal: bool, train: bool) -> Tensor {
+        let a = self.attn.forward_t(&xs.apply(&self.norm1), causal, train); // (B, L, D)
         let x = xs + drop_path(&a, self.drop_path, train); // (B, L, D)
         let m = dropout(&x.apply(&self.norm2).apply(&self.fc1).gelu("none"), self.dropout, train); // (B, L, F)
         let m = dropout(&m.apply(&self.fc2), self.dropout, train); // (B, L, D)
@@ -321,11 +322,15 @@ impl Pit {
     }
 }
 
-impl nn::ModuleT for Pit {
-    /// Raw pixels (B, L, C) uint8 → logits (B, 10) float32.
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let pixels = self.encoder.forward(xs); // (B, L, D)
-        let (b, l, d) = pixels.size3().unwrap();
+impl Pit {
+    /// The tokens after the blocks, [cls] first (B, L+1, D); `input` masks pixels or makes the
+    /// pass causal (self-pretraining).
+    fn encode(&self, xs: &Tensor, input: Input, train: bool) -> Tensor {
+        let mut pixels = self.encoder.forward(xs); // (B, L, D)
+        if let Some((mask, token)) = input.masked {
+            pixels = mask_inputs(&pixels, mask, token); // (B, L, D)
+        }
+        let (b, _, d) = pixels.size3().unwrap();
         let cls = self.cls.expand([b, 1, d], false).to_kind(pixels.kind()); // (B, 1, D)
         let x = Tensor::cat(&[cls, pixels], 1); // (B, L+1, D)
         let x = match &self.pos {
@@ -334,13 +339,34 @@ impl nn::ModuleT for Pit {
         };
         let mut x = dropout(&x, self.dropout, train); // (B, L+1, D)
         for block in &self.blocks {
-            x = block.forward_t(&x, train); // (B, L+1, D)
+            x = block.forward_t(&x, input.causal, train); // (B, L+1, D)
         }
+        x
+    }
+}
+
+impl nn::ModuleT for Pit {
+    /// Raw pixels (B, L, C) uint8 → logits (B, 10) float32.
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let x = self.encode(xs, Input::plain(), train); // (B, L+1, D)
+        let l = xs.size()[1];
         let pooled = match self.pool {
             Pool::Cls => x.select(1, 0),                                      // (B, D)
             Pool::Mean => x.narrow(1, 1, l).mean_dim(1, false, None::<Kind>), // (B, D)
         };
         pooled.apply(&self.norm).apply(&self.head).to_kind(Kind::Float) // (B, 10)
+    }
+}
+
+impl Backbone for Pit {
+    /// The pixel tokens after the final LayerNorm (B, L, D).
+    fn features(&self, xs: &Tensor, input: Input, train: bool) -> Tensor {
+        self.encode(xs, input, train).narrow(1, 1, xs.size()[1]).apply(&self.norm)
+        // (B, L, D)
+    }
+
+    fn width(&self) -> i64 {
+        self.cls.size()[2]
     }
 }
 

@@ -37,8 +37,8 @@ use serde::{Deserialize, Serialize};
 use std::f64::consts::PI;
 use tch::{nn, Kind, Tensor};
 
-use super::common::{torch_linear, InputEncoder, InputMode};
-use super::{NUM_CLASSES, SSM};
+use super::common::{mask_inputs, torch_linear, InputEncoder, InputMode};
+use super::{Backbone, Input, NUM_CLASSES, SSM};
 use crate::data::InputSpec;
 
 /// Which normalisation a block uses.
@@ -336,17 +336,40 @@ impl S4d {
     }
 }
 
-impl nn::ModuleT for S4d {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+impl S4d {
+    /// The blocks' output (B, L, H), after the final norm; `input` masks pixels (self-pretraining;
+    /// the kernel is causal unless `bidirectional`).
+    fn encode(&self, xs: &Tensor, input: Input, train: bool) -> Tensor {
         let mut x = self.encoder.forward(xs); // (B, L, H)
+        if let Some((mask, token)) = input.masked {
+            x = mask_inputs(&x, mask, token); // (B, L, H)
+        }
         for block in &self.blocks {
             x = block.forward_t(&x, train); // (B, L, H)
         }
         if let Some(norm) = &self.final_norm {
             x = norm.forward_t(&x, train); // (B, L, H)
         }
-        let x = x.mean_dim(1, false, None); // (B, H)
+        x
+    }
+}
+
+impl nn::ModuleT for S4d {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let x = self.encode(xs, Input::plain(), train).mean_dim(1, false, None); // (B, H)
         x.apply(&self.head).to_kind(Kind::Float) // (B, 10)
+    }
+}
+
+impl Backbone for S4d {
+    /// Causal when the kernel is (`bidirectional = false`) and no BatchNorm pools statistics over
+    /// positions; [`crate::models::ModelConfig::objectives`] offers the causal objective only then.
+    fn features(&self, xs: &Tensor, input: Input, train: bool) -> Tensor {
+        self.encode(xs, input, train)
+    }
+
+    fn width(&self) -> i64 {
+        self.head.ws.size()[1]
     }
 }
 

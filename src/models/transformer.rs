@@ -42,8 +42,10 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Init, ModuleT};
 use tch::{Kind, Tensor};
 
-use super::common::{attention, check_positive, check_rates, check_sizes, dropout, nonzero_mask, InputEncoder, InputMode, Pool};
-use super::{DECAY, NO_DECAY, NUM_CLASSES};
+use super::common::{
+    attention, causal_bias, check_positive, check_rates, check_sizes, dropout, mask_inputs, nonzero_mask, InputEncoder, InputMode, Pool,
+};
+use super::{Backbone, Input, DECAY, NO_DECAY, NUM_CLASSES};
 use crate::data::InputSpec;
 
 /// Additive bias that removes masked keys from a softmax. Finite, so a row whose keys are all
@@ -214,9 +216,11 @@ pub(crate) fn key_bias(keep: &Tensor, kind: Kind) -> Tensor {
 
 /// The token mixer inside a block: how heads of queries, keys and values become outputs.
 pub(crate) trait Mixer: std::fmt::Debug + Send {
-    /// `q`, `k`, `v`: (B, H, L, Dh); `keep`: (B, L) bool, true where a position is not padding.
+    /// `q`, `k`, `v`: (B, H, L, Dh); `keep`: (B, L) bool, true where a position is not padding;
+    /// `causal`: position t attends only to positions ≤ t (for self-pretraining; a mixer that
+    /// cannot is never asked, see [`crate::models::ModelConfig::objectives`]).
     /// Returns (B, H, L, Dh).
-    fn mix(&self, q: &Tensor, k: &Tensor, v: &Tensor, keep: Option<&Tensor>, train: bool) -> Tensor;
+    fn mix(&self, q: &Tensor, k: &Tensor, v: &Tensor, keep: Option<&Tensor>, causal: bool, train: bool) -> Tensor;
 }
 
 /// Scaled dot-product softmax attention (fused kernel) with dropout on the weights.
@@ -226,8 +230,14 @@ pub(crate) struct Softmax {
 }
 
 impl Mixer for Softmax {
-    fn mix(&self, q: &Tensor, k: &Tensor, v: &Tensor, keep: Option<&Tensor>, train: bool) -> Tensor {
-        let bias = keep.map(|keep| key_bias(keep, q.kind())); // (B, 1, 1, L)
+    fn mix(&self, q: &Tensor, k: &Tensor, v: &Tensor, keep: Option<&Tensor>, causal: bool, train: bool) -> Tensor {
+        let l = q.size()[2];
+        let bias = match (keep, causal) {
+            (Some(keep), false) => Some(key_bias(keep, q.kind())),      // (B, 1, 1, L)
+            (None, true) => Some(causal_bias(l, q.kind(), q.device())), // (L, L)
+            (None, false) => None,
+            (Some(_), true) => unreachable!("causal passes run without the black-pixel mask"),
+        };
         let ys = attention(q, k, v, bias.as_ref(), self.dropout, train);
         match keep {
             // LRA masks query rows too: a black query attends uniformly to every position.
@@ -265,13 +275,13 @@ impl<M: Mixer> SelfAttention<M> {
         }
     }
 
-    fn forward_t(&self, xs: &Tensor, keep: Option<&Tensor>, train: bool) -> Tensor {
+    fn forward_t(&self, xs: &Tensor, keep: Option<&Tensor>, causal: bool, train: bool) -> Tensor {
         let (b, l, _) = xs.size3().unwrap();
         let heads = |t: Tensor| t.view([b, l, self.n_heads, -1]).transpose(1, 2); // (B, H, L, Dh)
         let q = heads(xs.apply(&self.q)); // (B, H, L, Dh)
         let k = heads(xs.apply(&self.k)); // (B, H, L, Dh)
         let v = heads(xs.apply(&self.v)); // (B, H, L, Dh)
-        let ys = self.mixer.mix(&q, &k, &v, keep, train); // (B, H, L, Dh)
+        let ys = self.mixer.mix(&q, &k, &v, keep, causal, train); // (B, H, L, Dh)
         ys.transpose(1, 2).reshape([b, l, -1]).apply(&self.out) // (B, L, d)
     }
 }
@@ -305,8 +315,8 @@ impl<M: Mixer> Block<M> {
         }
     }
 
-    fn forward_t(&self, xs: &Tensor, keep: Option<&Tensor>, train: bool) -> Tensor {
-        let ys = dropout(&self.attn.forward_t(&xs.apply(&self.ln1), keep, train), self.dropout, train); // (B, L, d)
+    fn forward_t(&self, xs: &Tensor, keep: Option<&Tensor>, causal: bool, train: bool) -> Tensor {
+        let ys = dropout(&self.attn.forward_t(&xs.apply(&self.ln1), keep, causal, train), self.dropout, train); // (B, L, d)
         let xs = xs + ys; // (B, L, d)
         let ys = xs.apply(&self.ln2).apply(&self.fc1).gelu(self.gelu.approximate()); // (B, L, mlp)
         let ys = dropout(&dropout(&ys, self.dropout, train).apply(&self.fc2), self.dropout, train); // (B, L, d)
@@ -372,11 +382,17 @@ impl<M: Mixer> Encoder<M> {
     }
 
     /// Pixels (B, L, C) → embedded sequence (B, L', d) with positions and dropout, and the
-    /// padding mask (B, L') when black pixels are masked; L' = L + 1 with a CLS token.
-    fn embed(&self, xs: &Tensor, train: bool) -> (Tensor, Option<Tensor>) {
+    /// padding mask (B, L') when black pixels are masked; L' = L + 1 with a CLS token. `input`
+    /// replaces masked pixels' vectors (masked pixels are not padding, whatever their value);
+    /// a causal pass has no padding mask (a black query's uniform weights would see the future).
+    fn embed(&self, xs: &Tensor, input: Input, train: bool) -> (Tensor, Option<Tensor>) {
         let b = xs.size()[0];
         let mut hs = self.embed.forward(xs); // (B, L, d)
-        let mut keep = self.mask_black_pixels.then(|| nonzero_mask(xs)); // (B, L)
+        let mut keep = (self.mask_black_pixels && !input.causal).then(|| nonzero_mask(xs)); // (B, L)
+        if let Some((mask, token)) = input.masked {
+            hs = mask_inputs(&hs, mask, token); // (B, L, d)
+            keep = keep.map(|k| k.logical_or(mask)); // (B, L)
+        }
         if let Some(cls) = &self.cls {
             hs = Tensor::cat(&[cls.expand([b, 1, -1], false), hs], 1); // (B, L+1, d)
             keep = keep.map(|k| Tensor::cat(&[k.narrow(1, 0, 1), k], 1)); // (B, L+1): CLS copies pixel 0
@@ -385,13 +401,33 @@ impl<M: Mixer> Encoder<M> {
     }
 }
 
+impl<M: Mixer> Encoder<M> {
+    /// The final LayerNorm's output (B, L', d) and the padding mask (B, L').
+    fn encode(&self, xs: &Tensor, input: Input, train: bool) -> (Tensor, Option<Tensor>) {
+        let (mut hs, keep) = self.embed(xs, input, train); // (B, L', d)
+        for block in &self.blocks {
+            hs = block.forward_t(&hs, keep.as_ref(), input.causal, train); // (B, L', d)
+        }
+        (hs.apply(&self.norm), keep) // (B, L', d)
+    }
+
+    /// One feature vector per pixel (B, L, d): the encoder's outputs without the CLS position.
+    pub(crate) fn features(&self, xs: &Tensor, input: Input, train: bool) -> Tensor {
+        let (hs, _) = self.encode(xs, input, train); // (B, L', d)
+        match self.cls {
+            Some(_) => hs.narrow(1, 1, xs.size()[1]), // (B, L, d)
+            None => hs,
+        }
+    }
+
+    pub(crate) fn width(&self) -> i64 {
+        self.pos.size()[2]
+    }
+}
+
 impl<M: Mixer> ModuleT for Encoder<M> {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let (mut hs, keep) = self.embed(xs, train); // (B, L', d)
-        for block in &self.blocks {
-            hs = block.forward_t(&hs, keep.as_ref(), train); // (B, L', d)
-        }
-        let hs = hs.apply(&self.norm); // (B, L', d)
+        let (hs, keep) = self.encode(xs, Input::plain(), train); // (B, L', d)
         let pooled = match (self.pool, &keep) {
             (Pool::Cls, _) => hs.select(1, 0),                 // (B, d)
             (Pool::Mean, None) => hs.mean_dim(1, false, None), // (B, d)
@@ -421,6 +457,16 @@ impl ModuleT for Transformer {
     /// Raw pixels (B, L, C) uint8 → logits (B, 10) float32.
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         self.body.forward_t(xs, train)
+    }
+}
+
+impl Backbone for Transformer {
+    fn features(&self, xs: &Tensor, input: Input, train: bool) -> Tensor {
+        self.body.features(xs, input, train)
+    }
+
+    fn width(&self) -> i64 {
+        self.body.width()
     }
 }
 
@@ -570,7 +616,7 @@ pub(crate) mod tests {
     pub(crate) fn assert_tokens_are_raw_grey_values<M: Mixer>(body: &Encoder<M>, table: &Tensor, pos: &Tensor) {
         let values = Tensor::arange(1024, (Kind::Int64, Device::Cpu)).remainder(256); // (L)
         let xs = values.to_kind(Kind::Uint8).view([1, 1024, 1]); // (1, L, 1)
-        let (hs, _) = tch::no_grad(|| body.embed(&xs, false)); // (1, L', d)
+        let (hs, _) = tch::no_grad(|| body.embed(&xs, Input::plain(), false)); // (1, L', d)
         let skip = hs.size()[1] - 1024; // the CLS slot, if any
         let tokens = tch::no_grad(|| hs.narrow(1, skip, 1024) - pos.narrow(1, skip, 1024)); // (1, L, d)
         let expected = table.index_select(0, &values).unsqueeze(0); // (1, L, d)
