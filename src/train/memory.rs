@@ -53,7 +53,7 @@ impl Footprint {
 pub struct MemoryPlan {
     pub micro_batch: i64,
     pub eval_batch: i64,
-    /// One line for the log: how the sizes were chosen.
+    /// One line for the log: how the micro-batch was chosen.
     pub note: String,
 }
 
@@ -100,8 +100,7 @@ pub fn plan(
     };
     let eval_batch = eval_batch.min(eval.images_within(budget).max(1));
     let note = format!(
-        "micro-batch {micro_batch} of batch {batch}{}, evaluation batch {eval_batch}: a training pass needs {:.0} MiB + {:.1} MiB per image, \
-         {:.1} GiB available",
+        "micro-batch {micro_batch} of batch {batch}{}: a training pass needs {:.0} MiB + {:.1} MiB per image, {:.1} GiB available",
         if micro == MicroBatch::Auto { " (auto)" } else { "" },
         train.fixed / (1u64 << 20) as f64,
         train.per_image / (1u64 << 20) as f64,

@@ -217,7 +217,7 @@ impl<'a> Trainer<'a> {
         for line in opt.describe() {
             eprintln!("  {line}");
         }
-        eprintln!("  {}", memory.note);
+        eprintln!("  {}, evaluation batch {}", memory.note, plan.eval_batch);
         let started = Instant::now() - Duration::from_secs_f64(state.elapsed_s);
         Ok(Trainer {
             eval_img_per_s: None,
