@@ -45,6 +45,52 @@ fn config_errors_name_the_key() {
     assert_clear_error(&["train", "--preset", "transformer-lra", "--device", "tpu"], "tpu");
 }
 
+/// Values that used to hang the trainer (an infinite mixup α spun in the Beta sampler) or reach
+/// libtorch are refused up front, naming the key; so are preset names that are paths.
+#[test]
+fn unbounded_values_and_paths_are_refused() {
+    let tiny = ["train", "--preset", "transformer-small", "--device", "cpu", "--set"];
+    for (set, needle) in [
+        ("train.mixup=inf", "train.mixup"),
+        ("train.cutmix=inf", "train.cutmix"),
+        ("optim.weight_decay=inf", "optim.weight_decay"),
+        ("optim.clip_norm=inf", "optim.clip_norm"),
+        ("train.batch_size=99999999999999999999", "out of range for key `train.batch_size`"),
+    ] {
+        assert_clear_error(&[&tiny[..], &[set]].concat(), needle);
+    }
+    assert_clear_error(&["train", "--preset", "../Cargo"], "not a path");
+}
+
+/// An allocation libtorch cannot make (2 TiB of S4D state) ends `bench` with exit code 2 and
+/// libtorch's own first line, not a panic, a backtrace note or a silent exit 0.
+#[test]
+fn an_allocation_failure_is_a_one_line_error() {
+    let huge = [
+        "--preset",
+        "s4d-small",
+        "--seq-len",
+        "16",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--device",
+        "cpu",
+        "--set",
+        "model.d_model=1048576",
+        "--set",
+        "model.d_state=1048576",
+    ];
+    assert_clear_error(&[&["bench", "--one"][..], &huge].concat(), "out of memory");
+    let (code, err) = pixelseq(&[&["bench", "--no-reference"][..], &huge].concat());
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("error: no configuration could be measured") && err.contains("DefaultCPUAllocator") && !err.contains("RUST_BACKTRACE"),
+        "{err}"
+    );
+}
+
 #[test]
 fn config_file_errors_name_file_and_key() {
     let dir = tempfile::tempdir().unwrap();

@@ -69,7 +69,7 @@ mod table;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use tch::Device;
 
 pub use child::run_one;
@@ -136,6 +136,9 @@ pub fn run(o: &Options) -> Result<()> {
     if let Some(dir) = &o.profile {
         std::fs::create_dir_all(dir).with_context(|| format!("--profile: cannot create `{}`", dir.display()))?;
     }
+    if let Some(path) = &o.json {
+        files::check_writable(path, "--json")?;
+    }
     let reference = if o.reference {
         Some(Reference::find(o.python.as_deref())?)
     } else {
@@ -181,6 +184,11 @@ pub fn run(o: &Options) -> Result<()> {
     print!("{}", table(&records, run.memory));
     if let Some(path) = &o.json {
         eprintln!("wrote {} records to {}", records.len(), path.display());
+    }
+    let ours = || records.iter().filter(|r| r.implementation == "pixelseq");
+    if ours().all(|r| r.train_img_per_s.is_none()) {
+        let first = ours().next().map_or("", |r| r.note.as_str());
+        bail!("no configuration could be measured; the first: {first}");
     }
     Ok(())
 }
