@@ -388,6 +388,36 @@ impl RunConfig {
         self.model.validate(&self.task.input_spec())
     }
 
+    /// The keys whose values differ between `self` and `other`, as (key, value here, value
+    /// there), values in TOML syntax ("—" for a key one side lacks), sorted by key.
+    pub fn differences(&self, other: &RunConfig) -> Vec<(String, String, String)> {
+        fn flatten(prefix: &str, value: toml::Value, out: &mut std::collections::BTreeMap<String, String>) {
+            match value {
+                toml::Value::Table(t) => {
+                    for (k, v) in t {
+                        let key = if prefix.is_empty() { k } else { format!("{prefix}.{k}") };
+                        flatten(&key, v, out);
+                    }
+                }
+                v => {
+                    out.insert(prefix.to_string(), v.to_string());
+                }
+            }
+        }
+        let leaves = |cfg: &RunConfig| {
+            let mut out = std::collections::BTreeMap::new();
+            flatten("", toml::Value::try_from(cfg).expect("RunConfig serialises to TOML"), &mut out);
+            out
+        };
+        let (a, b) = (leaves(self), leaves(other));
+        let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+        let shown = |v: Option<&String>| v.cloned().unwrap_or_else(|| "—".into());
+        keys.into_iter()
+            .filter(|k| a.get(*k) != b.get(*k))
+            .map(|k| (k.clone(), shown(a.get(k)), shown(b.get(k))))
+            .collect()
+    }
+
     /// The resolved config as TOML text.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("RunConfig serialises to TOML")
@@ -450,6 +480,15 @@ mod tests {
             err.contains("out of range for key `train.batch_size`") && !err.contains("invalid type"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn differences_name_every_changed_key() {
+        let a = RunConfig::load(Some("s4d-small"), None, &[]).unwrap();
+        let b = RunConfig::load(Some("s4d-small"), None, &["model.d_model=96".into(), "optim.lr=0.5".into()]).unwrap();
+        let keys: Vec<String> = a.differences(&b).into_iter().map(|(k, _, _)| k).collect();
+        assert_eq!(keys, ["model.d_model", "optim.lr"]);
+        assert!(a.differences(&a).is_empty());
     }
 
     #[test]

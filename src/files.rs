@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 /// The marker between a temporary file's destination name and its owner's process id.
-const PARTIAL: &str = ".partial-";
+pub const PARTIAL: &str = ".partial-";
 
 /// Where writing `dest` really goes: the end of its chain of symbolic links (relative targets are
 /// resolved against the link's folder), else `dest` itself.
@@ -141,7 +141,9 @@ pub fn check_writable(dest: &Path, what: &str) -> Result<()> {
 
 /// [`write_atomic`] of a byte string.
 pub fn write_bytes(dest: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomic(dest, |w| Ok(w.write_all(bytes)?))
+    write_atomic(dest, |w| {
+        w.write_all(bytes).with_context(|| format!("failed to write `{}`", dest.display()))
+    })
 }
 
 /// Appends one line to a file (created if missing) and syncs it.
