@@ -125,3 +125,50 @@ pub fn assert_eval_is_deterministic(cfg: &ModelConfig, input: &InputSpec) {
     assert_eq!(a.size(), vec![2, 10]);
     assert!(a.equal(&b), "eval mode is not deterministic");
 }
+
+/// A turn with torch's global generator: tests that seed it and depend on what it draws (the
+/// trainer's) take turns, or one's draws would land in another's run.
+pub fn torch_rng_turn() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A finished run in `dir`: a tiny Transformer trained 4 steps on 8 random LRA images, with
+/// `best` and `last` checkpoints. Returns `dir`.
+pub fn tiny_run(dir: &std::path::Path) -> std::path::PathBuf {
+    const TINY: &str = r#"
+[task]
+name = "lra-image"
+
+[model]
+name = "transformer"
+d_model = 8
+n_heads = 2
+qkv_dim = 8
+mlp_dim = 8
+
+[train]
+batch_size = 4
+max_steps = 4
+eval_every = 2
+"#;
+    let _turn = torch_rng_turn();
+    let split = |n: i64| crate::data::Split {
+        images: Tensor::randint(256, [n, 1, 32, 32], (Kind::Uint8, Device::Cpu)),
+        labels: Tensor::randint(10, [n], (Kind::Int64, Device::Cpu)),
+    };
+    let data = crate::data::Dataset {
+        train: split(8),
+        val: split(4),
+        test: split(4),
+    };
+    let cfg = crate::config::RunConfig::from_toml_str(TINY, "tiny run").unwrap();
+    let opts = crate::train::Options {
+        device: Device::Cpu,
+        dir: dir.to_path_buf(),
+        resume: false,
+        preset: None,
+    };
+    crate::train::run(&cfg, &data, &opts).unwrap();
+    dir.to_path_buf()
+}

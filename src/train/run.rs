@@ -409,13 +409,6 @@ seed = 7
         }
     }
 
-    /// The trainer seeds torch's global generator: its tests take turns, or one's draws would
-    /// land in another's run.
-    fn one_run_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-        static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        TURN.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     fn tiny_data() -> Dataset {
         tch::manual_seed(0);
         Dataset {
@@ -445,7 +438,7 @@ seed = 7
     /// A run that diverges before its first evaluation writes no checkpoint and claims none.
     #[test]
     fn a_diverged_run_writes_no_checkpoint() {
-        let _turn = one_run_at_a_time();
+        let _turn = crate::testing::torch_rng_turn();
         let dir = tempfile::tempdir().unwrap();
         let run_dir = dir.path().join("run");
         let cfg = tiny(&["optim.lr=1e30", "train.eval_every=1"]);
@@ -467,7 +460,7 @@ seed = 7
     /// `best`; a budget below the checkpoint's step is refused.
     #[test]
     fn divergence_keeps_the_last_good_checkpoint() {
-        let _turn = one_run_at_a_time();
+        let _turn = crate::testing::torch_rng_turn();
         let dir = tempfile::tempdir().unwrap();
         let run_dir = dir.path().join("run");
         let data = tiny_data();
@@ -501,7 +494,7 @@ seed = 7
     /// with the weights the trainer saved.
     #[test]
     fn the_loop_is_the_shared_step() {
-        let _turn = one_run_at_a_time();
+        let _turn = crate::testing::torch_rng_turn();
         tch::manual_seed(0);
         let data = Dataset {
             train: split(12),
