@@ -126,11 +126,27 @@ pub fn assert_eval_is_deterministic(cfg: &ModelConfig, input: &InputSpec) {
     assert!(a.equal(&b), "eval mode is not deterministic");
 }
 
-/// A turn with torch's global generator: tests that seed it and depend on what it draws (the
-/// trainer's) take turns, or one's draws would land in another's run.
-pub fn torch_rng_turn() -> std::sync::MutexGuard<'static, ()> {
-    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    TURN.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+/// Whether this process should run the body of test `name`: `true` in a process of its own;
+/// otherwise the test binary is run again for that test alone (its result asserted here) and
+/// `false` is returned. For tests that depend on what torch's global generator draws, which
+/// tests running beside them would also draw from.
+pub fn alone_in_a_process(name: &str) -> bool {
+    const ALONE: &str = "PIXELSEQ_TEST_ALONE";
+    if std::env::var_os(ALONE).is_some() {
+        return true;
+    }
+    let exe = std::env::current_exe().expect("the test binary");
+    let out = std::process::Command::new(exe)
+        .args(["--exact", name, "--test-threads=1", "--nocapture"])
+        .env(ALONE, "1")
+        .output()
+        .expect("the test binary runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "{name} failed in its own process:\n{text}"
+    );
+    false
 }
 
 /// A finished run in `dir`: a tiny Transformer trained 4 steps on 8 random LRA images, with
@@ -152,7 +168,6 @@ batch_size = 4
 max_steps = 4
 eval_every = 2
 "#;
-    let _turn = torch_rng_turn();
     let split = |n: i64| crate::data::Split {
         images: Tensor::randint(256, [n, 1, 32, 32], (Kind::Uint8, Device::Cpu)),
         labels: Tensor::randint(10, [n], (Kind::Int64, Device::Cpu)),

@@ -438,7 +438,6 @@ seed = 7
     /// A run that diverges before its first evaluation writes no checkpoint and claims none.
     #[test]
     fn a_diverged_run_writes_no_checkpoint() {
-        let _turn = crate::testing::torch_rng_turn();
         let dir = tempfile::tempdir().unwrap();
         let run_dir = dir.path().join("run");
         let cfg = tiny(&["optim.lr=1e30", "train.eval_every=1"]);
@@ -460,7 +459,6 @@ seed = 7
     /// `best`; a budget below the checkpoint's step is refused.
     #[test]
     fn divergence_keeps_the_last_good_checkpoint() {
-        let _turn = crate::testing::torch_rng_turn();
         let dir = tempfile::tempdir().unwrap();
         let run_dir = dir.path().join("run");
         let data = tiny_data();
@@ -494,7 +492,9 @@ seed = 7
     /// with the weights the trainer saved.
     #[test]
     fn the_loop_is_the_shared_step() {
-        let _turn = crate::testing::torch_rng_turn();
+        if !crate::testing::alone_in_a_process("train::run::tests::the_loop_is_the_shared_step") {
+            return;
+        }
         tch::manual_seed(0);
         let data = Dataset {
             train: split(12),
