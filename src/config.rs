@@ -10,6 +10,18 @@ use crate::amp::Precision;
 use crate::data::TaskConfig;
 use crate::models::ModelConfig;
 
+/// The largest training or evaluation batch: far beyond any that fits in memory; it keeps
+/// products of sizes well inside `i64`.
+pub const MAX_BATCH: i64 = 1 << 20;
+/// The largest step budget, warm-up or evaluation interval (about 10^12 steps).
+pub const MAX_STEPS: u64 = 1 << 40;
+/// The largest epoch budget or step-decay milestone.
+pub const MAX_EPOCHS: u64 = 1 << 20;
+/// The largest wall-clock budget, in minutes (about 19 years).
+pub const MAX_MINUTES: f64 = 1e7;
+/// The largest mixup or CutMix α: Beta(α, α) concentrates at 0.5 long before.
+pub const MAX_MIX_ALPHA: f64 = 1000.0;
+
 /// What a preset reproduces, shown by `pixelseq presets` and copied into reports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -234,8 +246,11 @@ pub fn preset_names() -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// The TOML file of a preset name.
+/// The TOML file of a preset name. Names are names, never paths.
 pub fn preset_path(name: &str) -> Result<PathBuf> {
+    if name.is_empty() || name.starts_with('.') || name.contains(['/', '\\']) {
+        bail!("--preset `{name}`: a preset is a name listed by `pixelseq presets`, not a path; pass a file with --config FILE");
+    }
     let path = presets_dir().join(format!("{name}.toml"));
     if !path.is_file() {
         let known = preset_names().unwrap_or_default().join(", ");
@@ -251,9 +266,13 @@ pub fn apply_override(root: &mut toml::Table, assignment: &str) -> Result<()> {
         .split_once('=')
         .ok_or_else(|| anyhow!("--set `{assignment}`: expected key=value"))?;
     let key = key.trim();
-    let value: toml::Value = match format!("v = {}", raw.trim()).parse::<toml::Table>() {
+    let raw = raw.trim();
+    let value: toml::Value = match format!("v = {raw}").parse::<toml::Table>() {
         Ok(mut t) => t.remove("v").expect("parsed table has v"),
-        Err(_) => toml::Value::String(raw.trim().to_string()),
+        Err(_) if looks_like_integer(raw) => {
+            bail!("--set `{assignment}`: {raw} is out of range for key `{key}` (integers must fit in 64 bits)")
+        }
+        Err(_) => toml::Value::String(raw.to_string()),
     };
     let parts: Vec<&str> = key.split('.').collect();
     if parts.iter().any(|p| p.is_empty()) {
@@ -270,6 +289,12 @@ pub fn apply_override(root: &mut toml::Table, assignment: &str) -> Result<()> {
     }
     table.insert(parts[parts.len() - 1].to_string(), value);
     Ok(())
+}
+
+/// An optionally signed run of digits (underscores allowed, as TOML writes them).
+fn looks_like_integer(raw: &str) -> bool {
+    let digits = raw.strip_prefix(['+', '-']).unwrap_or(raw);
+    digits.starts_with(|c: char| c.is_ascii_digit()) && digits.chars().all(|c| c.is_ascii_digit() || c == '_')
 }
 
 impl RunConfig {
@@ -315,7 +340,8 @@ impl RunConfig {
         Self::from_table(table, &origin)
     }
 
-    /// Range checks of every field, each error naming its key.
+    /// Range checks of every field, each error naming its key: every number finite, every size
+    /// and budget bounded (see the `MAX_*` constants), before any tensor exists.
     pub fn validate(&self) -> Result<()> {
         let o = &self.optim;
         let t = &self.train;
@@ -324,14 +350,14 @@ impl RunConfig {
             if v.is_finite() && v > 0.0 {
                 Ok(())
             } else {
-                Err(anyhow!("key `{key}` = {v}: must be > 0"))
+                Err(anyhow!("key `{key}` = {v}: must be finite and > 0"))
             }
         };
         let non_negative = |v: f64, key: &str| {
-            if v >= 0.0 {
+            if v.is_finite() && v >= 0.0 {
                 Ok(())
             } else {
-                Err(anyhow!("key `{key}` = {v}: must be >= 0 (0 = off)"))
+                Err(anyhow!("key `{key}` = {v}: must be finite and >= 0 (0 = off)"))
             }
         };
         let unit = |v: f64, key: &str| {
@@ -339,6 +365,13 @@ impl RunConfig {
                 Ok(())
             } else {
                 Err(anyhow!("key `{key}` = {v}: must be in [0, 1)"))
+            }
+        };
+        let at_most = |v: u64, max: u64, key: &str| {
+            if v <= max {
+                Ok(())
+            } else {
+                Err(anyhow!("key `{key}` = {v}: must be at most {max}"))
             }
         };
         positive(o.lr, "optim.lr")?;
@@ -355,36 +388,168 @@ impl RunConfig {
             bail!("key `schedule.final_factor` = {}: must be in [0, 1]", s.final_factor);
         }
         positive(s.gamma, "schedule.gamma")?;
-        if t.batch_size < 1 {
-            bail!("key `train.batch_size` = {}: must be >= 1", t.batch_size);
+        at_most(s.warmup_steps, MAX_STEPS, "schedule.warmup_steps")?;
+        for &m in &s.milestones {
+            at_most(m, MAX_EPOCHS, "schedule.milestones")?;
         }
-        if t.eval_batch_size < 0 {
-            bail!("key `train.eval_batch_size` = {}: must be >= 0", t.eval_batch_size);
+        if !(1..=MAX_BATCH).contains(&t.batch_size) {
+            bail!(
+                "key `train.batch_size` = {}: must be at least 1 and at most {MAX_BATCH}",
+                t.batch_size
+            );
         }
-        if t.eval_batches < 0 {
-            bail!("key `train.eval_batches` = {}: must be >= 0 (0 = whole split)", t.eval_batches);
+        if !(0..=MAX_BATCH).contains(&t.eval_batch_size) {
+            bail!(
+                "key `train.eval_batch_size` = {}: must be at least 0 and at most {MAX_BATCH} (0 = the training batch size)",
+                t.eval_batch_size
+            );
+        }
+        if !(0..=MAX_BATCH).contains(&t.eval_batches) {
+            bail!(
+                "key `train.eval_batches` = {}: must be at least 0 and at most {MAX_BATCH} (0 = whole split)",
+                t.eval_batches
+            );
         }
         if t.max_steps.is_none() && t.epochs == 0 {
             bail!("key `train.epochs` = 0: give a budget (epochs >= 1 or max_steps)");
         }
-        if t.max_steps == Some(0) {
-            bail!("key `train.max_steps` = 0: must be >= 1");
+        at_most(t.epochs, MAX_EPOCHS, "train.epochs")?;
+        if let Some(m) = t.max_steps {
+            if m == 0 {
+                bail!("key `train.max_steps` = 0: must be >= 1");
+            }
+            at_most(m, MAX_STEPS, "train.max_steps")?;
         }
+        at_most(t.eval_every, MAX_STEPS, "train.eval_every")?;
         if let Some(m) = t.max_minutes {
             positive(m, "train.max_minutes")?;
-        }
-        if let MicroBatch::Size(n) = t.micro_batch {
-            if n < 1 {
-                bail!("key `train.micro_batch` = {n}: must be >= 1, or \"auto\"");
+            if m > MAX_MINUTES {
+                bail!("key `train.max_minutes` = {m}: must be at most {MAX_MINUTES}");
             }
         }
-        non_negative(t.mixup, "train.mixup")?;
-        non_negative(t.cutmix, "train.cutmix")?;
+        for (v, key) in [(t.mixup, "train.mixup"), (t.cutmix, "train.cutmix")] {
+            non_negative(v, key)?;
+            if v > MAX_MIX_ALPHA {
+                bail!("key `{key}` = {v}: must be at most {MAX_MIX_ALPHA} (Beta(α, α) is a spike at 0.5 long before)");
+            }
+        }
+        if let MicroBatch::Size(n) = t.micro_batch {
+            if !(1..=MAX_BATCH).contains(&n) {
+                bail!("key `train.micro_batch` = {n}: must be \"auto\" or a number from 1 to {MAX_BATCH}");
+            }
+        }
         self.model.validate(&self.task.input_spec())
+    }
+
+    /// The keys whose values differ between `self` and `other`, as (key, value here, value
+    /// there), values in TOML syntax ("—" for a key one side lacks), sorted by key.
+    pub fn differences(&self, other: &RunConfig) -> Vec<(String, String, String)> {
+        fn flatten(prefix: &str, value: toml::Value, out: &mut std::collections::BTreeMap<String, String>) {
+            match value {
+                toml::Value::Table(t) => {
+                    for (k, v) in t {
+                        let key = if prefix.is_empty() { k } else { format!("{prefix}.{k}") };
+                        flatten(&key, v, out);
+                    }
+                }
+                v => {
+                    out.insert(prefix.to_string(), v.to_string());
+                }
+            }
+        }
+        let leaves = |cfg: &RunConfig| {
+            let mut out = std::collections::BTreeMap::new();
+            flatten("", toml::Value::try_from(cfg).expect("RunConfig serialises to TOML"), &mut out);
+            out
+        };
+        let (a, b) = (leaves(self), leaves(other));
+        let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+        let shown = |v: Option<&String>| v.cloned().unwrap_or_else(|| "—".into());
+        keys.into_iter()
+            .filter(|k| a.get(*k) != b.get(*k))
+            .map(|k| (k.clone(), shown(a.get(k)), shown(b.get(k))))
+            .collect()
     }
 
     /// The resolved config as TOML text.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("RunConfig serialises to TOML")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(preset: &str, set: &str) -> String {
+        format!("{:#}", RunConfig::load(Some(preset), None, &[set.to_string()]).unwrap_err())
+    }
+
+    /// Every number is checked for finiteness and range: an infinite mixup α used to spin forever
+    /// in the Beta sampler, absurd sizes reached libtorch.
+    #[test]
+    fn unbounded_values_are_refused_with_their_key() {
+        for (preset, set, key) in [
+            ("transformer-small", "train.mixup=inf", "train.mixup"),
+            ("transformer-small", "train.cutmix=inf", "train.cutmix"),
+            ("transformer-small", "train.mixup=1e9", "train.mixup"),
+            ("transformer-small", "optim.weight_decay=inf", "optim.weight_decay"),
+            ("transformer-small", "optim.clip_norm=inf", "optim.clip_norm"),
+            ("transformer-small", "optim.clip_norm=nan", "optim.clip_norm"),
+            ("transformer-small", "optim.label_smoothing=nan", "optim.label_smoothing"),
+            ("transformer-small", "schedule.gamma=inf", "schedule.gamma"),
+            (
+                "transformer-small",
+                "schedule.warmup_steps=9223372036854775807",
+                "schedule.warmup_steps",
+            ),
+            ("transformer-small", "train.batch_size=2097152", "train.batch_size"),
+            ("transformer-small", "train.eval_batch_size=2097152", "train.eval_batch_size"),
+            ("transformer-small", "train.eval_batches=9223372036854775807", "train.eval_batches"),
+            ("transformer-small", "train.epochs=9223372036854775807", "train.epochs"),
+            ("transformer-small", "train.max_minutes=1e300", "train.max_minutes"),
+            ("transformer-small", "model.vocab=2097152", "model.vocab"),
+            ("s4d-small", "model.dt_max=inf", "model.dt_max"),
+            ("s4d-small", "model.dt_min=nan", "model.dt_min"),
+            ("s4d-small", "model.d_model=2097152", "model.d_model"),
+            ("lipschitz-scifar", "model.gamma=inf", "model.gamma"),
+            ("lipschitz-scifar", "model.eps=inf", "model.eps"),
+            ("lipschitz-scifar", "model.init_std=nan", "model.init_std"),
+            ("trellisnet-scifar", "model.init_std=nan", "model.init_std"),
+            ("trellisnet-scifar", "model.nhid=2097152", "model.nhid"),
+            ("trellisnet-scifar", "model.kernel_size=9223372036854775807", "model.kernel_size"),
+            ("nystromformer-lra", "model.pinv_iters=1000000", "model.pinv_iters"),
+            ("nystromformer-lra", "model.conv_kernel=2097153", "model.conv_kernel"),
+        ] {
+            let err = error(preset, set);
+            assert!(err.contains(key), "{preset} --set {set}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_too_large_integer_is_out_of_range_for_its_key() {
+        let err = error("transformer-small", "train.batch_size=99999999999999999999");
+        assert!(
+            err.contains("out of range for key `train.batch_size`") && !err.contains("invalid type"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn differences_name_every_changed_key() {
+        let a = RunConfig::load(Some("s4d-small"), None, &[]).unwrap();
+        let b = RunConfig::load(Some("s4d-small"), None, &["model.d_model=96".into(), "optim.lr=0.5".into()]).unwrap();
+        let keys: Vec<String> = a.differences(&b).into_iter().map(|(k, _, _)| k).collect();
+        assert_eq!(keys, ["model.d_model", "optim.lr"]);
+        assert!(a.differences(&a).is_empty());
+    }
+
+    #[test]
+    fn preset_names_are_not_paths() {
+        for name in ["../Cargo", "/etc/passwd", ".hidden", "sub/x"] {
+            let err = format!("{:#}", preset_path(name).unwrap_err());
+            assert!(err.contains("not a path") && err.contains("--config"), "{name}: {err}");
+        }
+        assert!(preset_path("s4d-small").is_ok());
     }
 }

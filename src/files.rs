@@ -5,15 +5,16 @@
 //! directly instead, and a symbolic link is followed: its target is replaced, the link stays.
 //!
 //! Temporary names are `.<name>.partial-<pid>-<random>`: a process killed while writing leaves
-//! one behind, which [`remove_stale_temps`] removes once that process is gone.
+//! one behind, which [`remove_stale_temps`] removes once that process is gone; every write and
+//! every temporary folder ([`temp_dir_beside`]) first clears its folder of such leftovers.
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 /// The marker between a temporary file's destination name and its owner's process id.
-const PARTIAL: &str = ".partial-";
+pub const PARTIAL: &str = ".partial-";
 
 /// Where writing `dest` really goes: the end of its chain of symbolic links (relative targets are
 /// resolved against the link's folder), else `dest` itself.
@@ -38,7 +39,7 @@ fn resolve_links(dest: &Path) -> PathBuf {
 /// The parent folder is created if needed. A special file (FIFO, device) is written in place.
 pub fn write_atomic(dest: &Path, fill: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
     let target = resolve_links(dest);
-    if std::fs::metadata(&target).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+    if is_special(&target) {
         let file = std::fs::OpenOptions::new()
             .write(true)
             .open(&target)
@@ -47,6 +48,37 @@ pub fn write_atomic(dest: &Path, fill: impl FnOnce(&mut dyn Write) -> Result<()>
         fill(&mut w)?;
         return w.flush().with_context(|| format!("failed to write `{}`", dest.display()));
     }
+    let tmp = temp_file_beside(dest, &target)?;
+    let mut w = BufWriter::with_capacity(1 << 20, tmp);
+    fill(&mut w)?;
+    let tmp = w
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("failed to write `{}`", dest.display()))?;
+    persist(tmp, dest, &target)
+}
+
+/// [`write_atomic`] for a writer that only takes a path (a C++ library, say): `fill` writes the
+/// file at the path it is given, a temporary beside `dest` that is then synced and renamed over
+/// it (for a special file, `dest` itself).
+pub fn write_through(dest: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let target = resolve_links(dest);
+    if is_special(&target) {
+        return fill(&target);
+    }
+    let tmp = temp_file_beside(dest, &target)?;
+    fill(tmp.path())?;
+    persist(tmp, dest, &target)
+}
+
+/// Whether `path` exists as something other than a regular file or a folder (FIFO, device).
+fn is_special(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir())
+}
+
+/// A new uniquely named temporary file beside `target` (the resolved `dest`), its folder created
+/// if needed and cleared of temporaries that dead processes left.
+fn temp_file_beside(dest: &Path, target: &Path) -> Result<tempfile::NamedTempFile> {
     let dir = match target.parent().filter(|d| !d.as_os_str().is_empty()) {
         Some(dir) => {
             std::fs::create_dir_all(dir).with_context(|| format!("failed to create folder `{}`", dir.display()))?;
@@ -54,6 +86,7 @@ pub fn write_atomic(dest: &Path, fill: impl FnOnce(&mut dyn Write) -> Result<()>
         }
         None => PathBuf::from("."),
     };
+    remove_stale_temps(&dir);
     let name = target.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let prefix = format!(".{name}{PARTIAL}{}-", std::process::id());
     let mut builder = tempfile::Builder::new();
@@ -62,30 +95,55 @@ pub fn write_atomic(dest: &Path, fill: impl FnOnce(&mut dyn Write) -> Result<()>
     {
         use std::os::unix::fs::PermissionsExt;
         // What `File::create` would give a new file (the umask applies); an existing file keeps its mode.
-        let mode = std::fs::metadata(&target).map_or(0o666, |m| m.permissions().mode());
+        let mode = std::fs::metadata(target).map_or(0o666, |m| m.permissions().mode());
         builder.permissions(std::fs::Permissions::from_mode(mode));
     }
-    let tmp = builder
+    builder
         .tempfile_in(&dir)
-        .with_context(|| format!("failed to create a temporary file beside `{}`", dest.display()))?;
-    let mut w = BufWriter::with_capacity(1 << 20, tmp);
-    fill(&mut w)?;
-    let tmp = w
-        .into_inner()
-        .map_err(|e| e.into_error())
+        .with_context(|| format!("failed to create a temporary file beside `{}`", dest.display()))
+}
+
+/// Syncs a finished temporary file and renames it over `target`.
+fn persist(tmp: tempfile::NamedTempFile, dest: &Path, target: &Path) -> Result<()> {
+    // Reopened: a writer that took the path wrote through its own handle.
+    std::fs::File::open(tmp.path())
+        .and_then(|f| f.sync_all())
         .with_context(|| format!("failed to write `{}`", dest.display()))?;
-    tmp.as_file()
-        .sync_all()
-        .with_context(|| format!("failed to write `{}`", dest.display()))?;
-    tmp.persist(&target)
+    tmp.persist(target)
         .map_err(|e| e.error)
         .with_context(|| format!("failed to move the new `{}` into place", dest.display()))?;
     Ok(())
 }
 
+/// Checks, before any work, that `dest` can be written: not a folder, its folder exists and
+/// takes new files. Commands that write one output at the end call this first.
+pub fn check_writable(dest: &Path, what: &str) -> Result<()> {
+    let target = resolve_links(dest);
+    if target.is_dir() {
+        bail!("{what} `{}` is a folder; name a file", dest.display());
+    }
+    if is_special(&target) {
+        return Ok(());
+    }
+    let dir = match target.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => dir,
+        None => Path::new("."),
+    };
+    if !dir.is_dir() {
+        bail!("{what} `{}`: folder `{}` does not exist", dest.display(), dir.display());
+    }
+    tempfile::Builder::new()
+        .prefix(&format!(".pixelseq-check{PARTIAL}{}-", std::process::id()))
+        .tempfile_in(dir)
+        .map(drop)
+        .with_context(|| format!("{what} `{}`: cannot create files in folder `{}`", dest.display(), dir.display()))
+}
+
 /// [`write_atomic`] of a byte string.
 pub fn write_bytes(dest: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomic(dest, |w| Ok(w.write_all(bytes)?))
+    write_atomic(dest, |w| {
+        w.write_all(bytes).with_context(|| format!("failed to write `{}`", dest.display()))
+    })
 }
 
 /// Appends one line to a file (created if missing) and syncs it.
@@ -145,12 +203,15 @@ pub fn remove_stale_temps(dir: &Path) -> usize {
     removed
 }
 
-/// A unique name beside `dest` for a folder being built by this process (see
-/// [`remove_stale_temps`]).
+/// A unique name beside `dest` for a folder being built by this process; the temporaries that
+/// dead processes left beside `dest` are removed first (see [`remove_stale_temps`]).
 pub fn temp_dir_beside(dest: &Path) -> PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
+        remove_stale_temps(dir);
+    }
     let name = dest.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     dest.with_file_name(format!(".{name}{PARTIAL}{}-{n}", std::process::id()))
 }
@@ -246,6 +307,48 @@ mod tests {
         write_bytes(&fifo, b"through the pipe").unwrap();
         assert_eq!(reader.join().unwrap(), b"through the pipe");
         assert!(!std::fs::metadata(&fifo).unwrap().is_file(), "the FIFO was replaced by a file");
+    }
+
+    #[test]
+    fn a_path_writer_goes_through_a_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("trace.json");
+        write_through(&dest, |p| {
+            assert_ne!(p, dest.as_path(), "the writer got the destination itself");
+            Ok(std::fs::write(p, b"{}")?)
+        })
+        .unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"{}");
+        assert!(write_through(&dest, |_| anyhow::bail!("failed")).is_err());
+        assert_eq!(std::fs::read(&dest).unwrap(), b"{}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn outputs_are_checked_before_the_work() {
+        let dir = tempfile::tempdir().unwrap();
+        check_writable(&dir.path().join("out.csv"), "--csv").unwrap();
+        let err = check_writable(&dir.path().join("missing/dir/out.csv"), "--csv")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing/dir") && err.contains("does not exist"), "{err}");
+        let err = check_writable(dir.path(), "--csv").unwrap_err().to_string();
+        assert!(err.contains("is a folder"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the check left a file");
+    }
+
+    /// A write clears its folder of what a killed pixelseq left there.
+    #[test]
+    fn writing_removes_stale_temporaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let stale = dir.path().join(".gray.bin.partial-4999999-abc");
+        std::fs::write(&stale, vec![0u8; 4096]).unwrap();
+        write_bytes(&dir.path().join("gray.bin"), b"new").unwrap();
+        assert!(!stale.exists());
+        let folder = dir.path().join(".cifar-10-batches-bin.partial-4999999-0");
+        std::fs::create_dir(&folder).unwrap();
+        temp_dir_beside(&dir.path().join("cifar-10-batches-bin"));
+        assert!(!folder.exists());
     }
 
     #[test]

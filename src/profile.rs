@@ -56,12 +56,20 @@ impl Drop for Session {
 }
 
 /// Runs `f` under the profiler (CPU operators, and CUDA kernels when `cuda`), writes the Chrome
-/// trace to `trace` and returns the summary table with `f`'s result.
+/// trace to `trace` (beside it first, then renamed into place, as [`crate::files`] writes) and
+/// returns the summary table with `f`'s result.
+/// libtorch has one profiler per process, so concurrent calls take turns.
 pub fn profile<T>(cuda: bool, trace: &Path, f: impl FnOnce() -> Result<T>) -> Result<(T, String)> {
-    let path = CString::new(trace.to_string_lossy().as_bytes()).map_err(|_| anyhow!("`{}`: a NUL in the path", trace.display()))?;
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let session = Session::start(cuda)?;
     let out = f();
-    let text = session.finish(&path, trace)?;
+    let mut text = String::new();
+    crate::files::write_through(trace, |tmp| {
+        let path = CString::new(tmp.to_string_lossy().as_bytes()).map_err(|_| anyhow!("`{}`: a NUL in the path", trace.display()))?;
+        text = session.finish(&path, trace)?;
+        Ok(())
+    })?;
     Ok((out.context("the profiled steps failed")?, text))
 }
 

@@ -125,3 +125,65 @@ pub fn assert_eval_is_deterministic(cfg: &ModelConfig, input: &InputSpec) {
     assert_eq!(a.size(), vec![2, 10]);
     assert!(a.equal(&b), "eval mode is not deterministic");
 }
+
+/// Whether this process should run the body of test `name`: `true` in a process of its own;
+/// otherwise the test binary is run again for that test alone (its result asserted here) and
+/// `false` is returned. For tests that depend on what torch's global generator draws, which
+/// tests running beside them would also draw from.
+pub fn alone_in_a_process(name: &str) -> bool {
+    const ALONE: &str = "PIXELSEQ_TEST_ALONE";
+    if std::env::var_os(ALONE).is_some() {
+        return true;
+    }
+    let exe = std::env::current_exe().expect("the test binary");
+    let out = std::process::Command::new(exe)
+        .args(["--exact", name, "--test-threads=1", "--nocapture"])
+        .env(ALONE, "1")
+        .output()
+        .expect("the test binary runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "{name} failed in its own process:\n{text}"
+    );
+    false
+}
+
+/// A finished run in `dir`: a tiny Transformer trained 4 steps on 8 random LRA images, with
+/// `best` and `last` checkpoints. Returns `dir`.
+pub fn tiny_run(dir: &std::path::Path) -> std::path::PathBuf {
+    const TINY: &str = r#"
+[task]
+name = "lra-image"
+
+[model]
+name = "transformer"
+d_model = 8
+n_heads = 2
+qkv_dim = 8
+mlp_dim = 8
+
+[train]
+batch_size = 4
+max_steps = 4
+eval_every = 2
+"#;
+    let split = |n: i64| crate::data::Split {
+        images: Tensor::randint(256, [n, 1, 32, 32], (Kind::Uint8, Device::Cpu)),
+        labels: Tensor::randint(10, [n], (Kind::Int64, Device::Cpu)),
+    };
+    let data = crate::data::Dataset {
+        train: split(8),
+        val: split(4),
+        test: split(4),
+    };
+    let cfg = crate::config::RunConfig::from_toml_str(TINY, "tiny run").unwrap();
+    let opts = crate::train::Options {
+        device: Device::Cpu,
+        dir: dir.to_path_buf(),
+        resume: false,
+        preset: None,
+    };
+    crate::train::run(&cfg, &data, &opts).unwrap();
+    dir.to_path_buf()
+}

@@ -1,7 +1,11 @@
 //! Bad input gets a clear error naming the key, file or value — one `error:` line, then any
 //! underlying causes under `Caused by:` as cargo prints them — and exit code 2, never a panic.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use pixelseq::config::RunConfig;
+use pixelseq::train::RunDir;
 
 fn pixelseq(args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_pixelseq")).args(args).output().unwrap();
@@ -43,6 +47,52 @@ fn config_errors_name_the_key() {
     assert_clear_error(&["train", "--config", "/nonexistent/x.toml"], "/nonexistent/x.toml");
     assert_clear_error(&["train", "--preset", "transformer-lra", "--device", "cuda:7"], "cuda:7");
     assert_clear_error(&["train", "--preset", "transformer-lra", "--device", "tpu"], "tpu");
+}
+
+/// Values that used to hang the trainer (an infinite mixup α spun in the Beta sampler) or reach
+/// libtorch are refused up front, naming the key; so are preset names that are paths.
+#[test]
+fn unbounded_values_and_paths_are_refused() {
+    let tiny = ["train", "--preset", "transformer-small", "--device", "cpu", "--set"];
+    for (set, needle) in [
+        ("train.mixup=inf", "train.mixup"),
+        ("train.cutmix=inf", "train.cutmix"),
+        ("optim.weight_decay=inf", "optim.weight_decay"),
+        ("optim.clip_norm=inf", "optim.clip_norm"),
+        ("train.batch_size=99999999999999999999", "out of range for key `train.batch_size`"),
+    ] {
+        assert_clear_error(&[&tiny[..], &[set]].concat(), needle);
+    }
+    assert_clear_error(&["train", "--preset", "../Cargo"], "not a path");
+}
+
+/// An allocation libtorch cannot make (2 TiB of S4D state) ends `bench` with exit code 2 and
+/// libtorch's own first line, not a panic, a backtrace note or a silent exit 0.
+#[test]
+fn an_allocation_failure_is_a_one_line_error() {
+    let huge = [
+        "--preset",
+        "s4d-small",
+        "--seq-len",
+        "16",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--device",
+        "cpu",
+        "--set",
+        "model.d_model=1048576",
+        "--set",
+        "model.d_state=1048576",
+    ];
+    assert_clear_error(&[&["bench", "--one"][..], &huge].concat(), "out of memory");
+    let (code, err) = pixelseq(&[&["bench", "--no-reference"][..], &huge].concat());
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("error: no configuration could be measured") && err.contains("out of memory") && !err.contains("RUST_BACKTRACE"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -113,4 +163,76 @@ fn a_closed_pipe_ends_quietly() {
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.is_empty(), "stderr after the reader left: {err}");
+}
+
+fn shared_data() -> PathBuf {
+    match std::env::var_os("PIXELSEQ_TEST_DATA") {
+        Some(d) => d.into(),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cifar-10-batches-bin"),
+    }
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A refused `train` changes nothing: neither a folder of someone else's files nor a run that
+/// is already there (its `preset` file used to be rewritten).
+#[test]
+fn train_writes_only_into_a_folder_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let mine = dir.path().join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::write(mine.join("notes.txt"), b"mine").unwrap();
+    let args = ["train", "--preset", "transformer-small", "--device", "cpu", "--out"];
+    assert_clear_error(&[&args[..], &[mine.to_str().unwrap()]].concat(), "not a pixelseq run");
+    assert_eq!(names(&mine), ["notes.txt"]);
+
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    let cfg = RunConfig::load(Some("transformer-small"), None, &[]).unwrap();
+    std::fs::write(run.join("config.toml"), cfg.to_toml()).unwrap();
+    std::fs::write(run.join("preset"), "transformer-small").unwrap();
+    let args = ["train", "--preset", "s4d-small", "--device", "cpu", "--out"];
+    assert_clear_error(&[&args[..], &[run.to_str().unwrap()]].concat(), "already holds a run");
+    assert_eq!(std::fs::read_to_string(run.join("preset")).unwrap(), "transformer-small");
+    assert_eq!(names(&run), ["config.toml", "preset"]);
+}
+
+/// `--resume` cannot change the model (refused up front, naming the keys), and a run has one
+/// writer: a second command is refused while the first holds the run's lock.
+#[test]
+fn a_run_has_one_writer_and_keeps_its_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    let cfg = RunConfig::load(Some("transformer-small"), None, &[]).unwrap();
+    std::fs::write(run.join("config.toml"), cfg.to_toml()).unwrap();
+    let r = run.to_str().unwrap();
+    let data = shared_data();
+    let d = data.to_str().unwrap();
+    assert_clear_error(
+        &[
+            "train",
+            "--resume",
+            r,
+            "--device",
+            "cpu",
+            "--set",
+            "model.d_model=32",
+            "--set",
+            "optim.lr=0.1",
+        ],
+        "model.d_model 64 → 32",
+    );
+    let _held = RunDir::new(&run).lock().unwrap();
+    assert_clear_error(
+        &["train", "--resume", r, "--device", "cpu", "--data", d],
+        "in use by another pixelseq command",
+    );
 }

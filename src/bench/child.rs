@@ -54,16 +54,33 @@ fn json_line_of(mut cmd: Command) -> Result<Measurement, String> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
         return Err(match out.status.code() {
-            Some(c) => {
-                let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
-                format!("error (exit code {c}): {last}")
-            }
+            Some(c) => format!("error (exit code {c}): {}", failure(&stderr)),
             None => "error: killed by a signal (out of memory?)".into(),
         });
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
     serde_json::from_str(line).map_err(|e| format!("error: unreadable result `{line}`: {e}"))
+}
+
+/// Why a child failed, on one line: pixelseq's `error: …` line with its `Caused by:` causes
+/// joined by ": ", else the last line that is not a note (Python's exception line).
+fn failure(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    if let Some(i) = lines.iter().position(|l| l.starts_with("error: ")) {
+        let causes = lines[i + 1..].iter().filter(|l| **l != "Caused by:");
+        return std::iter::once(&lines[i]["error: ".len()..])
+            .chain(causes.copied())
+            .collect::<Vec<_>>()
+            .join(": ");
+    }
+    lines
+        .iter()
+        .rev()
+        .find(|l| !l.starts_with("note: "))
+        .copied()
+        .unwrap_or("no message")
+        .to_string()
 }
 
 /// The PyTorch reference: a python with torch and `bench/reference/run.py`.
@@ -141,4 +158,17 @@ pub fn run_one(o: &Options) -> Result<()> {
     let m = measure(&cfg, input, batch, &timing, o.device, precision)?;
     println!("{}", serde_json::to_string(&m)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_failure_is_its_error_and_causes_not_the_backtrace_note() {
+        let stderr = "thread 'main' panicked at src/x.rs:1:2:\nboom\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
+        assert_eq!(super::failure(stderr), "boom");
+        let stderr = "step 1\nerror: failed to build\n\nCaused by:\n  out of memory: DefaultCPUAllocator\n";
+        assert_eq!(super::failure(stderr), "failed to build: out of memory: DefaultCPUAllocator");
+        let stderr = "Traceback (most recent call last):\n  File \"run.py\"\nRuntimeError: CUDA out of memory\n";
+        assert_eq!(super::failure(stderr), "RuntimeError: CUDA out of memory");
+    }
 }

@@ -68,7 +68,7 @@ mod table;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use tch::Device;
 
 pub use child::run_one;
@@ -135,6 +135,9 @@ pub fn run(o: &Options) -> Result<()> {
     if let Some(dir) = &o.profile {
         std::fs::create_dir_all(dir).with_context(|| format!("--profile: cannot create `{}`", dir.display()))?;
     }
+    if let Some(path) = &o.json {
+        files::check_writable(path, "--json")?;
+    }
     let reference = if o.reference {
         Some(Reference::find(o.python.as_deref())?)
     } else {
@@ -180,6 +183,12 @@ pub fn run(o: &Options) -> Result<()> {
     print!("{}", table(&records, run.memory));
     if let Some(path) = &o.json {
         eprintln!("wrote {} records to {}", records.len(), path.display());
+    }
+    // A length a model rejects (n/a) is a result; a run where every other cell failed is not.
+    let ours = || records.iter().filter(|r| r.implementation == "pixelseq");
+    let failed = ours().find(|r| r.train_img_per_s.is_none() && !r.note.starts_with("n/a"));
+    if let Some(first) = failed.filter(|_| ours().all(|r| r.train_img_per_s.is_none())) {
+        bail!("no configuration could be measured; the first: {}", first.note);
     }
     Ok(())
 }

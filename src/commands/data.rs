@@ -31,6 +31,7 @@ pub enum DataCommand {
     },
     /// Write a compact cache of one task's 60,000 images that `--data FILE` loads directly.
     Prepare {
+        /// The task whose images the cache holds (grayscale for lra-image, RGB for scifar)
         #[arg(long)]
         task: TaskName,
         /// Output file [default: `pixelseq-TASK.zst` in the data folder]
@@ -40,8 +41,10 @@ pub enum DataCommand {
     /// Write raw records (1 label byte + 1,024 grayscale bytes): 50,000 training images in
     /// official order, then the 10,000 test images.
     Export {
+        /// The task of the records (only lra-image: grayscale)
         #[arg(long)]
         task: TaskName,
+        /// File to write the 60,000 records to (61,500,000 bytes); a FIFO or device is written in place
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
@@ -66,6 +69,7 @@ pub fn exec(args: DataArgs) -> Result<()> {
                 Some(o) => o,
                 None => data_dir(data)?.join(source::prepared_name(task)),
             };
+            files::check_writable(&out, "--out")?;
             let rgb = read_raw(data)?;
             let images = match task {
                 TaskName::LraImage => rgb.to_gray(),
@@ -80,6 +84,7 @@ pub fn exec(args: DataArgs) -> Result<()> {
             if task != TaskName::LraImage {
                 bail!("export writes grayscale records (--task lra-image); for scifar the official .bin files are the raw records");
             }
+            files::check_writable(&out, "--out")?;
             let gray = read_raw(data)?.to_gray();
             files::write_bytes(&out, &records(&gray))?;
             println!("wrote {} ({} records)", out.display(), gray.labels.len());
@@ -143,6 +148,7 @@ mod tests {
     use crate::testing::shared_cifar_dir;
     use clap::Parser;
     use sha2::{Digest, Sha256};
+    use std::os::unix::fs::FileTypeExt;
 
     /// sha256 of `pixelseq data export --task lra-image`, equal byte for byte to the records that
     /// `tf.image.rgb_to_grayscale` gives (TensorFlow 2.21 CPU, per image in a `tf.data` map as
@@ -162,6 +168,53 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         data: DataArgs,
+    }
+
+    /// `data export --out` a FIFO streams into it: the FIFO stays a FIFO.
+    #[test]
+    fn export_into_a_fifo_keeps_the_fifo() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("records");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::read(fifo).unwrap().len())
+        };
+        let shared = shared_cifar_dir();
+        let args = [
+            "pixelseq",
+            "export",
+            "--task",
+            "lra-image",
+            "--out",
+            fifo.to_str().unwrap(),
+            "--data",
+            shared.to_str().unwrap(),
+        ];
+        exec(Cli::parse_from(args).data).unwrap();
+        assert_eq!(reader.join().unwrap(), 60_000 * 1025);
+        assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo(), "the FIFO was replaced");
+    }
+
+    /// Every option says what it is for.
+    #[test]
+    fn every_option_has_help() {
+        use clap::CommandFactory;
+        let mut cmd = crate::commands::Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if arg.get_long().is_some() && arg.get_help().is_none() && !arg.is_hide_set() {
+                    missing.push(format!("{path} --{}", arg.get_long().unwrap()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        walk(&cmd, "pixelseq", &mut missing);
+        assert!(missing.is_empty(), "options without help: {missing:?}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ mod presets;
 mod report;
 mod train;
 
-use anyhow::Result;
+use anyhow::{anyhow, Result};
 use clap::{Args, Parser, Subcommand};
 use tch::Device;
 
@@ -42,8 +42,24 @@ pub enum Command {
     Bench(bench::BenchArgs),
 }
 
-/// Runs the parsed command line.
+/// Runs the parsed command line. libtorch reports failures (an allocation that does not fit, an
+/// operation it refuses) by panicking in tch's methods; such a panic ends the command with an
+/// error carrying the first line of libtorch's message, like any other error. Any other panic is
+/// a bug: it is printed as usual and reported as an internal error.
 pub fn run(cli: Cli) -> Result<()> {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if libtorch_message(info.payload_as_str().unwrap_or_default()).is_none() {
+            default_hook(info);
+        }
+    }));
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(cli))) {
+        Ok(result) => result,
+        Err(payload) => Err(panic_error(&*payload)),
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
     crate::device::install_cpu_allocator()?;
     match cli.command {
         Command::Data(args) => data::exec(args),
@@ -75,6 +91,46 @@ impl DeviceArgs {
     }
 }
 
+/// The first line of libtorch's message in a panic raised by tch (`… Torch("message…")`), if the
+/// panic is one.
+fn libtorch_message(panic: &str) -> Option<String> {
+    let start = panic.find("Torch(\"")? + "Torch(\"".len();
+    let body = &panic[start..];
+    // tch formats the message with `{:?}`: newlines and quotes are escaped.
+    let first = body.split("\\n").next().unwrap_or(body);
+    let first = first.strip_suffix("\")").unwrap_or(first);
+    Some(first.replace("\\\"", "\"").replace("\\\\", "\\").trim().to_string())
+}
+
+/// The error a caught panic becomes.
+fn panic_error(payload: &(dyn std::any::Any + Send)) -> anyhow::Error {
+    let text = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    match libtorch_message(text) {
+        Some(msg) if is_out_of_memory(&msg) => {
+            let msg = msg.strip_prefix("out of memory: ").unwrap_or(&msg);
+            anyhow!("out of memory: {msg}; reduce train.batch_size or the model's sizes")
+        }
+        Some(msg) => anyhow!("libtorch failed: {msg}"),
+        None => anyhow!("internal error: {text}; this is a bug in pixelseq"),
+    }
+}
+
+/// Whether libtorch's message says an allocation failed (CPU or CUDA).
+fn is_out_of_memory(msg: &str) -> bool {
+    [
+        "out of memory",
+        "not enough memory",
+        "DefaultCPUAllocator",
+        "CUDA error: out of memory",
+    ]
+    .iter()
+    .any(|m| msg.contains(m))
+}
+
 /// An error as cargo prints one: `error: …`, then each underlying cause indented under
 /// `Caused by:`.
 pub fn error_report(e: &anyhow::Error) -> String {
@@ -94,6 +150,20 @@ pub fn quiet_on_broken_pipe() {
 #[cfg(test)]
 mod tests {
     use anyhow::{anyhow, Context};
+
+    /// A libtorch failure inside tch (here a 2^42-element allocation on the CPU) becomes a one-line
+    /// error with libtorch's first line, never a panic.
+    #[test]
+    fn libtorch_panics_become_errors() {
+        let caught = std::panic::catch_unwind(|| tch::Tensor::zeros([1 << 21, 1 << 21], (tch::Kind::Float, tch::Device::Cpu)))
+            .expect_err("a 16 TiB tensor cannot be allocated");
+        let e = super::panic_error(&*caught);
+        let text = super::error_report(&e);
+        assert!(text.starts_with("error: out of memory: ") && !text.contains('\n'), "{text}");
+        assert!(text.contains("DefaultCPUAllocator") && !text.contains("Torch(\""), "{text}");
+        let e = super::panic_error(&"index out of bounds");
+        assert!(e.to_string().contains("a bug in pixelseq"), "{e}");
+    }
 
     #[test]
     fn errors_print_their_causes_as_cargo_does() {

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
 
 use super::DeviceArgs;
@@ -22,18 +22,39 @@ pub struct PredictArgs {
     /// Write CSV (path,top1,p1,top2,p2,top3,p3) to this file instead of printing.
     #[arg(long)]
     pub csv: Option<PathBuf>,
+    /// Use the last checkpoint instead of the best one (when `best` is damaged, say).
+    #[arg(long)]
+    pub last: bool,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
 
+/// Predicts every image that can be read; one that cannot is reported and skipped, and makes the
+/// command fail once the others are written.
 pub fn exec(a: PredictArgs) -> Result<()> {
+    if let Some(path) = &a.csv {
+        files::check_writable(path, "--csv")?;
+    }
     let device = a.device.resolve()?;
-    let run = open_run(&a.run, Which::Best, device)?;
-    let files = list_images(&a.images)?;
-    let images = files.iter().map(|f| load_image(f)).collect::<Result<Vec<_>>>()?;
+    let which = if a.last { Which::Last } else { Which::Best };
+    let run = open_run(&a.run, which, device)?;
+    let listed = list_images(&a.images)?;
+    let (mut files, mut images, mut unreadable) = (Vec::new(), Vec::new(), Vec::new());
+    for f in listed {
+        match load_image(&f) {
+            Ok(img) => {
+                files.push(f);
+                images.push(img);
+            }
+            Err(e) => {
+                eprintln!("skipping {}: {e:#}", f.display());
+                unreadable.push(f);
+            }
+        }
+    }
     let (cfg, state) = (&run.config, &run.state);
     eprintln!(
-        "{} from {}: best checkpoint (step {}, validation accuracy {:.2}%), {} image(s)",
+        "{} from {}: {which} checkpoint (step {}, validation accuracy {:.2}%), {} image(s)",
         cfg.model.name(),
         a.run.display(),
         state.step,
@@ -65,22 +86,90 @@ pub fn exec(a: PredictArgs) -> Result<()> {
         for p in &predictions {
             println!("{}", p.line());
         }
-        return Ok(());
-    }
-    let text = csv(&predictions);
-    match &a.csv {
-        Some(path) => {
-            files::write_bytes(path, text.as_bytes())?;
-            eprintln!("wrote {} prediction(s) to {}", predictions.len(), path.display());
+    } else {
+        let text = csv(&predictions);
+        match &a.csv {
+            Some(path) => {
+                files::write_bytes(path, text.as_bytes())?;
+                eprintln!("wrote {} prediction(s) to {}", predictions.len(), path.display());
+            }
+            None => print!("{text}"),
         }
-        None => print!("{text}"),
+    }
+    if let Some(first) = unreadable.first() {
+        bail!(
+            "{} of {} image(s) could not be read (the first: `{}`); the others were predicted",
+            unreadable.len(),
+            unreadable.len() + predictions.len(),
+            first.display()
+        );
     }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
+
+    fn predict(args: &[&Path]) -> anyhow::Result<()> {
+        use clap::Parser;
+        let head = ["pixelseq", "predict", "--device", "cpu"].map(Path::new);
+        let args = head.iter().chain(args).map(|p| p.as_os_str().to_owned());
+        let crate::commands::Command::Predict(a) = crate::commands::Cli::try_parse_from(args).unwrap().command else {
+            panic!("not the predict command")
+        };
+        super::exec(a)
+    }
+
+    /// One unreadable image is reported and the rest predicted (the command fails at the end); the
+    /// CSV goes through `files` (a user's `X.tmp` is left alone, a symlink stays a link); a
+    /// missing output folder is refused before any work; a damaged `best` points to `--last`.
+    #[test]
+    fn predictions_survive_bad_inputs_and_keep_outputs_safe() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let run = crate::testing::tiny_run(&d.join("run"));
+        let good = d.join("good.png");
+        image::RgbImage::from_fn(48, 40, |x, y| image::Rgb([(x * 5) as u8, (y * 6) as u8, 90]))
+            .save(&good)
+            .unwrap();
+        let bad = d.join("bad.png");
+        std::fs::write(&bad, "not an image").unwrap();
+        std::fs::write(d.join("X.tmp"), "mine").unwrap();
+        let csv = d.join("X.csv");
+        let run_flag = Path::new("--run");
+        let csv_flag = Path::new("--csv");
+
+        let err = format!("{:#}", predict(&[run_flag, &run, &good, &bad, csv_flag, &csv]).unwrap_err());
+        assert!(err.contains("1 of 2 image(s)") && err.contains("bad.png"), "{err}");
+        let text = std::fs::read_to_string(&csv).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.lines().nth(1).unwrap().starts_with(good.to_str().unwrap()), "{text}");
+        assert_eq!(std::fs::read_to_string(d.join("X.tmp")).unwrap(), "mine");
+
+        let (real, link) = (d.join("real.csv"), d.join("link.csv"));
+        std::fs::write(&real, "old").unwrap();
+        std::os::unix::fs::symlink("real.csv", &link).unwrap();
+        predict(&[run_flag, &run, &good, csv_flag, &link]).unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert!(std::fs::read_to_string(&real).unwrap().starts_with(crate::predict::CSV_HEADER));
+
+        let missing = d.join("missing/dir/out.csv");
+        let err = format!(
+            "{:#}",
+            predict(&[run_flag, &d.join("no-run"), &good, csv_flag, &missing]).unwrap_err()
+        );
+        assert!(err.contains("missing/dir") && err.contains("does not exist"), "{err}");
+
+        let weights = run.join("checkpoints/best/model.safetensors");
+        let mut bytes = std::fs::read(&weights).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        std::fs::write(&weights, bytes).unwrap();
+        let err = format!("{:#}", predict(&[run_flag, &run, &good]).unwrap_err());
+        assert!(err.contains("is corrupt") && err.contains("predict --last"), "{err}");
+        predict(&[run_flag, &run, &good, Path::new("--last")]).unwrap();
+    }
 
     #[test]
     fn predict_subcommand_parses() {

@@ -91,8 +91,13 @@ pub fn exec(a: TrainArgs) -> Result<()> {
                 bail!("--resume takes the run's own config.toml; drop --preset/--config/--out");
             }
             let run = RunDir::new(dir);
+            let recorded = run.load_config()?;
             let cfg = RunConfig::load(None, Some(&run.config()), &overrides)
                 .with_context(|| format!("`{}` is not a run directory", dir.display()))?;
+            check_resume_changes(&recorded, &cfg, &run)?;
+            // Refused before the data is loaded if another command writes the run;
+            // `train::run` takes the lock for good.
+            drop(run.lock()?);
             (cfg, dir.clone(), run.preset_name())
         }
         None => {
@@ -111,6 +116,8 @@ pub fn exec(a: TrainArgs) -> Result<()> {
                 .out
                 .clone()
                 .unwrap_or_else(|| unique_dir(PathBuf::from("runs").join(format!("{}-{stem}", today()))));
+            // Refused before the data is loaded; `train::run` checks again under the run's lock.
+            RunDir::new(&dir).check_new_run()?;
             (cfg, dir, a.preset.clone())
         }
     };
@@ -124,13 +131,6 @@ pub fn exec(a: TrainArgs) -> Result<()> {
     if let Some(minutes) = a.fit_minutes {
         fit(&mut cfg, &dataset, device, minutes)?;
     }
-    if a.resume.is_none() {
-        std::fs::create_dir_all(&dir).with_context(|| format!("failed to create run directory `{}`", dir.display()))?;
-        if let Some(p) = &preset {
-            std::fs::write(RunDir::new(&dir).preset(), p)?;
-        }
-    }
-    eprintln!("run directory: {}", dir.display());
     let opts = train::Options {
         device,
         dir: dir.clone(),
@@ -139,6 +139,38 @@ pub fn exec(a: TrainArgs) -> Result<()> {
     };
     let record = train::run(&cfg, &dataset, &opts)?;
     println!("{}", serde_json::to_string_pretty(&record)?);
+    Ok(())
+}
+
+/// `--set` (and budget flags) given with `--resume`: a change of the model or the task would not
+/// fit the run's checkpoints and is refused, naming the keys; any other change (budget, optimizer,
+/// schedule) is printed and recorded in the run's config.toml when the run starts.
+fn check_resume_changes(recorded: &RunConfig, cfg: &RunConfig, run: &RunDir) -> Result<()> {
+    let changes = recorded.differences(cfg);
+    let describe = |c: &[&(String, String, String)]| {
+        c.iter()
+            .map(|(k, old, new)| format!("{k} {old} → {new}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let fixed: Vec<_> = changes
+        .iter()
+        .filter(|(k, _, _)| k.starts_with("model.") || k.starts_with("task."))
+        .collect();
+    if !fixed.is_empty() {
+        bail!(
+            "--resume cannot change the model or the task of a run; these differ from `{}`: {}",
+            run.config().display(),
+            describe(&fixed)
+        );
+    }
+    if !changes.is_empty() {
+        eprintln!(
+            "resuming with changes, recorded in {}: {}",
+            run.config().display(),
+            describe(&changes.iter().collect::<Vec<_>>())
+        );
+    }
     Ok(())
 }
 

@@ -119,6 +119,13 @@ fn read_verified(path: &Path, sha256: &str) -> Result<Vec<u8>> {
         }
         Err(e) => return Err(e).with_context(|| format!("failed to read CIFAR-10 file `{}`", path.display())),
     };
+    if !meta.is_file() {
+        let what = if meta.is_dir() { "a folder" } else { "not a regular file" };
+        bail!(
+            "CIFAR-10 file `{}` is {what}; expected the official {FILE_BYTES}-byte file",
+            path.display()
+        );
+    }
     if meta.len() != FILE_BYTES {
         bail!(
             "CIFAR-10 file `{}` has {} bytes, expected {FILE_BYTES} (truncated or not the official file)",
@@ -310,6 +317,17 @@ pub mod tests {
         let err = format!("{:#}", read_dir(dir.path()).unwrap_err());
         assert!(
             err.contains("test_batch.bin") && err.contains("30726927 bytes") && err.contains("truncated"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_folder_in_place_of_a_file_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data_batch_4.bin")).unwrap();
+        let err = format!("{:#}", read_verified(&dir.path().join("data_batch_4.bin"), FILES[3].1).unwrap_err());
+        assert!(
+            err.contains("data_batch_4.bin` is a folder") && !err.contains("bytes, expected"),
             "{err}"
         );
     }

@@ -225,10 +225,22 @@ pub fn download(dir: &Path) -> Result<PathBuf> {
     extract(&archive)
 }
 
-/// The `cifar-10-batches-bin` folder next to `archive`, extracted from it when absent. Extraction
-/// goes to a temporary folder, the six files are verified, then the folder is renamed into place.
-/// Entries with absolute paths, `..` components, links or special files are refused.
+/// The most entries an archive may have: the official one has 9 (a folder, 6 batches, a readme
+/// and the class names).
+const MAX_ENTRIES: usize = 64;
+
+/// The `cifar-10-batches-bin` folder next to `archive`, extracted from it when absent; when the
+/// archive's folder cannot be written (a read-only disk), the one in the cache folder
+/// ([`default_dir`]) instead. Extraction goes to a temporary folder, the six files are verified,
+/// then the folder is renamed into place. Entries with absolute paths, `..` components, links or
+/// special files are refused, and so is any entry larger than a CIFAR-10 file, before it is
+/// written.
 pub fn extract(archive: &Path) -> Result<PathBuf> {
+    extract_or_into(archive, default_dir)
+}
+
+/// [`extract`], with the folder to use when the archive's own cannot be written.
+fn extract_or_into(archive: &Path, fallback: impl FnOnce() -> Result<PathBuf>) -> Result<PathBuf> {
     let parent = match archive.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -237,6 +249,35 @@ pub fn extract(archive: &Path) -> Result<PathBuf> {
     if folder.is_dir() {
         return Ok(folder);
     }
+    if writable(parent) {
+        return extract_into(archive, parent);
+    }
+    let cache = fallback()?;
+    let folder = cache.join(FOLDER_NAME);
+    if folder.is_dir() {
+        return Ok(folder);
+    }
+    eprintln!(
+        "`{}` cannot be written; extracting `{}` into {}",
+        parent.display(),
+        archive.display(),
+        cache.display()
+    );
+    std::fs::create_dir_all(&cache).with_context(|| format!("failed to create folder `{}`", cache.display()))?;
+    extract_into(archive, &cache)
+}
+
+/// Whether a folder takes new entries (tried with a temporary folder, removed at once).
+fn writable(dir: &Path) -> bool {
+    tempfile::Builder::new()
+        .prefix(&format!(".pixelseq-check{}{}-", crate::files::PARTIAL, std::process::id()))
+        .tempdir_in(dir)
+        .is_ok()
+}
+
+/// Extracts `archive` into `parent/cifar-10-batches-bin` (see [`extract`]).
+fn extract_into(archive: &Path, parent: &Path) -> Result<PathBuf> {
+    let folder = parent.join(FOLDER_NAME);
     let tmp = temp_dir_beside(&folder);
     let _guard = TempGuard::new(tmp.clone());
     std::fs::create_dir(&tmp).with_context(|| format!("failed to create folder `{}` to extract `{}`", tmp.display(), archive.display()))?;
@@ -271,10 +312,26 @@ fn unpack(archive: &Path, into: &Path) -> Result<()> {
     use tar::EntryType;
     let file = File::open(archive).with_context(|| format!("failed to read archive `{}`", archive.display()))?;
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(BufReader::new(file)));
-    let unreadable = || format!("archive `{}` is not a readable .tar.gz", archive.display());
-    for entry in tar.entries().with_context(unreadable)? {
-        let mut entry = entry.with_context(unreadable)?;
-        let name = entry.path().with_context(unreadable)?.into_owned();
+    // The tar reader's messages can quote raw bytes of the damaged header: such a message is
+    // replaced by what it means.
+    let unreadable = |e: std::io::Error| {
+        let msg = e.to_string();
+        let msg = if msg.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
+            msg
+        } else {
+            "its contents are not a tar archive".to_string()
+        };
+        anyhow!("archive `{}` is not a readable .tar.gz: {msg}", archive.display())
+    };
+    for (i, entry) in tar.entries().map_err(unreadable)?.enumerate() {
+        if i == MAX_ENTRIES {
+            bail!(
+                "archive `{}` has more than {MAX_ENTRIES} entries; it is not the CIFAR-10 binary archive",
+                archive.display()
+            );
+        }
+        let mut entry = entry.map_err(unreadable)?;
+        let name = entry.path().map_err(unreadable)?.into_owned();
         let kind = entry.header().entry_type();
         if matches!(kind, EntryType::XGlobalHeader | EntryType::XHeader) {
             continue;
@@ -295,9 +352,23 @@ fn unpack(archive: &Path, into: &Path) -> Result<()> {
                 if let Some(dir) = dest.parent() {
                     std::fs::create_dir_all(dir).with_context(|| format!("failed to create folder `{}`", dir.display()))?;
                 }
+                let too_large = || {
+                    anyhow!(
+                        "archive `{}` has an entry `{}` larger than a CIFAR-10 file ({} bytes); refusing to extract",
+                        archive.display(),
+                        name.display(),
+                        cifar::FILE_BYTES
+                    )
+                };
+                if entry.size() > cifar::FILE_BYTES {
+                    return Err(too_large());
+                }
                 let mut out = File::create(&dest).with_context(|| format!("failed to create `{}`", dest.display()))?;
-                std::io::copy(&mut entry, &mut out)
+                let copied = std::io::copy(&mut (&mut entry).take(cifar::FILE_BYTES + 1), &mut out)
                     .with_context(|| format!("failed to extract `{}` from `{}`", name.display(), archive.display()))?;
+                if copied > cifar::FILE_BYTES {
+                    return Err(too_large());
+                }
             }
             EntryType::Symlink | EntryType::Link => bail!(
                 "archive `{}` has a link entry `{}`; refusing to extract",
@@ -400,6 +471,107 @@ mod tests {
         let err = format!("{:#}", extract(&archive).unwrap_err());
         assert!(err.contains("data_batch_1.bin") && err.contains("5 bytes"), "{err}");
         assert!(!dir.path().join(FOLDER_NAME).exists());
+    }
+
+    /// A 4 GiB entry in a tiny archive is refused from its header, before a byte is written.
+    #[test]
+    fn an_oversized_entry_is_refused_before_it_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join(ARCHIVE_NAME);
+        let gz = flate2::write::GzEncoder::new(File::create(&archive).unwrap(), flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_path("cifar-10-batches-bin/data_batch_1.bin").unwrap();
+        h.set_size(4 << 30);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append(&h, std::io::empty()).unwrap();
+        tar.into_inner().unwrap().finish().unwrap();
+        let err = format!("{:#}", extract(&archive).unwrap_err());
+        assert!(
+            err.contains("data_batch_1.bin") && err.contains("larger than a CIFAR-10 file"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "something was extracted");
+    }
+
+    /// A gzip that holds no tar archive is named as such, without the raw bytes of its header.
+    #[test]
+    fn a_gzip_that_is_not_a_tar_is_named_plainly() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join(ARCHIVE_NAME);
+        let mut gz = flate2::write::GzEncoder::new(File::create(&archive).unwrap(), flate2::Compression::fast());
+        let noise: Vec<u8> = (0..3000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        gz.write_all(&noise).unwrap();
+        gz.finish().unwrap();
+        let err = format!("{:#}", extract(&archive).unwrap_err());
+        assert!(err.contains("is not a readable .tar.gz"), "{err}");
+        assert!(
+            err.chars().all(|c| c.is_ascii_graphic() || c == ' ' || c == '`' || c == '\n'),
+            "raw bytes: {err:?}"
+        );
+    }
+
+    /// What a process killed during extraction left (a 90–150 MB hidden folder) goes on the next one.
+    #[test]
+    fn an_extraction_killed_earlier_is_cleaned_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let stale = dir.path().join(".cifar-10-batches-bin.partial-4999999-0");
+        std::fs::create_dir(&stale).unwrap();
+        std::fs::write(stale.join("data_batch_1.bin"), vec![0u8; 1 << 16]).unwrap();
+        let archive = dir.path().join(ARCHIVE_NAME);
+        tar_gz(&archive, &[("cifar-10-batches-bin/readme.txt", Some(b"ok"))]);
+        assert!(extract(&archive).is_err());
+        assert!(!stale.exists());
+    }
+
+    /// An archive on a read-only disk is extracted into the cache folder instead.
+    #[test]
+    fn an_archive_in_a_read_only_folder_is_extracted_into_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let shelf = dir.path().join("shelf");
+        std::fs::create_dir(&shelf).unwrap();
+        let archive = shelf.join(ARCHIVE_NAME);
+        let gz = flate2::write::GzEncoder::new(File::create(&archive).unwrap(), flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        tar.append_dir_all(FOLDER_NAME, shared_cifar_dir()).unwrap();
+        tar.into_inner().unwrap().finish().unwrap();
+        let Some(_read_only) = ReadOnly::new(&shelf) else {
+            eprintln!("skipped: cannot make a folder read-only here (root without chattr)");
+            return;
+        };
+        let cache = dir.path().join("cache");
+        let folder = extract_or_into(&archive, || Ok(cache.clone())).unwrap();
+        assert_eq!(folder, cache.join(FOLDER_NAME));
+        cifar::verify_dir(&folder).unwrap();
+    }
+
+    /// Makes a folder read-only while it lives: its mode, or for root (whom modes do not stop)
+    /// the immutable attribute.
+    struct ReadOnly(PathBuf, bool);
+
+    impl ReadOnly {
+        fn new(dir: &Path) -> Option<ReadOnly> {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+            if !writable(dir) {
+                return Some(ReadOnly(dir.to_path_buf(), false));
+            }
+            let chattr = std::process::Command::new("chattr").arg("+i").arg(dir).status();
+            let guard = ReadOnly(dir.to_path_buf(), true);
+            (chattr.is_ok_and(|s| s.success()) && !writable(dir)).then_some(guard)
+        }
+    }
+
+    impl Drop for ReadOnly {
+        fn drop(&mut self) {
+            use std::os::unix::fs::PermissionsExt;
+            if self.1 {
+                let _ = std::process::Command::new("chattr").arg("-i").arg(&self.0).status();
+            }
+            let _ = std::fs::set_permissions(&self.0, std::fs::Permissions::from_mode(0o755));
+        }
     }
 
     #[test]

@@ -37,7 +37,7 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
-use super::common::{torch_linear, InputEncoder, InputMode};
+use super::common::{check_positive, check_sizes, torch_linear, InputEncoder, InputMode};
 use super::NUM_CLASSES;
 use crate::data::InputSpec;
 
@@ -86,22 +86,14 @@ impl Default for Config {
 impl Config {
     pub fn validate(&self, input: &InputSpec) -> Result<()> {
         InputEncoder::validate(InputMode::Linear, input, 0)?;
-        if self.n_units < 1 {
-            bail!("model.n_units = {} must be at least 1", self.n_units);
-        }
+        check_sizes(&[("n_units", self.n_units)])?;
         if !(0.0..=1.0).contains(&self.beta) {
             bail!("model.beta = {} must be in [0, 1]", self.beta);
         }
-        if self.gamma < 0.0 {
-            bail!("model.gamma = {} must be at least 0", self.gamma);
+        if !(self.gamma.is_finite() && self.gamma >= 0.0) {
+            bail!("model.gamma = {} must be finite and at least 0", self.gamma);
         }
-        if self.eps <= 0.0 {
-            bail!("model.eps = {} must be positive", self.eps);
-        }
-        if self.init_std <= 0.0 {
-            bail!("model.init_std = {} must be positive", self.init_std);
-        }
-        Ok(())
+        check_positive(&[("eps", self.eps), ("init_std", self.init_std)])
     }
 }
 

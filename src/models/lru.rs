@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use std::f64::consts::TAU;
 use tch::{nn, Kind, Tensor};
 
-use super::common::{check_sizes, InputEncoder, InputMode};
+use super::common::{check_rates, check_sizes, InputEncoder, InputMode};
 use super::{NUM_CLASSES, SSM};
 use crate::data::InputSpec;
 
@@ -126,9 +126,7 @@ impl Config {
         if self.max_phase.is_nan() || self.max_phase <= 0.0 || self.max_phase > TAU {
             bail!("model.max_phase = {} must lie in (0, 2π]", self.max_phase);
         }
-        if !(0.0..1.0).contains(&self.dropout) {
-            bail!("model.dropout = {} must lie in [0, 1)", self.dropout);
-        }
+        check_rates(&[("dropout", self.dropout)])?;
         if self.parallel == Parallel::Chunked && (self.chunk < 1 || input.seq_len % self.chunk != 0) {
             bail!(
                 "model.chunk = {} must be positive and divide the sequence length {}",

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Init, ModuleT};
 use tch::{Kind, Tensor};
 
-use super::common::{InputMode, Pool};
+use super::common::{InputMode, Pool, MAX_SIZE};
 use super::transformer::{key_bias, Encoder, Gelu, Initialisation, Mixer};
 use super::{Backbone, Input};
 use crate::data::InputSpec;
@@ -49,6 +49,9 @@ pub enum PinvInit {
     /// default "original": predictions then depend on the rest of the batch.
     Original,
 }
+
+/// The most iterations of the pseudo-inverse a config may ask for: the paper's 6 already converge.
+const MAX_PINV_ITERS: i64 = 100;
 
 /// Hyperparameters. `Default` is the paper's LRA Image setting (`lra_config.py` "image", `nystrom-64`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -139,11 +142,17 @@ impl Config {
                 input.seq_len
             );
         }
-        if self.conv_kernel < 0 || (self.conv_kernel > 0 && self.conv_kernel % 2 == 0) {
-            bail!("model.conv_kernel = {} must be odd (or 0 for no convolution)", self.conv_kernel);
+        if !(0..=MAX_SIZE).contains(&self.conv_kernel) || (self.conv_kernel > 0 && self.conv_kernel % 2 == 0) {
+            bail!(
+                "model.conv_kernel = {} must be odd and at most {MAX_SIZE} (or 0 for no convolution)",
+                self.conv_kernel
+            );
         }
-        if self.pinv_iters < 1 {
-            bail!("model.pinv_iters = {} must be at least 1", self.pinv_iters);
+        if !(1..=MAX_PINV_ITERS).contains(&self.pinv_iters) {
+            bail!(
+                "model.pinv_iters = {} must be at least 1 and at most {MAX_PINV_ITERS} (the paper's 6 already converge)",
+                self.pinv_iters
+            );
         }
         Ok(())
     }

@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use std::f64::consts::PI;
 use tch::{nn, Kind, Tensor};
 
-use super::common::{mask_inputs, torch_linear, InputEncoder, InputMode};
+use super::common::{check_positive, check_rates, check_sizes, mask_inputs, torch_linear, InputEncoder, InputMode};
 use super::{Backbone, Input, NUM_CLASSES, SSM};
 use crate::data::InputSpec;
 
@@ -108,22 +108,13 @@ impl Default for Config {
 impl Config {
     /// Checks every field before any tensor exists.
     pub fn validate(&self, input: &InputSpec) -> Result<()> {
-        if self.d_model < 1 {
-            bail!("model.d_model = {} must be at least 1", self.d_model);
-        }
-        if self.n_layers < 1 {
-            bail!("model.n_layers = {} must be at least 1", self.n_layers);
-        }
+        check_sizes(&[("d_model", self.d_model), ("n_layers", self.n_layers), ("d_state", self.d_state)])?;
         if self.d_state < 2 || self.d_state % 2 != 0 {
             bail!("model.d_state = {} must be an even number ≥ 2 (N/2 complex modes)", self.d_state);
         }
-        if !(0.0..1.0).contains(&self.dropout) {
-            bail!("model.dropout = {} must lie in [0, 1)", self.dropout);
-        }
-        if self.dt_min.is_nan() || self.dt_min <= 0.0 {
-            bail!("model.dt_min = {} must be positive", self.dt_min);
-        }
-        if self.dt_max.is_nan() || self.dt_max < self.dt_min {
+        check_rates(&[("dropout", self.dropout)])?;
+        check_positive(&[("dt_min", self.dt_min), ("dt_max", self.dt_max)])?;
+        if self.dt_max < self.dt_min {
             bail!("model.dt_max = {} must be at least model.dt_min = {}", self.dt_max, self.dt_min);
         }
         InputEncoder::validate(InputMode::Linear, input, 0)?;

@@ -151,6 +151,7 @@ impl Config {
     pub fn validate(&self, input: &InputSpec) -> Result<()> {
         InputEncoder::validate(self.input, input, self.vocab)?;
         check_sizes(&[
+            ("vocab", self.vocab),
             ("d_model", self.d_model),
             ("n_layers", self.n_layers),
             ("n_heads", self.n_heads),

@@ -29,7 +29,7 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
-use super::common::torch_linear;
+use super::common::{check_positive, check_rates, check_sizes, torch_linear, MAX_SIZE};
 use super::{NO_DECAY, NUM_CLASSES};
 use crate::data::InputSpec;
 
@@ -86,21 +86,22 @@ impl Config {
     }
 
     pub fn validate(&self, input: &InputSpec) -> Result<()> {
-        if self.nhid < 0 {
-            bail!("model.nhid = {} must be at least 0", self.nhid);
+        if !(0..=MAX_SIZE).contains(&self.nhid) {
+            bail!("model.nhid = {} must be at least 0 and at most {MAX_SIZE}", self.nhid);
         }
-        if self.nout < 1 {
-            bail!("model.nout = {} must be at least 1", self.nout);
-        }
+        check_sizes(&[("nout", self.nout), ("kernel_size", self.kernel_size)])?;
         if self.kernel_size < 2 {
             bail!(
                 "model.kernel_size = {} must be at least 2 (a kernel of 1 sees no past step)",
                 self.kernel_size
             );
         }
-        if self.dilations.is_empty() || self.dilations.iter().any(|&d| d < 1) {
+        if self.dilations.is_empty()
+            || self.dilations.len() as i64 > MAX_SIZE
+            || self.dilations.iter().any(|&d| !(1..=MAX_SIZE).contains(&d))
+        {
             bail!(
-                "model.dilations = {:?} must list at least one level, each dilation at least 1",
+                "model.dilations = {:?} must list 1 to {MAX_SIZE} levels, each dilation at least 1 and at most {MAX_SIZE}",
                 self.dilations
             );
         }
@@ -114,21 +115,13 @@ impl Config {
                 input.seq_len
             );
         }
-        let dropouts = [
+        check_rates(&[
             ("dropout_input", self.dropout_input),
             ("dropout_hidden", self.dropout_hidden),
             ("dropout_weight", self.dropout_weight),
             ("dropout_output", self.dropout_output),
-        ];
-        for (key, p) in dropouts {
-            if !(0.0..1.0).contains(&p) {
-                bail!("model.{key} = {p} must be in [0, 1)");
-            }
-        }
-        if self.init_std <= 0.0 {
-            bail!("model.init_std = {} must be positive", self.init_std);
-        }
-        Ok(())
+        ])?;
+        check_positive(&[("init_std", self.init_std)])
     }
 }
 

@@ -7,7 +7,9 @@
 //! Each argument is a run directory written by `pixelseq train` (it holds `result.json`,
 //! `metrics.jsonl` and `config.toml`) or a folder searched recursively for them (default:
 //! `results/`; unfinished runs found by the search, those without `result.json`, are skipped with
-//! a note). The report goes to `--out`:
+//! a note, and so is any run whose numbers are absurd: an accuracy outside [0, 1], a negative or
+//! non-finite throughput or duration; `null` numbers, as serde_json writes NaN, read as NaN). The
+//! report goes to `--out`:
 //! - `results.md`: one row per run (model, preset, task, the paper's figure and setting, our best
 //!   validation and test accuracy, parameters, training img/s, device, wall time, date, commit);
 //! - `curves.png`/`.svg`: validation accuracy against epoch and against wall time, a line per run;
@@ -57,7 +59,15 @@ pub struct Report {
 
 /// Reads the runs found under `inputs`, then writes `results.md` and the plots into `out`.
 pub fn generate(inputs: &[PathBuf], out: &Path, bench: &[PathBuf]) -> Result<Report> {
-    let mut runs = find_runs(inputs)?.iter().map(|d| read_run(d)).collect::<Result<Vec<_>>>()?;
+    let mut runs = Vec::new();
+    for dir in find_runs(inputs)? {
+        let run = read_run(&dir)?;
+        match run.implausible() {
+            Some(why) => eprintln!("skipping run {}: {why}", dir.display()),
+            None => runs.push(run),
+        }
+    }
+
     let bench: Vec<Record> = bench.iter().map(|p| read_bench(p)).collect::<Result<Vec<_>>>()?.concat();
     runs.sort_by(|a, b| {
         (&a.record.task, &a.record.model, &a.record.preset, &a.record.date, &a.dir).cmp(&(
@@ -484,6 +494,57 @@ mod tests {
         let path = run.join("result.json").display().to_string();
         assert!(err.starts_with(&format!("malformed JSON in `{path}` at line 3: ")), "{err}");
         assert!(!err.contains('\n'));
+    }
+
+    /// The trainer's own `null` losses read back; a run with absurd numbers is skipped with a
+    /// note and the rest reported, and so is an absurd bench record.
+    #[test]
+    fn bad_runs_are_skipped_and_the_rest_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        let results = tmp.path().join("results");
+        let mut with_null = metrics(3, 0.7);
+        with_null[1].val_loss = f64::NAN;
+        write_run(
+            &results.join("good"),
+            Some(&record("s4d-lra", "lra-image", None, 0.7, 100.0)),
+            &with_null,
+            None,
+            task("name = \"lra-image\""),
+        );
+        assert!(std::fs::read_to_string(results.join("good/metrics.jsonl"))
+            .unwrap()
+            .contains("\"val_loss\":null"));
+        let absurd = RunRecord {
+            best_val_acc: f64::INFINITY,
+            ..record("s4d-lra", "lra-image", None, 0.7, -5.0)
+        };
+        write_run(
+            &results.join("absurd"),
+            Some(&absurd),
+            &metrics(2, 0.5),
+            None,
+            task("name = \"lra-image\""),
+        );
+        let bench = tmp.path().join("bench.json");
+        let entries = vec![
+            Record {
+                train_img_per_s: Some(-3.0),
+                infer_img_per_s: Some(f64::INFINITY),
+                ..bench_record("s4d", "pixelseq", 1024, 8)
+            },
+            Record {
+                train_img_per_s: Some(50.0),
+                infer_img_per_s: Some(150.0),
+                ..bench_record("s4d", "pixelseq", 256, 8)
+            },
+        ];
+        std::fs::write(&bench, serde_json::to_string(&entries).unwrap()).unwrap();
+        let out = tmp.path().join("out");
+        let report = generate(&[results], &out, &[bench]).unwrap();
+        assert_eq!(report.runs.len(), 1);
+        assert!(report.runs[0].metrics[1].val_loss.is_nan());
+        let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+        assert!(!md.contains("inf") && !md.contains("| -"), "{md}");
     }
 
     #[test]

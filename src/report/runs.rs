@@ -121,13 +121,35 @@ pub fn read_run(dir: &Path) -> Result<Run> {
     })
 }
 
-/// Reads a benchmark JSON file.
+/// Reads a benchmark JSON file; a record with a negative or non-finite figure is skipped with a
+/// note.
 pub fn read_bench(path: &Path) -> Result<Vec<Record>> {
     let entries: Vec<Record> = read_json(path)?;
     if entries.is_empty() {
         bail!("bench file `{}` holds no measurements", path.display());
     }
-    Ok(entries)
+    Ok(entries
+        .into_iter()
+        .filter(|e| {
+            let figures = [
+                ("train_img_per_s", e.train_img_per_s),
+                ("infer_img_per_s", e.infer_img_per_s),
+                ("peak_mem_mb", e.peak_mem_mb),
+            ];
+            let bad = figures.iter().find(|(_, v)| v.is_some_and(|v| !(v.is_finite() && v >= 0.0)));
+            if let Some((key, v)) = bad {
+                eprintln!(
+                    "skipping a record of `{}` ({} {} L={}): {key} = {}",
+                    path.display(),
+                    e.implementation,
+                    e.preset,
+                    e.seq_len,
+                    v.unwrap_or_default()
+                );
+            }
+            bad.is_none()
+        })
+        .collect())
 }
 
 fn read_text(path: &Path) -> Result<String> {
@@ -167,6 +189,38 @@ pub(super) fn assign_labels(runs: &mut [Run]) {
 }
 
 impl Run {
+    /// Why the run's numbers cannot be reported (an accuracy outside [0, 1], a negative or
+    /// non-finite throughput, duration or epoch), naming the file and the field; `None` if they can.
+    pub(super) fn implausible(&self) -> Option<String> {
+        let r = &self.record;
+        let accuracy = |v: f64| (0.0..=1.0).contains(&v);
+        let amount = |v: f64| v.is_finite() && v >= 0.0;
+        for (key, v, ok) in [
+            ("best_val_acc", r.best_val_acc, accuracy(r.best_val_acc)),
+            ("test_acc", r.test_acc, accuracy(r.test_acc)),
+            ("img_per_s", r.img_per_s, amount(r.img_per_s)),
+            ("wall_s", r.wall_s, amount(r.wall_s)),
+            ("epochs", r.epochs, amount(r.epochs)),
+            ("params", r.params as f64, r.params >= 0),
+        ] {
+            if !ok {
+                return Some(format!("result.json has {key} = {v}"));
+            }
+        }
+        for (i, m) in self.metrics.iter().enumerate() {
+            for (key, v, ok) in [
+                ("val_acc", m.val_acc, accuracy(m.val_acc)),
+                ("epoch", m.epoch, amount(m.epoch)),
+                ("wall_s", m.wall_s, amount(m.wall_s)),
+            ] {
+                if !ok {
+                    return Some(format!("metrics.jsonl line {} has {key} = {v}", i + 1));
+                }
+            }
+        }
+        None
+    }
+
     /// The paper's model name where the config has one, else the zoo name.
     pub(super) fn model_name(&self) -> &str {
         self.paper.as_ref().map_or(&self.record.model, |p| &p.model)

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::Result;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::amp::Precision;
 use crate::files;
@@ -13,13 +13,21 @@ use crate::files;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Metrics {
     pub step: u64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub epoch: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub lr: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub train_loss: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub train_acc: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub val_loss: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub val_acc: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub img_per_s: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub wall_s: f64,
 }
 
@@ -31,16 +39,22 @@ pub struct RunRecord {
     pub task: String,
     pub paper_figure: Option<f64>,
     pub paper_setting: Option<String>,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub best_val_acc: f64,
     pub best_step: u64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub test_acc: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub test_loss: f64,
     pub params: i64,
     pub steps: u64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub epochs: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub img_per_s: f64,
     pub device: String,
     pub precision: Precision,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub wall_s: f64,
     pub seed: u64,
     /// Images per forward/backward pass (0 in records written before micro-batching).
@@ -48,6 +62,12 @@ pub struct RunRecord {
     pub micro_batch: i64,
     pub commit: String,
     pub date: String,
+}
+
+/// A number that JSON may hold as `null`: serde_json writes NaN and ±inf so, and they read back
+/// as NaN.
+fn f64_or_nan<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// Drops the metric lines written after the checkpoint a run resumes from.
@@ -77,4 +97,21 @@ pub fn today() -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     format!("{y:04}-{m:02}-{d:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A metrics line with a non-finite loss, as serde_json writes it, reads back.
+    #[test]
+    fn null_numbers_read_back_as_nan() {
+        let line = r#"{"step":5,"epoch":1.0,"lr":0.001,"train_loss":2.3,"train_acc":0.1,"val_loss":null,"val_acc":0.1,"img_per_s":10.0,"wall_s":3.0}"#;
+        let m: Metrics = serde_json::from_str(line).unwrap();
+        assert!(m.val_loss.is_nan() && m.step == 5);
+        assert!(
+            serde_json::from_str::<Metrics>(&line.replace("\"lr\":0.001,", "")).is_err(),
+            "a missing field"
+        );
+    }
 }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use tch::{nn, nn::ModuleT, Device};
 
 use super::checkpoint::{self, State};
@@ -13,7 +13,7 @@ use super::memory;
 use super::optim::AdamW;
 use super::progress::{clock, Progress, Tally};
 use super::records::{today, truncate_metrics, Metrics, RunRecord};
-use super::run_dir::RunDir;
+use super::run_dir::{RunDir, RunLock};
 use super::sampler::Sampler;
 use super::schedule;
 use super::step::{train_step, LossScaler, Settings};
@@ -27,7 +27,8 @@ use crate::{device, files};
 pub struct Options {
     pub device: Device,
     pub dir: PathBuf,
-    /// Continue from the run directory's last checkpoint.
+    /// Continue from the run directory's last checkpoint; `cfg` is written over its config.toml
+    /// (the caller refuses changes of the model or the task).
     pub resume: bool,
     /// Preset name, for the record.
     pub preset: Option<String>,
@@ -84,10 +85,14 @@ struct Trainer<'a> {
     opt: AdamW,
     scaler: LossScaler,
     state: State,
+    /// The step of the newest checkpoint in `last` (`None`: none yet).
+    saved: Option<u64>,
     started: Instant,
     /// Images per second of the last evaluation pass.
     eval_img_per_s: Option<f64>,
     deadline: Option<Duration>,
+    /// Held for the whole run: one writer per run directory.
+    _lock: RunLock,
 }
 
 /// Trains `cfg` on `data` in `opts.dir`, then scores the best checkpoint on the test split.
@@ -138,20 +143,35 @@ pub fn run(cfg: &RunConfig, data: &Dataset, opts: &Options) -> Result<RunRecord>
 }
 
 impl<'a> Trainer<'a> {
-    /// Writes the config (new run) or loads the last checkpoint (`--resume`), builds the model
-    /// and the optimizer, and prints what the run will do.
+    /// Takes the run directory's lock, writes the config (a new run, or the one `--resume`
+    /// continues with), loads the last checkpoint (`--resume`), builds the model and the
+    /// optimizer, and prints what the run will do.
     fn start(cfg: &'a RunConfig, data: &'a Dataset, opts: &Options) -> Result<Trainer<'a>> {
         let dir = RunDir::new(&opts.dir);
-        std::fs::create_dir_all(&dir.root).with_context(|| format!("failed to create run directory `{}`", dir.root.display()))?;
-        if !opts.resume {
-            if dir.checkpoints().exists() {
-                bail!(
-                    "run directory `{}` already holds a run; pass --resume {} to continue it, or choose another --out",
-                    dir.root.display(),
-                    dir.root.display()
-                );
+        let lock = if opts.resume {
+            if !dir.config().is_file() {
+                bail!("`{}` is not a run directory (it has no config.toml)", dir.root.display());
             }
-            files::write_bytes(&dir.config(), cfg.to_toml().as_bytes())?;
+            let lock = dir.lock()?;
+            // A crash between the renames of a checkpoint save left the previous one aside.
+            checkpoint::recover(&dir.best())?;
+            checkpoint::recover(&dir.last())?;
+            files::remove_stale_temps(&dir.checkpoints());
+            lock
+        } else {
+            dir.check_new_run()?;
+            let lock = dir.lock()?;
+            // Another command may have started a run here before this one held the lock.
+            dir.check_new_run()?;
+            if let Some(p) = &opts.preset {
+                files::write_bytes(&dir.preset(), p.as_bytes())?;
+            }
+            lock
+        };
+        eprintln!("run directory: {}", dir.root.display());
+        let toml = cfg.to_toml();
+        if std::fs::read_to_string(dir.config()).ok().as_deref() != Some(toml.as_str()) {
+            files::write_bytes(&dir.config(), toml.as_bytes())?;
         }
         let precision = amp::resolve(cfg.train.precision, opts.device);
         let mut plan = Plan::new(cfg, data.train.len());
@@ -162,10 +182,23 @@ impl<'a> Trainer<'a> {
         let mut opt = AdamW::new(&vs, &cfg.optim)?;
         let mut scaler = LossScaler::new(precision);
         let mut state = State::new(&scaler);
-        if opts.resume {
+        let mut saved = None;
+        if opts.resume && checkpoint::existing(&dir.last()).is_none() {
+            eprintln!("no checkpoint in `{}` yet; starting from step 0", dir.last().display());
+            truncate_metrics(&dir.metrics(), 0)?;
+        } else if opts.resume {
             state = checkpoint::load(&dir.last(), &mut vs, Some(&mut opt))
                 .with_context(|| format!("cannot resume `{}`", dir.root.display()))?;
+            if state.step > plan.total {
+                bail!(
+                    "cannot resume `{}`: its last checkpoint is at step {}, beyond the run's {} steps; raise the budget (--max-steps, --epochs) to continue",
+                    dir.root.display(),
+                    state.step,
+                    plan.total
+                );
+            }
             state.restore(&mut scaler);
+            saved = Some(state.step);
             truncate_metrics(&dir.metrics(), state.step)?;
             eprintln!(
                 "resuming at step {} of {} (best val {:.2}% at step {})",
@@ -174,8 +207,6 @@ impl<'a> Trainer<'a> {
                 100.0 * state.best_val_acc,
                 state.best_step
             );
-        } else if dir.metrics().exists() {
-            std::fs::remove_file(dir.metrics())?;
         }
         let input = cfg.task.input_spec();
         let memory = memory::plan(
@@ -232,7 +263,9 @@ impl<'a> Trainer<'a> {
             opt,
             scaler,
             state,
+            saved,
             started,
+            _lock: lock,
         })
     }
 
@@ -277,31 +310,46 @@ impl<'a> Trainer<'a> {
         if loss.is_finite() {
             return Ok(());
         }
-        bail!(
-            "loss became {loss} at step {step}; stopped. The last good checkpoint (step {}) is kept in `{}`",
-            self.state.step,
-            self.dir.last().display()
-        )
+        Err(self.diverged(format!("loss became {loss} at step {step}")))
+    }
+
+    /// The error that stops a diverged run: what went wrong, and the checkpoint that is kept, if
+    /// one was written.
+    fn diverged(&self, what: String) -> anyhow::Error {
+        match self.saved {
+            Some(step) => anyhow!(
+                "{what}; stopped. The last good checkpoint (step {step}) is kept in `{}`",
+                self.dir.last().display()
+            ),
+            None => anyhow!("{what}; stopped before any checkpoint was written (is optim.lr too high?)"),
+        }
     }
 
     /// Scores the validation split, appends a metrics line, saves `best` (when improved) and
-    /// `last`, and prints the evaluation line.
+    /// `last`, and prints the evaluation line. A non-finite validation loss, weight or optimizer
+    /// moment stops the run instead: nothing of such a step is written.
     fn evaluate_and_save(&mut self, step: u64, lr: f64, tally: &Tally) -> Result<()> {
         let (train_loss, train_acc) = tally.means();
         self.state.train_s += tally.seconds();
         self.check_finite(train_loss, step)?;
-        let plan = &self.plan;
         let val = evaluate(
             self.model.as_ref(),
             &self.data.val,
             &self.cfg.task,
-            plan.eval_batch,
-            plan.val_limit,
+            self.plan.eval_batch,
+            self.plan.val_limit,
             self.precision,
             "validation",
         );
         self.eval_img_per_s = Some(val.img_per_s);
         let (val_loss, val_acc) = (val.loss, val.acc);
+        if !val_loss.is_finite() {
+            return Err(self.diverged(format!("validation loss became {val_loss} at step {step}")));
+        }
+        if let Some(what) = checkpoint::non_finite(&self.vs, Some(&self.opt)) {
+            return Err(self.diverged(format!("{what} became non-finite at step {step}")));
+        }
+        let plan = &self.plan;
         let state = &mut self.state;
         state.step = step;
         state.t = self.opt.t;
@@ -331,6 +379,7 @@ impl<'a> Trainer<'a> {
             checkpoint::save(&self.dir.best(), &self.vs, None, state)?;
         }
         checkpoint::save(&self.dir.last(), &self.vs, Some(&self.opt), state)?;
+        self.saved = Some(step);
         eprintln!(
             "step {step}/{} epoch {:.2} lr {lr:.2e} | train loss {train_loss:.4} acc {:.2}% | val loss {val_loss:.4} acc {:.2}%{} | {:.0} img/s | {}",
             plan.total,
@@ -436,11 +485,92 @@ seed = 7
         }
     }
 
+    fn tiny_data() -> Dataset {
+        tch::manual_seed(0);
+        Dataset {
+            train: split(12),
+            val: split(4),
+            test: split(4),
+        }
+    }
+
+    fn tiny(sets: &[&str]) -> RunConfig {
+        let mut table: toml::Table = TINY.parse().unwrap();
+        for set in sets {
+            crate::config::apply_override(&mut table, set).unwrap();
+        }
+        RunConfig::from_table(table, "test").unwrap()
+    }
+
+    fn options(dir: &std::path::Path, resume: bool) -> Options {
+        Options {
+            device: Device::Cpu,
+            dir: dir.to_path_buf(),
+            resume,
+            preset: None,
+        }
+    }
+
+    /// A run that diverges before its first evaluation writes no checkpoint and claims none.
+    #[test]
+    fn a_diverged_run_writes_no_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let run_dir = dir.path().join("run");
+        let cfg = tiny(&["optim.lr=1e30", "train.eval_every=1"]);
+        let err = format!("{:#}", run(&cfg, &tiny_data(), &options(&run_dir, false)).unwrap_err());
+        assert!(
+            err.contains("before any checkpoint was written") && !err.contains("step 0"),
+            "{err}"
+        );
+        let run = RunDir::new(&run_dir);
+        assert!(checkpoint::existing(&run.last()).is_none() && checkpoint::existing(&run.best()).is_none());
+        assert_eq!(
+            std::fs::read_to_string(run.metrics()).unwrap_or_default(),
+            "",
+            "a metrics line of the bad step"
+        );
+    }
+
+    /// Diverging after a good checkpoint keeps it, names its step, and never makes the bad step
+    /// `best`; a budget below the checkpoint's step is refused.
+    #[test]
+    fn divergence_keeps_the_last_good_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let run_dir = dir.path().join("run");
+        let data = tiny_data();
+        run(&tiny(&[]), &data, &options(&run_dir, false)).unwrap();
+        let run_files = RunDir::new(&run_dir);
+        let best_before = std::fs::read(run_files.best().join(checkpoint::WEIGHTS)).unwrap();
+        let cfg = tiny(&["optim.lr=1e30", "train.max_steps=10", "train.eval_every=1"]);
+        let err = format!("{:#}", run(&cfg, &data, &options(&run_dir, true)).unwrap_err());
+        assert!(err.contains("last good checkpoint (step 5)"), "{err}");
+        assert_eq!(
+            run_files.load_config().unwrap().optim.lr,
+            1e30,
+            "the resumed run's config is not recorded"
+        );
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let _model = cfg.model.build(&vs.root(), &cfg.task.input_spec()).unwrap();
+        let mut opt = AdamW::new(&vs, &cfg.optim).unwrap();
+        assert_eq!(checkpoint::load(&run_files.last(), &mut vs, Some(&mut opt)).unwrap().step, 5);
+        assert_eq!(checkpoint::non_finite(&vs, Some(&opt)), None);
+        assert_eq!(std::fs::read(run_files.best().join(checkpoint::WEIGHTS)).unwrap(), best_before);
+
+        let err = format!(
+            "{:#}",
+            run(&tiny(&["train.max_steps=3"]), &data, &options(&run_dir, true)).unwrap_err()
+        );
+        assert!(err.contains("at step 5, beyond the run's 3 steps"), "{err}");
+    }
+
     /// The loop's update is exactly `step::train_step` (the step `bench` times) on the sampler's
     /// batches at the schedule's learning rates: driving the step by hand from the same seed ends
     /// with the weights the trainer saved.
     #[test]
     fn the_loop_is_the_shared_step() {
+        if !crate::testing::alone_in_a_process("train::run::tests::the_loop_is_the_shared_step") {
+            return;
+        }
         tch::manual_seed(0);
         let data = Dataset {
             train: split(12),

@@ -6,16 +6,24 @@
 //! RUN_DIR/metrics.jsonl         one line per evaluation
 //! RUN_DIR/checkpoints/{best,last}
 //! RUN_DIR/result.json           written when the run ends
+//! RUN_DIR/.lock                 held (flock) by the one process writing the run
 //! ```
+//!
+//! One writer per run: `train` and `train --resume` hold the run's lock for as long as they run,
+//! and a second writer is refused. A new run starts only in a missing or empty folder, so
+//! nothing of anyone else's is overwritten; `eval` and `predict` only read.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use std::io::Write;
+
+use anyhow::{bail, Context, Result};
 use tch::{nn, nn::ModuleT, Device};
 
 use super::checkpoint::{self, State};
 use crate::amp::{self, Precision};
 use crate::config::RunConfig;
+use crate::files::PARTIAL;
 
 /// The paths of one run directory.
 #[derive(Debug, Clone)]
@@ -56,6 +64,67 @@ impl RunDir {
         self.root.join("result.json")
     }
 
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join(".lock")
+    }
+
+    /// Refuses a folder a new run cannot start in: one holding a run, or anyone's files. A
+    /// missing or empty folder is fine (its lock file and pixelseq's temporaries aside).
+    pub fn check_new_run(&self) -> Result<()> {
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("cannot use `{}` as a run directory", self.root.display())),
+        };
+        let lock = self.lock_file();
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.path() != lock)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !(n.starts_with('.') && n.contains(PARTIAL)))
+            .collect();
+        names.sort();
+        let d = self.root.display();
+        if [self.config(), self.checkpoints(), self.metrics()].iter().any(|p| p.exists()) {
+            bail!("run directory `{d}` already holds a run; pass --resume {d} to continue it, or choose another --out");
+        }
+        if let Some(first) = names.first() {
+            bail!("`{d}` is not empty (it holds `{first}`) and is not a pixelseq run; choose another --out (a run never writes among other files)");
+        }
+        Ok(())
+    }
+
+    /// Takes the run's lock (creating the folder if needed) for as long as the returned guard
+    /// lives; refused while another process holds it.
+    pub fn lock(&self) -> Result<RunLock> {
+        let d = self.root.display();
+        std::fs::create_dir_all(&self.root).with_context(|| format!("failed to create run directory `{d}`"))?;
+        let path = self.lock_file();
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("failed to open the lock file `{}`", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                let holder = match holder.trim() {
+                    "" => String::new(),
+                    pid => format!(" (process {pid})"),
+                };
+                bail!("run directory `{d}` is in use by another pixelseq command{holder}; wait for it to end, or choose another --out");
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e).with_context(|| format!("failed to lock `{}`", path.display())),
+        }
+        file.set_len(0)
+            .and_then(|()| write!(file, "{}", std::process::id()))
+            .with_context(|| format!("failed to write the lock file `{}`", path.display()))?;
+        Ok(RunLock { _file: file })
+    }
+
     /// The run's resolved config.
     pub fn load_config(&self) -> Result<RunConfig> {
         RunConfig::load(None, Some(&self.config()), &[]).with_context(|| format!("`{}` is not a run directory", self.root.display()))
@@ -65,6 +134,12 @@ impl RunDir {
     pub fn preset_name(&self) -> Option<String> {
         std::fs::read_to_string(self.preset()).ok().map(|s| s.trim().to_string())
     }
+}
+
+/// A run's lock, held until dropped (the lock file stays; the lock goes with its handle, also
+/// when the process dies).
+pub struct RunLock {
+    _file: std::fs::File,
 }
 
 /// Which checkpoint of a run to open.
@@ -112,4 +187,41 @@ pub fn open_run(dir: &Path, which: Which, device: Device) -> Result<OpenRun> {
         state,
         precision,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two writers of one run: the second is refused while the first holds the lock.
+    #[test]
+    fn one_writer_per_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path().join("run"));
+        let held = run.lock().unwrap();
+        let err = format!("{:#}", run.lock().err().expect("a second lock is refused"));
+        assert!(
+            err.contains("in use by another pixelseq command") && err.contains(&std::process::id().to_string()),
+            "{err}"
+        );
+        drop(held);
+        run.lock().unwrap();
+        run.check_new_run().unwrap();
+    }
+
+    #[test]
+    fn a_new_run_needs_a_missing_or_empty_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        run.check_new_run().unwrap();
+        std::fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
+        let err = run.check_new_run().unwrap_err().to_string();
+        assert!(
+            err.contains("not empty (it holds `notes.txt`)") && err.contains("not a pixelseq run"),
+            "{err}"
+        );
+        std::fs::write(run.config(), b"").unwrap();
+        let err = run.check_new_run().unwrap_err().to_string();
+        assert!(err.contains("already holds a run") && err.contains("--resume"), "{err}");
+    }
 }
