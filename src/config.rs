@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::amp::Precision;
 use crate::data::TaskConfig;
-use crate::models::ModelConfig;
+use crate::models::pretrain::{self, Loss};
+use crate::models::{ModelConfig, Objective};
 
 /// The largest training or evaluation batch: far beyond any that fits in memory; it keeps
 /// products of sizes well inside `i64`.
@@ -109,6 +110,10 @@ impl Default for Schedule {
 #[serde(deny_unknown_fields, default)]
 pub struct Train {
     pub batch_size: i64,
+    /// A pretraining run directory (`pixelseq pretrain`) whose best checkpoint initialises the
+    /// model's backbone (`train --init`); `None`: from scratch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<String>,
     /// Budget in epochs (ignored when `max_steps` is set).
     pub epochs: u64,
     /// Budget in optimizer steps; overrides `epochs`.
@@ -183,6 +188,7 @@ impl Default for Train {
     fn default() -> Self {
         Train {
             batch_size: 64,
+            init: None,
             epochs: 10,
             max_steps: None,
             max_minutes: None,
@@ -212,6 +218,52 @@ pub struct RunConfig {
     pub schedule: Schedule,
     #[serde(default)]
     pub train: Train,
+    /// Self-pretraining (`pixelseq pretrain`); `train` ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrain: Option<Pretrain>,
+}
+
+/// The `[pretrain]` table: what `pixelseq pretrain` reconstructs, and the stage's own optimizer,
+/// schedule and budget where they differ from the top-level ones (which then stay the recipe of
+/// fine-tuning with `train --init`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pretrain {
+    pub objective: Objective,
+    /// Share of each image's positions masked (`objective = "masked"`).
+    pub mask_ratio: f64,
+    pub loss: Loss,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub optim: Option<Optim>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train: Option<Train>,
+}
+
+impl Default for Pretrain {
+    fn default() -> Self {
+        let method = pretrain::Config::default();
+        Pretrain {
+            objective: method.objective,
+            mask_ratio: method.mask_ratio,
+            loss: method.loss,
+            optim: None,
+            schedule: None,
+            train: None,
+        }
+    }
+}
+
+impl Pretrain {
+    /// What the pretrainer reconstructs and how it is scored.
+    pub fn method(&self) -> pretrain::Config {
+        pretrain::Config {
+            objective: self.objective,
+            mask_ratio: self.mask_ratio,
+            loss: self.loss,
+        }
+    }
 }
 
 /// The folder of shipped presets: `$PIXELSEQ_PRESETS`, else `presets/` beside the executable's
@@ -438,7 +490,11 @@ impl RunConfig {
                 bail!("key `train.micro_batch` = {n}: must be \"auto\" or a number from 1 to {MAX_BATCH}");
             }
         }
-        self.model.validate(&self.task.input_spec())
+        self.model.validate(&self.task.input_spec())?;
+        if let Some(p) = &self.pretrain {
+            p.method().validate(&self.model, &self.task.input_spec())?;
+        }
+        Ok(())
     }
 
     /// The keys whose values differ between `self` and `other`, as (key, value here, value
@@ -469,6 +525,48 @@ impl RunConfig {
             .filter(|k| a.get(*k) != b.get(*k))
             .map(|k| (k.clone(), shown(a.get(k)), shown(b.get(k))))
             .collect()
+    }
+
+    /// The config of the pretraining stage: `[pretrain]`'s optimizer, schedule and budget in place
+    /// of the top-level ones where it gives them (its own table kept, so a resumed run derives the
+    /// same stage). Refuses what self-pretraining cannot do: mixup and CutMix mix labels that a
+    /// reconstruction has not, and a model or objective without a pretraining form.
+    pub fn for_pretraining(&self) -> Result<RunConfig> {
+        let p = self.pretrain.clone().unwrap_or_default();
+        let mut cfg = self.clone();
+        if let Some(o) = &p.optim {
+            cfg.optim = o.clone();
+        }
+        if let Some(s) = &p.schedule {
+            cfg.schedule = s.clone();
+        }
+        if let Some(t) = &p.train {
+            cfg.train = t.clone();
+        }
+        if cfg.train.mixup > 0.0 || cfg.train.cutmix > 0.0 {
+            bail!("key `train.mixup`/`train.cutmix`: self-pretraining reconstructs pixels and has no labels to mix; set them to 0 in [pretrain.train]");
+        }
+        if cfg.train.init.is_some() {
+            bail!("key `train.init`: a self-pretraining run starts from scratch");
+        }
+        // The stage's sections are now the top-level ones: deriving the stage again is the identity.
+        cfg.pretrain = Some(Pretrain {
+            optim: None,
+            schedule: None,
+            train: None,
+            ..p
+        });
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// This config with `--set` overrides applied (as [`RunConfig::load`] applies them to a file).
+    pub fn with_overrides(&self, overrides: &[String], origin: &str) -> Result<RunConfig> {
+        let mut table: toml::Table = self.to_toml().parse().expect("a serialised config parses");
+        for o in overrides {
+            apply_override(&mut table, o)?;
+        }
+        Self::from_table(table, origin)
     }
 
     /// The resolved config as TOML text.

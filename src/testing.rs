@@ -179,6 +179,7 @@ eval_every = 2
     };
     let cfg = crate::config::RunConfig::from_toml_str(TINY, "tiny run").unwrap();
     let opts = crate::train::Options {
+        pretrain: false,
         device: Device::Cpu,
         dir: dir.to_path_buf(),
         resume: false,

@@ -61,6 +61,7 @@ fn a_small_s4d_learns_real_images() {
     let cfg = RunConfig::from_toml_str(SMALL_S4D, "test config").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let opts = train::Options {
+        pretrain: false,
         device: Device::Cpu,
         dir: dir.path().join("run"),
         resume: false,

@@ -9,10 +9,11 @@ use anyhow::{Context, Result};
 use tch::{nn, Device, Kind, Tensor};
 
 use super::Measurement;
-use crate::amp::{self, Precision};
+use crate::amp::Precision;
 use crate::config::RunConfig;
 use crate::data::InputSpec;
 use crate::models::{param_count, NUM_CLASSES};
+use crate::train::learner::Learner;
 use crate::train::memory;
 use crate::train::optim::AdamW;
 use crate::train::step::{train_step, Batch, LossScaler, Settings};
@@ -41,9 +42,9 @@ pub fn measure(cfg: &RunConfig, input: InputSpec, batch: i64, t: &Timing, device
     };
     tch::manual_seed(0);
     let vs = nn::VarStore::new(device);
-    let model = cfg.model.build(&vs.root(), &input)?;
+    let learner = Learner::Classifier(cfg.model.build(&vs.root(), &input)?);
     let mut opt = AdamW::new(&vs, &cfg.optim)?;
-    let memory = memory::plan(model.as_ref(), &vs, input, batch, batch, cfg.train.micro_batch, device, precision)?;
+    let memory = memory::plan(&learner, &vs, input, batch, batch, cfg.train.micro_batch, device, precision)?;
     let inputs = Batch {
         xs: Tensor::randint(256, [batch, input.seq_len, input.channels], (Kind::Uint8, device)), // (B, L, C)
         labels: Tensor::randint(NUM_CLASSES, [batch], (Kind::Int64, device)),                    // (B)
@@ -57,7 +58,7 @@ pub fn measure(cfg: &RunConfig, input: InputSpec, batch: i64, t: &Timing, device
         micro_batch: memory.micro_batch,
     };
     let mut scaler = LossScaler::new(precision);
-    let mut step = || train_step(model.as_ref(), &mut opt, &inputs, &settings, &mut scaler).map(|_| ());
+    let mut step = || train_step(&learner, &mut opt, &inputs, &settings, &mut scaler).map(|_| ());
 
     let train = median_seconds(warmup, steps, device, || {
         step()?;
@@ -67,7 +68,7 @@ pub fn measure(cfg: &RunConfig, input: InputSpec, batch: i64, t: &Timing, device
     let infer = median_seconds(warmup, steps, device, || {
         for start in (0..batch).step_by(memory.eval_batch as usize) {
             let xs = inputs.xs.narrow(0, start, memory.eval_batch.min(batch - start));
-            let _ = tch::no_grad(|| amp::autocast(precision, || model.forward_t(&xs, false)));
+            let _ = tch::no_grad(|| learner.part(&xs, &inputs.labels.narrow(0, start, xs.size()[0]), None, 0.0, precision, false));
         }
         sample();
         Ok(())

@@ -39,16 +39,9 @@ pub fn exec(a: EvalArgs) -> Result<()> {
         s => bail!("--split {s}: expected test, val or train"),
     }
     .to_device(device);
-    let batch = memory::eval_batch(
-        run.model.as_ref(),
-        &run.vs,
-        run.config.task.input_spec(),
-        EVAL_BATCH,
-        device,
-        run.precision,
-    )?;
-    let score = evaluate(run.model.as_ref(), &split, &run.config.task, batch, None, run.precision, &a.split);
-    let (loss, acc) = (score.loss, score.acc);
+    let batch = memory::eval_batch(&run.model, &run.vs, run.config.task.input_spec(), EVAL_BATCH, device, run.precision)?;
+    let score = evaluate(&run.model, &split, &run.config.task, batch, None, run.precision, &a.split);
+    let (loss, acc) = (score.loss, score.acc.expect("open_run builds a classifier"));
     println!(
         "{}: {which} checkpoint (step {}), {} split: accuracy {:.2}% ({} images), loss {loss:.4}",
         a.run.display(),

@@ -30,6 +30,9 @@ pub enum Command {
     Data(data::DataArgs),
     /// Train a model from a preset or config file.
     Train(train::TrainArgs),
+    /// Self-pretrain a model's backbone on the task's own images ([pretrain] of the config): the
+    /// run `train --init` fine-tunes from.
+    Pretrain(train::TrainArgs),
     /// Score a run's best checkpoint on a split.
     Eval(eval::EvalArgs),
     /// List the shipped presets with their parameter counts and the paper figure each targets.
@@ -63,7 +66,8 @@ fn dispatch(cli: Cli) -> Result<()> {
     crate::device::install_cpu_allocator()?;
     match cli.command {
         Command::Data(args) => data::exec(args),
-        Command::Train(args) => train::exec(args),
+        Command::Train(args) => train::exec(args, false),
+        Command::Pretrain(args) => train::exec(args, true),
         Command::Eval(args) => eval::exec(args),
         Command::Presets => presets::exec(),
         Command::Report(args) => report::exec(args),

@@ -63,16 +63,10 @@ pub fn exec(a: PredictArgs) -> Result<()> {
     );
     let channels = cfg.task.input_spec().channels;
     let mut predictions = Vec::with_capacity(files.len());
-    let batch_size = memory::eval_batch(
-        run.model.as_ref(),
-        &run.vs,
-        cfg.task.input_spec(),
-        EVAL_BATCH,
-        device,
-        run.precision,
-    )? as usize;
+    let batch_size = memory::eval_batch(&run.model, &run.vs, cfg.task.input_spec(), EVAL_BATCH, device, run.precision)? as usize;
+    let model = run.model.classifier().expect("open_run builds a classifier");
     for (paths, batch) in files.chunks(batch_size).zip(images.chunks(batch_size)) {
-        let probs = probabilities(run.model.as_ref(), &pixels(batch, channels), &cfg.task, device, run.precision);
+        let probs = probabilities(model, &pixels(batch, channels), &cfg.task, device, run.precision);
         for (path, row) in paths.iter().zip(probs.chunks(CLASSES.len())) {
             predictions.push(Prediction {
                 path: path.clone(),

@@ -11,7 +11,7 @@ use crate::amp::{self, Precision};
 use crate::bench::{self, Timing};
 use crate::config::RunConfig;
 use crate::data::{self, Dataset};
-use crate::train::{self, records::today, RunDir, EVAL_BATCH};
+use crate::train::{self, checkpoint, records::today, RunDir, EVAL_BATCH};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -60,6 +60,10 @@ pub struct TrainArgs {
     /// fp32, bf16, fp16 or auto (bf16 on CUDA) (train.precision).
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
+    /// Start the model's backbone from the best checkpoint of this self-pretraining run
+    /// (`pixelseq pretrain`); the classifier starts fresh (train.init).
+    #[arg(long, value_name = "PRETRAIN_RUN_DIR", conflicts_with = "resume")]
+    pub init: Option<PathBuf>,
 }
 
 impl TrainArgs {
@@ -72,6 +76,7 @@ impl TrainArgs {
             ("train.max_minutes", self.max_minutes.map(|v| format!("{v:?}"))),
             ("train.seed", self.seed.map(|v| v.to_string())),
             ("train.precision", self.precision.map(|p| format!("\"{p}\""))),
+            ("train.init", self.init.as_ref().map(|p| format!("{:?}", p.display().to_string()))),
         ];
         for (key, value) in flags {
             if let Some(v) = value {
@@ -82,7 +87,12 @@ impl TrainArgs {
     }
 }
 
-pub fn exec(a: TrainArgs) -> Result<()> {
+/// `pixelseq train` (`pretrain` false) or `pixelseq pretrain` (true; the same arguments: the
+/// run's config is the pretraining stage of the preset, see [`RunConfig::for_pretraining`]).
+pub fn exec(a: TrainArgs, pretrain: bool) -> Result<()> {
+    if pretrain && a.init.is_some() {
+        bail!("--init fine-tunes from a pretraining run; `pixelseq pretrain` starts from scratch");
+    }
     let overrides = a.overrides();
     let device = a.device.resolve()?;
     let (mut cfg, dir, preset) = match &a.resume {
@@ -95,13 +105,20 @@ pub fn exec(a: TrainArgs) -> Result<()> {
             let cfg = RunConfig::load(None, Some(&run.config()), &overrides)
                 .with_context(|| format!("`{}` is not a run directory", dir.display()))?;
             check_resume_changes(&recorded, &cfg, &run)?;
+            check_resume_kind(&run, pretrain)?;
+            let cfg = if pretrain { cfg.for_pretraining()? } else { cfg };
             // Refused before the data is loaded if another command writes the run;
             // `train::run` takes the lock for good.
             drop(run.lock()?);
             (cfg, dir.clone(), run.preset_name())
         }
         None => {
-            let cfg = RunConfig::load(a.preset.as_deref(), a.config.as_deref(), &overrides)?;
+            let cfg = if pretrain {
+                let stage = RunConfig::load(a.preset.as_deref(), a.config.as_deref(), &[])?.for_pretraining()?;
+                stage.with_overrides(&overrides, "the pretraining stage")?
+            } else {
+                RunConfig::load(a.preset.as_deref(), a.config.as_deref(), &overrides)?
+            };
             let stem = a
                 .preset
                 .clone()
@@ -132,6 +149,7 @@ pub fn exec(a: TrainArgs) -> Result<()> {
         fit(&mut cfg, &dataset, device, minutes)?;
     }
     let opts = train::Options {
+        pretrain,
         device,
         dir: dir.clone(),
         resume: a.resume.is_some(),
@@ -140,6 +158,27 @@ pub fn exec(a: TrainArgs) -> Result<()> {
     let record = train::run(&cfg, &dataset, &opts)?;
     println!("{}", serde_json::to_string_pretty(&record)?);
     Ok(())
+}
+
+/// A run resumes with the command that started it: a pretraining run's checkpoints hold a
+/// backbone and its reconstruction head, a training run's a classifier.
+fn check_resume_kind(run: &RunDir, pretrain: bool) -> Result<()> {
+    let Ok(state) = checkpoint::verify(&run.last()) else {
+        return Ok(());
+    };
+    match (state.best_val_loss.is_some(), pretrain) {
+        (true, false) => bail!(
+            "`{}` is a self-pretraining run; continue it with `pixelseq pretrain --resume {}`",
+            run.root.display(),
+            run.root.display()
+        ),
+        (false, true) => bail!(
+            "`{}` is a training run; continue it with `pixelseq train --resume {}`",
+            run.root.display(),
+            run.root.display()
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// `--set` (and budget flags) given with `--resume`: a change of the model or the task would not

@@ -152,6 +152,8 @@ mod tests {
             wall_s: 3725.0,
             seed: 0,
             micro_batch: 64,
+            init: None,
+            pretrain: None,
             commit: "abc123def456".into(),
             date: "2025-11-26".into(),
         }

@@ -47,6 +47,10 @@ pub struct State {
     /// Images per forward/backward pass the run trains with (0: not chosen yet).
     #[serde(default)]
     pub micro_batch: i64,
+    /// A self-pretraining run's checkpoint: the lowest validation reconstruction loss so far
+    /// (its accuracies stay unset). `None` for a classifier's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_val_loss: Option<f64>,
     /// sha256 of each tensor file of the checkpoint, by name; checked on every load. Checkpoints
     /// written before pixelseq recorded them have none: they load unchecked, with a warning.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -66,6 +70,7 @@ impl State {
             loss_scale: scaler.scale,
             loss_scale_growth: scaler.growth_tracker,
             micro_batch: 0,
+            best_val_loss: None,
             files: BTreeMap::new(),
         }
     }
@@ -198,6 +203,17 @@ pub fn load(dir: &Path, vs: &mut nn::VarStore, opt: Option<&mut AdamW>) -> Resul
             .with_context(|| format!("optimizer state `{}` does not fit the model", found.join(OPTIM).display()))?;
     }
     Ok(state)
+}
+
+/// The state and the weights of checkpoint `dir`, checked against their sha256 (`train --init`
+/// reads a pretraining run's this way).
+pub fn weights(dir: &Path) -> Result<(State, Vec<(String, Tensor)>)> {
+    let Some(found) = existing(dir) else {
+        bail!("no checkpoint in `{}`", dir.display())
+    };
+    let state = read_state(&found)?;
+    let weights = read_tensors(&found, WEIGHTS, &state)?;
+    Ok((state, weights))
 }
 
 /// Checks that every tensor file of the checkpoint folder `dir` matches its recorded sha256.

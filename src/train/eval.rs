@@ -1,8 +1,10 @@
 //! Scoring a model on a split: mean cross-entropy and accuracy over every image (no dropped
-//! remainder), in eval mode and without gradients, with progress shown as it goes.
+//! remainder), or a pretrainer's mean reconstruction loss, in eval mode and without gradients,
+//! with progress shown as it goes.
 
-use tch::{nn::ModuleT, Kind, Reduction, Tensor};
+use tch::{Kind, Reduction, Tensor};
 
+use super::learner::Learner;
 use super::progress::EvalProgress;
 use crate::amp::{self, Precision};
 use crate::data::{batch_input, Split, TaskConfig};
@@ -10,19 +12,24 @@ use crate::data::{batch_input, Split, TaskConfig};
 /// Images per forward pass when scoring, unless a run's config says otherwise.
 pub const EVAL_BATCH: i64 = 256;
 
+/// Seed of torch's generator before a pretrainer's evaluation: every evaluation masks the same
+/// positions of the same images (for a given evaluation batch).
+const EVAL_MASK_SEED: i64 = 0x5eed;
+
 /// What an evaluation pass gives.
 #[derive(Debug, Clone, Copy)]
 pub struct Score {
     pub loss: f64,
-    pub acc: f64,
+    /// `None` for a pretrainer.
+    pub acc: Option<f64>,
     /// Images scored per second.
     pub img_per_s: f64,
 }
 
-/// Loss and accuracy of `model` on the first `limit` images of a split (`None`: every image);
+/// Loss and accuracy of `learner` on the first `limit` images of a split (`None`: every image);
 /// `what` names the pass in the progress display.
 pub fn evaluate(
-    model: &dyn ModuleT,
+    learner: &Learner,
     split: &Split,
     task: &TaskConfig,
     batch: i64,
@@ -36,22 +43,30 @@ pub fn evaluate(
         Tensor::zeros([], (Kind::Float, split.labels.device())),
         Tensor::zeros([], (Kind::Int64, split.labels.device())),
     );
+    if !learner.classifies() {
+        tch::manual_seed(EVAL_MASK_SEED);
+    }
     tch::no_grad(|| {
         let mut start = 0;
         while start < n {
             let len = batch.min(n - start);
             let xs = batch_input(&split.images.narrow(0, start, len), task, false);
             let ys = split.labels.narrow(0, start, len);
-            let logits = amp::autocast(precision, || model.forward_t(&xs, false)).to_kind(Kind::Float);
-            loss += logits.cross_entropy_loss::<Tensor>(&ys, None, Reduction::Sum, -100, 0.0);
-            correct += logits.argmax(-1, false).eq_tensor(&ys).sum(Kind::Int64);
+            match learner {
+                Learner::Classifier(model) => {
+                    let logits = amp::autocast(precision, || model.forward_t(&xs, false)).to_kind(Kind::Float);
+                    loss += logits.cross_entropy_loss::<Tensor>(&ys, None, Reduction::Sum, -100, 0.0);
+                    correct += logits.argmax(-1, false).eq_tensor(&ys).sum(Kind::Int64);
+                }
+                Learner::Pretrainer(_) => loss += learner.part(&xs, &ys, None, 0.0, precision, false).loss * len as f64,
+            }
             start += len;
             progress.update(start);
         }
     });
     Score {
         loss: loss.double_value(&[]) / n as f64,
-        acc: correct.double_value(&[]) / n as f64,
+        acc: learner.classifies().then(|| correct.double_value(&[]) / n as f64),
         img_per_s: progress.rate(),
     }
 }

@@ -17,9 +17,11 @@
 //! refused before training starts, with the measured costs.
 
 use anyhow::{bail, Result};
-use tch::{nn, nn::ModuleT, Device, Kind, Reduction, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
-use crate::amp::{self, Precision};
+use super::learner::Learner;
+
+use crate::amp::Precision;
 use crate::config::MicroBatch;
 use crate::data::InputSpec;
 use crate::device;
@@ -64,10 +66,10 @@ pub fn equal_parts(batch: i64, most: i64) -> i64 {
 }
 
 /// The training micro-batch (`micro`: the config's choice) and evaluation batch (at most
-/// `eval_batch`) for `model`, already built on `device` with its optimizer state.
+/// `eval_batch`) for `learner`, already built on `device` with its optimizer state.
 #[allow(clippy::too_many_arguments)]
 pub fn plan(
-    model: &dyn ModuleT,
+    learner: &Learner,
     vs: &nn::VarStore,
     input: InputSpec,
     batch: i64,
@@ -79,8 +81,8 @@ pub fn plan(
     let available = available_bytes(device)?;
     let share = if device.is_cuda() { GPU_SHARE } else { CPU_SHARE };
     let budget = share * available;
-    let train = probe(model, vs, input, batch, device, precision, true)?;
-    let eval = probe(model, vs, input, eval_batch, device, precision, false)?;
+    let train = probe(learner, vs, input, batch, device, precision, true)?;
+    let eval = probe(learner, vs, input, eval_batch, device, precision, false)?;
     if train.at(1) > 0.95 * available {
         bail!(
             "the model does not fit: one image's training pass needs {:.2} GiB ({:.2} GiB fixed + {:.2} GiB per image) \
@@ -113,18 +115,11 @@ pub fn plan(
     })
 }
 
-/// The most images (at most `batch`) an evaluation pass of `model` may take on `device`.
-pub fn eval_batch(
-    model: &dyn ModuleT,
-    vs: &nn::VarStore,
-    input: InputSpec,
-    batch: i64,
-    device: Device,
-    precision: Precision,
-) -> Result<i64> {
+/// The most images (at most `batch`) an evaluation pass of `learner` may take on `device`.
+pub fn eval_batch(learner: &Learner, vs: &nn::VarStore, input: InputSpec, batch: i64, device: Device, precision: Precision) -> Result<i64> {
     let share = if device.is_cuda() { GPU_SHARE } else { CPU_SHARE };
     let budget = share * available_bytes(device)?;
-    let eval = probe(model, vs, input, batch, device, precision, false)?;
+    let eval = probe(learner, vs, input, batch, device, precision, false)?;
     Ok(batch.min(eval.images_within(budget).max(1)))
 }
 
@@ -145,7 +140,7 @@ pub fn available_bytes(device: Device) -> Result<f64> {
 /// Measures the footprint of a training (`train`) or evaluation pass from passes at 1 and at
 /// `min(batch, 4)` images of random pixels.
 fn probe(
-    model: &dyn ModuleT,
+    learner: &Learner,
     vs: &nn::VarStore,
     input: InputSpec,
     batch: i64,
@@ -165,9 +160,9 @@ fn probe(
     let params: Vec<Tensor> = vs.trainable_variables();
     let meter = Meter::new(device)?;
     let large = batch.clamp(1, 4);
-    let one = meter.peak_of(|| pass(model, input, 1, device, precision, train), &params)?;
+    let one = meter.peak_of(|| pass(learner, input, 1, device, precision, train), &params)?;
     let footprint = if large > 1 {
-        let many = meter.peak_of(|| pass(model, input, large, device, precision, train), &params)?;
+        let many = meter.peak_of(|| pass(learner, input, large, device, precision, train), &params)?;
         let per_image = ((many - one) / (large - 1) as f64).max(many / large as f64 / 4.0);
         Footprint {
             fixed: (one - per_image).max(0.0),
@@ -188,16 +183,13 @@ fn probe(
 }
 
 /// One pass of `images` random images: forward, and in training mode the loss's backward.
-fn pass(model: &dyn ModuleT, input: InputSpec, images: i64, device: Device, precision: Precision, train: bool) {
+fn pass(learner: &Learner, input: InputSpec, images: i64, device: Device, precision: Precision, train: bool) {
     let xs = Tensor::randint(256, [images, input.seq_len, input.channels], (Kind::Uint8, device)); // (B, L, C)
+    let ys = Tensor::zeros([images], (Kind::Int64, device)); // (B)
     if train {
-        let ys = Tensor::zeros([images], (Kind::Int64, device)); // (B)
-        let logits = amp::autocast(precision, || model.forward_t(&xs, true)).to_kind(Kind::Float);
-        logits
-            .cross_entropy_loss::<Tensor>(&ys, None, Reduction::Mean, -100, 0.0)
-            .backward();
+        learner.part(&xs, &ys, None, 0.0, precision, true).loss.backward();
     } else {
-        let _ = tch::no_grad(|| amp::autocast(precision, || model.forward_t(&xs, false)));
+        let _ = tch::no_grad(|| learner.part(&xs, &ys, None, 0.0, precision, false));
     }
     device::sync(device);
 }

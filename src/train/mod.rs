@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod eval;
+pub mod learner;
 pub mod memory;
 mod multi_tensor;
 pub mod optim;

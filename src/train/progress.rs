@@ -19,15 +19,18 @@ pub struct Tally {
     correct_sum: Tensor,
     seen: i64,
     since: Instant,
+    /// Whether the steps classify (a pretrainer's have no accuracy).
+    classifies: bool,
 }
 
 impl Tally {
-    pub fn new(device: Device) -> Tally {
+    pub fn new(device: Device, classifies: bool) -> Tally {
         Tally {
             loss_sum: Tensor::zeros([], (Kind::Float, device)),
             correct_sum: Tensor::zeros([], (Kind::Float, device)),
             seen: 0,
             since: Instant::now(),
+            classifies,
         }
     }
 
@@ -40,10 +43,11 @@ impl Tally {
         self.seen += n;
     }
 
-    /// Mean loss and accuracy of the images seen (reads the device).
-    pub fn means(&self) -> (f64, f64) {
+    /// Mean loss and accuracy (`None` for a pretrainer) of the images seen (reads the device).
+    pub fn means(&self) -> (f64, Option<f64>) {
         let n = self.seen.max(1) as f64;
-        (self.loss_sum.double_value(&[]) / n, self.correct_sum.double_value(&[]) / n)
+        let acc = self.classifies.then(|| self.correct_sum.double_value(&[]) / n);
+        (self.loss_sum.double_value(&[]) / n, acc)
     }
 
     /// Training images per second since the tally started (`None` before the first step).
@@ -56,12 +60,12 @@ impl Tally {
         self.since.elapsed().as_secs_f64()
     }
 
-    /// "loss … acc …% lr … … img/s".
+    /// "loss … acc …% lr … … img/s" (no accuracy for a pretrainer).
     pub fn line(&self, lr: f64) -> String {
         let (loss, acc) = self.means();
         format!(
-            "loss {loss:.3} acc {:.1}% lr {lr:.2e} {:.0} img/s",
-            100.0 * acc,
+            "loss {loss:.3}{} lr {lr:.2e} {:.0} img/s",
+            acc.map_or(String::new(), |a| format!(" acc {:.1}%", 100.0 * a)),
             self.seen as f64 / self.seconds().max(1e-9)
         )
     }

@@ -8,6 +8,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::amp::Precision;
 use crate::files;
+use crate::models::pretrain::Loss;
+use crate::models::Objective;
 
 /// One line of `metrics.jsonl`, written at every evaluation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -60,8 +62,25 @@ pub struct RunRecord {
     /// Images per forward/backward pass (0 in records written before micro-batching).
     #[serde(default)]
     pub micro_batch: i64,
+    /// The pretraining run the backbone started from (`train --init`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<String>,
+    /// A self-pretraining run's objective and losses (its accuracies are `null`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrain: Option<PretrainResult>,
     pub commit: String,
     pub date: String,
+}
+
+/// What a self-pretraining run (`pixelseq pretrain`) reached: its validation metric is the
+/// reconstruction loss (`test_loss` of [`RunRecord`] is the test split's).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PretrainResult {
+    pub objective: Objective,
+    pub loss: Loss,
+    pub mask_ratio: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub best_val_loss: f64,
 }
 
 /// A number that JSON may hold as `null`: serde_json writes NaN and ±inf so, and they read back

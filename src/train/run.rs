@@ -1,18 +1,21 @@
 //! The training loop: one visible loop over optimizer steps, evaluation at an interval,
-//! checkpoints, metrics, and the test score of the best validation checkpoint at the end.
+//! checkpoints, metrics, and the test score of the best validation checkpoint at the end. The
+//! same loop self-pretrains (`pixelseq pretrain`): then the learner reconstructs pixels and the
+//! best checkpoint is the one of lowest validation reconstruction loss.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use tch::{nn, nn::ModuleT, Device};
+use tch::{nn, Device};
 
 use super::checkpoint::{self, State};
 use super::eval::{evaluate, EVAL_BATCH};
+use super::learner::Learner;
 use super::memory;
 use super::optim::AdamW;
 use super::progress::{clock, Progress, Tally};
-use super::records::{today, truncate_metrics, Metrics, RunRecord};
+use super::records::{today, truncate_metrics, Metrics, PretrainResult, RunRecord};
 use super::run_dir::{RunDir, RunLock};
 use super::sampler::Sampler;
 use super::schedule;
@@ -20,7 +23,8 @@ use super::step::{train_step, LossScaler, Settings};
 use crate::amp::{self, Precision};
 use crate::config::RunConfig;
 use crate::data::Dataset;
-use crate::models::param_count;
+use crate::models::pretrain::Pretrainer;
+use crate::models::{param_count, ModelConfig};
 use crate::{device, files};
 
 /// How a run is carried out (not part of the recorded config).
@@ -32,6 +36,8 @@ pub struct Options {
     pub resume: bool,
     /// Preset name, for the record.
     pub preset: Option<String>,
+    /// Self-pretrain the model's backbone (`cfg.pretrain`) instead of training the classifier.
+    pub pretrain: bool,
 }
 
 /// The sizes of a run, derived from its config and the training split.
@@ -81,7 +87,7 @@ struct Trainer<'a> {
     plan: Plan,
     precision: Precision,
     vs: nn::VarStore,
-    model: Box<dyn ModuleT>,
+    learner: Learner,
     opt: AdamW,
     scaler: LossScaler,
     state: State,
@@ -101,7 +107,7 @@ pub fn run(cfg: &RunConfig, data: &Dataset, opts: &Options) -> Result<RunRecord>
     let (plan, t) = (&tr.plan, &cfg.train);
     let mut sampler = Sampler::new(t.seed, plan.batch_size, plan.steps_per_epoch, t.mixup, t.cutmix);
     let mut progress = Progress::new(plan.steps_per_epoch, plan.total);
-    let mut tally = Tally::new(opts.device);
+    let mut tally = Tally::new(opts.device, tr.learner.classifies());
     let mut step = tr.state.step;
     let mut stopped_early = false;
     while step < tr.plan.total {
@@ -114,7 +120,7 @@ pub fn run(cfg: &RunConfig, data: &Dataset, opts: &Options) -> Result<RunRecord>
             lr_factor,
             micro_batch: tr.plan.micro_batch,
         };
-        let out = train_step(tr.model.as_ref(), &mut tr.opt, &batch, &settings, &mut tr.scaler)?;
+        let out = train_step(&tr.learner, &mut tr.opt, &batch, &settings, &mut tr.scaler)?;
         tally.add(&out, batch.len());
         step += 1;
         // A CPU step waits for its result anyway; on CUDA, reading the loss every step would stall the queue.
@@ -127,7 +133,7 @@ pub fn run(cfg: &RunConfig, data: &Dataset, opts: &Options) -> Result<RunRecord>
         if step.is_multiple_of(tr.plan.eval_every) || step == tr.plan.total || out_of_time {
             progress.clear();
             tr.evaluate_and_save(step, lr, &tally)?;
-            tally = Tally::new(opts.device);
+            tally = Tally::new(opts.device, tr.learner.classifies());
             if out_of_time && step < tr.plan.total {
                 eprintln!(
                     "time budget of {} minutes spent; stopping at step {step}",
@@ -178,7 +184,16 @@ impl<'a> Trainer<'a> {
 
         tch::manual_seed(cfg.train.seed as i64);
         let mut vs = nn::VarStore::new(opts.device);
-        let model = cfg.model.build(&vs.root(), &cfg.task.input_spec())?;
+        let input = cfg.task.input_spec();
+        let learner = if opts.pretrain {
+            let method = cfg.pretrain.clone().unwrap_or_default().method();
+            Learner::Pretrainer(Pretrainer::new(&vs.root(), &cfg.model, &method, &input)?)
+        } else {
+            Learner::Classifier(cfg.model.build(&vs.root(), &input)?)
+        };
+        if let (Some(init), false, Learner::Classifier(_)) = (&cfg.train.init, opts.resume, &learner) {
+            init_backbone(&mut vs, Path::new(init), &cfg.model)?;
+        }
         let mut opt = AdamW::new(&vs, &cfg.optim)?;
         let mut scaler = LossScaler::new(precision);
         let mut state = State::new(&scaler);
@@ -200,17 +215,17 @@ impl<'a> Trainer<'a> {
             state.restore(&mut scaler);
             saved = Some(state.step);
             truncate_metrics(&dir.metrics(), state.step)?;
+            let best = match state.best_val_loss {
+                Some(loss) => format!("best val loss {loss:.4}"),
+                None => format!("best val {:.2}%", 100.0 * state.best_val_acc),
+            };
             eprintln!(
-                "resuming at step {} of {} (best val {:.2}% at step {})",
-                state.step,
-                plan.total,
-                100.0 * state.best_val_acc,
-                state.best_step
+                "resuming at step {} of {} ({best} at step {})",
+                state.step, plan.total, state.best_step
             );
         }
-        let input = cfg.task.input_spec();
         let memory = memory::plan(
-            model.as_ref(),
+            &learner,
             &vs,
             input,
             plan.batch_size,
@@ -259,7 +274,7 @@ impl<'a> Trainer<'a> {
             plan,
             precision,
             vs,
-            model,
+            learner,
             opt,
             scaler,
             state,
@@ -333,7 +348,7 @@ impl<'a> Trainer<'a> {
         self.state.train_s += tally.seconds();
         self.check_finite(train_loss, step)?;
         let val = evaluate(
-            self.model.as_ref(),
+            &self.learner,
             &self.data.val,
             &self.cfg.task,
             self.plan.eval_batch,
@@ -355,9 +370,15 @@ impl<'a> Trainer<'a> {
         state.t = self.opt.t;
         state.save_scaler(&self.scaler);
         state.elapsed_s = self.started.elapsed().as_secs_f64();
-        let improved = val_acc > state.best_val_acc;
+        let improved = match val_acc {
+            Some(acc) => acc > state.best_val_acc,
+            None => val_loss < state.best_val_loss.unwrap_or(f64::INFINITY),
+        };
         if improved {
-            state.best_val_acc = val_acc;
+            match val_acc {
+                Some(acc) => state.best_val_acc = acc,
+                None => state.best_val_loss = Some(val_loss),
+            }
             state.best_step = step;
         }
         let m = Metrics {
@@ -365,9 +386,9 @@ impl<'a> Trainer<'a> {
             epoch: plan.epoch(step),
             lr,
             train_loss,
-            train_acc,
+            train_acc: train_acc.unwrap_or(f64::NAN),
             val_loss,
-            val_acc,
+            val_acc: val_acc.unwrap_or(f64::NAN),
             img_per_s: state.throughput(plan.batch_size),
             wall_s: state.elapsed_s,
         };
@@ -380,12 +401,13 @@ impl<'a> Trainer<'a> {
         }
         checkpoint::save(&self.dir.last(), &self.vs, Some(&self.opt), state)?;
         self.saved = Some(step);
+        let acc = |a: Option<f64>| a.map_or(String::new(), |a| format!(" acc {:.2}%", 100.0 * a));
         eprintln!(
-            "step {step}/{} epoch {:.2} lr {lr:.2e} | train loss {train_loss:.4} acc {:.2}% | val loss {val_loss:.4} acc {:.2}%{} | {:.0} img/s | {}",
+            "step {step}/{} epoch {:.2} lr {lr:.2e} | train loss {train_loss:.4}{} | val loss {val_loss:.4}{}{} | {:.0} img/s | {}",
             plan.total,
             m.epoch,
-            100.0 * train_acc,
-            100.0 * val_acc,
+            acc(train_acc),
+            acc(val_acc),
             if improved { " *" } else { "" },
             m.img_per_s,
             clock(state.elapsed_s)
@@ -397,7 +419,7 @@ impl<'a> Trainer<'a> {
     fn finish(mut self, opts: &Options, stopped_early: bool) -> Result<RunRecord> {
         let best = checkpoint::load(&self.dir.best(), &mut self.vs, None).context("no best checkpoint to test")?;
         let test = evaluate(
-            self.model.as_ref(),
+            &self.learner,
             &self.data.test,
             &self.cfg.task,
             self.plan.eval_batch,
@@ -405,24 +427,40 @@ impl<'a> Trainer<'a> {
             self.precision,
             "test",
         );
-        let (test_loss, test_acc) = (test.loss, test.acc);
-        eprintln!(
-            "test accuracy {:.2}% (best val {:.2}% at step {}){}",
-            100.0 * test_acc,
-            100.0 * best.best_val_acc,
-            best.best_step,
-            if stopped_early { ", stopped early by the time budget" } else { "" }
-        );
+        let test_loss = test.loss;
+        let early = if stopped_early { ", stopped early by the time budget" } else { "" };
+        match (test.acc, best.best_val_loss) {
+            (Some(acc), _) => eprintln!(
+                "test accuracy {:.2}% (best val {:.2}% at step {}){early}",
+                100.0 * acc,
+                100.0 * best.best_val_acc,
+                best.best_step
+            ),
+            (None, val) => eprintln!(
+                "test reconstruction loss {test_loss:.4} (best val {:.4} at step {}){early}",
+                val.unwrap_or(f64::NAN),
+                best.best_step
+            ),
+        }
         let (cfg, state) = (self.cfg, &self.state);
+        let pretrain = match (&self.learner, &cfg.pretrain) {
+            (Learner::Pretrainer(_), Some(p)) => Some(PretrainResult {
+                objective: p.objective,
+                loss: p.loss,
+                mask_ratio: p.mask_ratio,
+                best_val_loss: state.best_val_loss.unwrap_or(f64::NAN),
+            }),
+            _ => None,
+        };
         let record = RunRecord {
             preset: opts.preset.clone(),
             model: cfg.model.name().to_string(),
             task: cfg.task.name.to_string(),
             paper_figure: cfg.paper.as_ref().and_then(|p| p.figure),
             paper_setting: cfg.paper.as_ref().map(|p| p.setting.clone()),
-            best_val_acc: state.best_val_acc,
+            best_val_acc: if pretrain.is_some() { f64::NAN } else { state.best_val_acc },
             best_step: state.best_step,
-            test_acc,
+            test_acc: test.acc.unwrap_or(f64::NAN),
             test_loss,
             params: param_count(&self.vs),
             steps: state.step,
@@ -433,12 +471,62 @@ impl<'a> Trainer<'a> {
             wall_s: self.started.elapsed().as_secs_f64(),
             seed: cfg.train.seed,
             micro_batch: self.plan.micro_batch,
+            init: cfg.train.init.clone(),
+            pretrain,
             commit: env!("PIXELSEQ_COMMIT").to_string(),
             date: today(),
         };
         files::write_bytes(&self.dir.result(), serde_json::to_string_pretty(&record)?.as_bytes())?;
         Ok(record)
     }
+}
+
+/// Loads the backbone of the pretraining run in `dir` (its best checkpoint, verified) into the
+/// classifier's variables `vs`: every tensor whose name and shape match; the classifier
+/// (`model.classifier()`) and what only pretraining has (`pretrain.*`) are left out, and a tensor
+/// of the model whose shape differs is an error naming it. The log lists what was loaded.
+fn init_backbone(vs: &mut nn::VarStore, dir: &Path, model: &ModelConfig) -> Result<()> {
+    let run = RunDir::new(dir);
+    let (state, tensors) = checkpoint::weights(&run.best()).with_context(|| format!("--init `{}`", dir.display()))?;
+    if state.best_val_loss.is_none() {
+        bail!(
+            "--init `{}` is not a self-pretraining run (`pixelseq pretrain`); its checkpoints hold a trained classifier",
+            dir.display()
+        );
+    }
+    let vars = vs.variables();
+    let classifier = |name: &str| model.classifier().iter().any(|p| name.starts_with(p));
+    let (mut loaded, mut not_loaded) = (Vec::new(), Vec::new());
+    let mut scalars = 0;
+    for (name, t) in tensors {
+        match vars.get(&name) {
+            Some(_) if classifier(&name) => not_loaded.push(name),
+            Some(v) if v.size() != t.size() => bail!(
+                "--init `{}`: tensor `{name}` has shape {:?} there and {:?} in this model; the model's config must match the pretraining run's",
+                dir.display(),
+                t.size(),
+                v.size()
+            ),
+            Some(v) => {
+                tch::no_grad(|| v.shallow_clone().copy_(&t));
+                scalars += t.numel();
+                loaded.push(name);
+            }
+            None => not_loaded.push(name),
+        }
+    }
+    let mut fresh: Vec<&String> = vars.keys().filter(|n| !loaded.contains(n)).collect();
+    fresh.sort();
+    not_loaded.sort();
+    eprintln!(
+        "initialised from `{}` (best checkpoint, step {}): {} tensors loaded ({scalars} scalars); not loaded: {}; initialised fresh: {}",
+        dir.display(),
+        state.step,
+        loaded.len(),
+        not_loaded.join(", "),
+        fresh.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    Ok(())
 }
 
 #[cfg(test)]
@@ -504,6 +592,7 @@ seed = 7
 
     fn options(dir: &std::path::Path, resume: bool) -> Options {
         Options {
+            pretrain: false,
             device: Device::Cpu,
             dir: dir.to_path_buf(),
             resume,
@@ -580,6 +669,7 @@ seed = 7
         let cfg = RunConfig::from_toml_str(TINY, "test").unwrap();
         let dir = tempfile::tempdir().unwrap();
         let opts = Options {
+            pretrain: false,
             device: Device::Cpu,
             dir: dir.path().join("run"),
             resume: false,
@@ -589,7 +679,7 @@ seed = 7
 
         tch::manual_seed(cfg.train.seed as i64);
         let vs = nn::VarStore::new(Device::Cpu);
-        let model = cfg.model.build(&vs.root(), &cfg.task.input_spec()).unwrap();
+        let learner = Learner::Classifier(cfg.model.build(&vs.root(), &cfg.task.input_spec()).unwrap());
         let mut opt = AdamW::new(&vs, &cfg.optim).unwrap();
         let mut scaler = LossScaler::new(Precision::Fp32);
         let plan = Plan::new(&cfg, data.train.len());
@@ -603,7 +693,7 @@ seed = 7
                 lr_factor: schedule::factor(&cfg.schedule, step, plan.total, plan.steps_per_epoch),
                 micro_batch: plan.micro_batch,
             };
-            train_step(model.as_ref(), &mut opt, &batch, &settings, &mut scaler).unwrap();
+            train_step(&learner, &mut opt, &batch, &settings, &mut scaler).unwrap();
         }
         let saved = Tensor::read_safetensors(dir.path().join("run/checkpoints/last/model.safetensors")).unwrap();
         let ours = vs.variables();
@@ -611,5 +701,67 @@ seed = 7
         for (name, t) in saved {
             assert!(t.equal(&ours[&name]), "{name} differs from the hand-driven steps");
         }
+    }
+
+    /// A tiny pretrain run, then fine-tuning from it: `--init` loads every backbone tensor of the
+    /// pretraining run's best checkpoint and nothing else (the classifier starts fresh, the
+    /// reconstruction head and mask vector stay behind), and the records say so.
+    #[test]
+    fn fine_tuning_starts_from_the_pretrained_backbone() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = tiny_data();
+        let stage = tiny(&["train.mixup=0.0", "pretrain.objective=\"masked\"", "pretrain.loss=\"l2\""])
+            .for_pretraining()
+            .unwrap();
+        let pre = Options {
+            pretrain: true,
+            ..options(&dir.path().join("pre"), false)
+        };
+        let record = run(&stage, &data, &pre).unwrap();
+        let p = record.pretrain.expect("a pretraining record");
+        assert!(p.best_val_loss.is_finite() && record.test_loss.is_finite() && record.test_acc.is_nan());
+        let (_, pretrained) = checkpoint::weights(&dir.path().join("pre/checkpoints/best")).unwrap();
+        let pretrained: std::collections::HashMap<String, Tensor> = pretrained.into_iter().collect();
+        assert!(pretrained.contains_key("pretrain.mask_token") && pretrained.contains_key("head.out.weight"));
+
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        tch::manual_seed(123);
+        let cfg = tiny(&[]);
+        let _model = cfg.model.build(&vs.root(), &cfg.task.input_spec()).unwrap();
+        let before: std::collections::HashMap<String, Tensor> = vs.variables().into_iter().map(|(n, t)| (n, t.copy())).collect();
+        init_backbone(&mut vs, &dir.path().join("pre"), &cfg.model).unwrap();
+        for (name, t) in vs.variables() {
+            if name.starts_with("head.") {
+                assert!(t.equal(&before[&name]), "{name}: the classifier must start fresh");
+            } else {
+                assert!(t.equal(&pretrained[&name]), "{name} was not loaded");
+            }
+        }
+        // A model whose shapes differ is refused, naming the tensor.
+        let wider = tiny(&["model.d_model=32", "model.qkv_dim=32"]);
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let _model = wider.model.build(&vs.root(), &wider.task.input_spec()).unwrap();
+        let err = init_backbone(&mut vs, &dir.path().join("pre"), &wider.model)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tensor `") && err.contains("has shape [16]") && err.contains("[32] in this model"),
+            "{err}"
+        );
+
+        // A classifier run is no pretraining run; and the fine-tuned run records where it started.
+        let classifier = dir.path().join("cls");
+        run(&tiny(&[]), &data, &options(&classifier, false)).unwrap();
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let _model = cfg.model.build(&vs.root(), &cfg.task.input_spec()).unwrap();
+        let err = init_backbone(&mut vs, &classifier, &cfg.model).unwrap_err().to_string();
+        assert!(err.contains("not a self-pretraining run"), "{err}");
+        let init = dir.path().join("pre").display().to_string();
+        let tuned = tiny(&[&format!("train.init={init:?}")]);
+        let record = run(&tuned, &data, &options(&dir.path().join("tuned"), false)).unwrap();
+        assert_eq!(record.init.as_deref(), Some(init.as_str()));
+        assert!(std::fs::read_to_string(dir.path().join("tuned/config.toml"))
+            .unwrap()
+            .contains("init = "));
     }
 }

@@ -18,9 +18,10 @@ use std::path::{Path, PathBuf};
 use std::io::Write;
 
 use anyhow::{bail, Context, Result};
-use tch::{nn, nn::ModuleT, Device};
+use tch::{nn, Device};
 
 use super::checkpoint::{self, State};
+use super::learner::Learner;
 use crate::amp::{self, Precision};
 use crate::config::RunConfig;
 use crate::files::PARTIAL;
@@ -163,7 +164,8 @@ impl std::fmt::Display for Which {
 pub struct OpenRun {
     pub config: RunConfig,
     pub vs: nn::VarStore,
-    pub model: Box<dyn ModuleT>,
+    /// The classifier.
+    pub model: Learner,
     pub state: State,
     pub precision: Precision,
 }
@@ -172,12 +174,19 @@ pub struct OpenRun {
 pub fn open_run(dir: &Path, which: Which, device: Device) -> Result<OpenRun> {
     let run = RunDir::new(dir);
     let config = run.load_config()?;
-    let mut vs = nn::VarStore::new(device);
-    let model = config.model.build(&vs.root(), &config.task.input_spec())?;
     let path = match which {
         Which::Best => run.best(),
         Which::Last => run.last(),
     };
+    if checkpoint::verify(&path)?.best_val_loss.is_some() {
+        bail!(
+            "`{}` is a self-pretraining run: it has no classifier to score; fine-tune it with `pixelseq train --init {}`",
+            dir.display(),
+            dir.display()
+        );
+    }
+    let mut vs = nn::VarStore::new(device);
+    let model = Learner::Classifier(config.model.build(&vs.root(), &config.task.input_spec())?);
     let state = checkpoint::load(&path, &mut vs, None)?;
     let precision = amp::resolve(config.train.precision, device);
     Ok(OpenRun {

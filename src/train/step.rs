@@ -11,10 +11,11 @@
 //! part by part from the step's generator.
 
 use anyhow::Result;
-use tch::{nn::ModuleT, Kind, Reduction, Tensor};
+use tch::{Kind, Tensor};
 
+use super::learner::Learner;
 use super::optim::AdamW;
-use crate::amp::{self, Precision};
+use crate::amp::Precision;
 
 /// What one step trains on.
 pub struct Batch {
@@ -101,7 +102,7 @@ impl LossScaler {
 
 /// One optimizer step of `model` on `batch`. With fp16 loss scaling a step whose gradients are
 /// not finite is skipped (the optimizer's count does not advance) and the scale backs off.
-pub fn train_step(model: &dyn ModuleT, opt: &mut AdamW, batch: &Batch, s: &Settings, scaler: &mut LossScaler) -> Result<Outcome> {
+pub fn train_step(learner: &Learner, opt: &mut AdamW, batch: &Batch, s: &Settings, scaler: &mut LossScaler) -> Result<Outcome> {
     opt.zero_grad()?;
     let n = batch.len();
     let part = s.micro_batch.clamp(1, n);
@@ -112,12 +113,16 @@ pub fn train_step(model: &dyn ModuleT, opt: &mut AdamW, batch: &Batch, s: &Setti
     for start in (0..n).step_by(part as usize) {
         let len = part.min(n - start);
         let labels = batch.labels.narrow(0, start, len); // (b)
-        let logits = amp::autocast(s.precision, || model.forward_t(&batch.xs.narrow(0, start, len), true)).to_kind(Kind::Float); // (b, 10)
-        let ce = |ys: &Tensor| logits.cross_entropy_loss::<Tensor>(ys, None, Reduction::Mean, -100, s.label_smoothing);
-        let part_loss = match &batch.mix {
-            Some((other, lam)) => ce(&labels) * *lam + ce(&other.narrow(0, start, len)) * (1.0 - lam),
-            None => ce(&labels),
-        } * (len as f64 / n as f64);
+        let other = batch.mix.as_ref().map(|(other, lam)| (other.narrow(0, start, len), *lam)); // (b)
+        let out = learner.part(
+            &batch.xs.narrow(0, start, len),
+            &labels,
+            other.as_ref().map(|(o, lam)| (o, *lam)),
+            s.label_smoothing,
+            s.precision,
+            true,
+        );
+        let part_loss = out.loss * (len as f64 / n as f64);
         if scaler.enabled {
             (&part_loss * scaler.scale).backward();
         } else {
@@ -125,7 +130,9 @@ pub fn train_step(model: &dyn ModuleT, opt: &mut AdamW, batch: &Batch, s: &Setti
         }
         tch::no_grad(|| {
             loss += part_loss.detach();
-            correct += logits.argmax(-1, false).eq_tensor(&labels).sum(Kind::Float);
+            if let Some(c) = &out.correct {
+                correct += c;
+            }
         });
     }
     if scaler.enabled {
@@ -204,7 +211,7 @@ mod tests {
                 lr_factor: 1.0,
                 micro_batch: 6,
             };
-            train_step(&model, &mut opt, &batch, &s, &mut scaler).unwrap();
+            train_step(&Learner::Classifier(Box::new(model)), &mut opt, &batch, &s, &mut scaler).unwrap();
             (initial, vs.variables(), opt.t, scaler)
         };
         let (_, plain, t_plain, _) = run(false, false);
@@ -240,7 +247,7 @@ mod tests {
         let train = |micro_batch: i64| {
             tch::manual_seed(0);
             let vs = nn::VarStore::new(Device::Cpu);
-            let model = cfg.build(&vs.root(), &input).unwrap();
+            let learner = Learner::Classifier(cfg.build(&vs.root(), &input).unwrap());
             let mut opt = AdamW::new(&vs, &Optim::default()).unwrap();
             let mut scaler = LossScaler::new(Precision::Fp32);
             let s = Settings {
@@ -252,7 +259,7 @@ mod tests {
             };
             let mut outcomes = Vec::new();
             for _ in 0..2 {
-                let out = train_step(model.as_ref(), &mut opt, &batch, &s, &mut scaler).unwrap();
+                let out = train_step(&learner, &mut opt, &batch, &s, &mut scaler).unwrap();
                 outcomes.push((out.loss.double_value(&[]), out.correct.double_value(&[])));
             }
             (vs.variables(), outcomes)
