@@ -10,6 +10,7 @@ pub mod commands;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod export;
 mod ffi;
 pub mod files;
 pub mod models;

@@ -210,8 +210,7 @@ impl nn::ModuleT for FNet {
     /// Raw pixels (B, L, C) uint8 → logits (B, 10) float32.
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let words = self.encoder.forward(xs); // (B, L, E)
-        let (b, e) = (words.size()[0], words.size()[2]);
-        let cls = self.cls.expand([b, 1, e], false).to_kind(words.kind()); // (B, 1, E)
+        let cls = self.cls.expand_as(&words.narrow(1, 0, 1)).to_kind(words.kind()); // (B, 1, E)
         let x = Tensor::cat(&[cls, words], 1) + &self.pos; // (B, L+1, E)
         let x = x.apply(&self.emb_norm).apply(&self.hidden_mapping_in); // (B, L+1, D)
         let mut x = dropout(&x, self.dropout, train); // (B, L+1, D)

@@ -219,16 +219,16 @@ impl Attention {
     }
 
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let (b, l, d) = xs.size3().unwrap();
+        let (_, l, d) = xs.size3().unwrap();
         let (h, hd) = (self.n_heads, d / self.n_heads);
-        let qkv = xs.apply(&self.qkv).view([b, l, 3, h, hd]).permute([2, 0, 3, 1, 4]); // (3, B, h, L, hd)
+        let qkv = xs.apply(&self.qkv).view([-1, l, 3, h, hd]).permute([2, 0, 3, 1, 4]); // (3, B, h, L, hd)
 
         // unbind, not three selects: one backward that stacks the three gradients, instead of
         // three that each fill a zeroed (3, B, h, L, hd) tensor and then get summed.
         let qkv = qkv.unbind(0);
         let (q, k, v) = (&qkv[0], &qkv[1], &qkv[2]); // (B, h, L, hd) each
         let y = attention(q, k, v, None, self.attn_dropout, train); // (B, h, L, hd)
-        let y = y.transpose(1, 2).reshape([b, l, d]); // (B, L, D)
+        let y = y.transpose(1, 2).reshape([-1, l, d]); // (B, L, D)
         dropout(&y.apply(&self.proj), self.dropout, train) // (B, L, D)
     }
 }
@@ -325,8 +325,8 @@ impl nn::ModuleT for Pit {
     /// Raw pixels (B, L, C) uint8 → logits (B, 10) float32.
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let pixels = self.encoder.forward(xs); // (B, L, D)
-        let (b, l, d) = pixels.size3().unwrap();
-        let cls = self.cls.expand([b, 1, d], false).to_kind(pixels.kind()); // (B, 1, D)
+        let l = pixels.size()[1];
+        let cls = self.cls.expand_as(&pixels.narrow(1, 0, 1)).to_kind(pixels.kind()); // (B, 1, D)
         let x = Tensor::cat(&[cls, pixels], 1); // (B, L+1, D)
         let x = match &self.pos {
             Some(pos) => x + pos, // (B, L+1, D)
