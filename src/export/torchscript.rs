@@ -8,19 +8,11 @@ use tch::{nn::ModuleT, CModule, Device, Kind, Tensor};
 
 use crate::data::{permutation, TaskConfig};
 use crate::files;
+use crate::train::exported::input_shape;
+use crate::train::{open_run, Which};
 
 /// Images in the example batch the model is traced with.
 const TRACE_BATCH: i64 = 2;
-
-/// The exported module's input for `batch` images: uint8 (B, 1024) for one channel (LRA Image),
-/// (B, 1024, C) otherwise; images flattened in raster order.
-pub fn input_shape(task: &TaskConfig, batch: i64) -> Vec<i64> {
-    let spec = task.input_spec();
-    match spec.channels {
-        1 => vec![batch, spec.seq_len],
-        c => vec![batch, spec.seq_len, c],
-    }
-}
 
 /// What the exported module computes: raw pixels in raster order ([`input_shape`]) → the model's
 /// input (B, 1024, C) with the task's fixed permutation → logits (B, 10), in evaluation mode.
@@ -40,6 +32,15 @@ pub fn trace(model: &dyn ModuleT, task: &TaskConfig, device: Device) -> Result<C
     let example = Tensor::zeros(input_shape(task, TRACE_BATCH), (Kind::Uint8, device));
     let mut closure = |inputs: &[Tensor]| vec![forward(model, task, &inputs[0])];
     tch::no_grad(|| CModule::create_by_tracing("PixelSeq", "forward", &[example], &mut closure)).context("failed to trace the model")
+}
+
+/// Traces the best checkpoint of the run (or exported folder) in `run` on the CPU and writes the
+/// module to `out`.
+pub fn export(run: &Path, out: &Path) -> Result<()> {
+    let mut opened = open_run(run, Which::Best, Device::Cpu)?;
+    opened.vs.freeze();
+    let module = trace(opened.model.as_ref(), &opened.config.task, Device::Cpu)?;
+    save(&module, out)
 }
 
 /// Writes `module` to `out` atomically.

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use tch::{nn, nn::ModuleT, Device};
 
+use super::board::Board;
 use super::checkpoint::{self, State};
 use super::eval::{evaluate, EVAL_BATCH};
 use super::memory;
@@ -85,6 +86,7 @@ struct Trainer<'a> {
     scaler: LossScaler,
     state: State,
     started: Instant,
+    board: Board,
 }
 
 /// Trains `cfg` on `data` in `opts.dir`, then scores the best checkpoint on the test split.
@@ -110,6 +112,7 @@ pub fn run(cfg: &RunConfig, data: &Dataset, opts: &Options) -> Result<RunRecord>
         let out = train_step(tr.model.as_ref(), &mut tr.opt, &batch, &settings, &mut tr.scaler)?;
         tally.add(&out, batch.len());
         step += 1;
+        tr.board.step(step, &out, batch.len(), lr_factor)?;
         // A CPU step waits for its result anyway; on CUDA, reading the loss every step would stall the queue.
         if !opts.device.is_cuda() || step.is_multiple_of(50) {
             tr.check_finite(out.loss.double_value(&[]), step)?;
@@ -212,6 +215,7 @@ impl<'a> Trainer<'a> {
         }
         eprintln!("  {}", memory.note);
         let started = Instant::now() - Duration::from_secs_f64(state.elapsed_s);
+        let board = Board::open(&dir.root, cfg, &opt, state.step, opts.resume, opts.device)?;
         Ok(Trainer {
             cfg,
             data,
@@ -224,6 +228,7 @@ impl<'a> Trainer<'a> {
             scaler,
             state,
             started,
+            board,
         })
     }
 
@@ -279,6 +284,7 @@ impl<'a> Trainer<'a> {
         // drops this metrics line (truncate_metrics) and redoes the steps, rewriting `best`
         // alike; written first, it would leave a step without its line or its best weights.
         files::append_line(&self.dir.metrics(), &serde_json::to_string(&m)?)?;
+        self.board.evaluation(step, val_loss, val_acc)?;
         if improved {
             checkpoint::save(&self.dir.best(), &self.vs, None, state)?;
         }
@@ -314,6 +320,7 @@ impl<'a> Trainer<'a> {
             best.best_step,
             if stopped_early { ", stopped early by the time budget" } else { "" }
         );
+        self.board.test(self.state.step, test_acc)?;
         let (cfg, state) = (self.cfg, &self.state);
         let record = RunRecord {
             preset: opts.preset.clone(),
