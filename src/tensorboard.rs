@@ -51,11 +51,7 @@ impl EventWriter {
     /// and writes its file-version event.
     pub fn create(dir: &Path) -> Result<EventWriter> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let latest = event_files(dir)?
-            .iter()
-            .filter_map(|p| file_time(p))
-            .max()
-            .map_or(0, |t| t + 1);
+        let latest = event_files(dir)?.iter().filter_map(|p| file_time(p)).max().map_or(0, |t| t + 1);
         let path = dir.join(format!("{PREFIX}{}.{}", now.max(latest), hostname()));
         let file = std::fs::OpenOptions::new()
             .create_new(true)
@@ -131,11 +127,7 @@ pub fn retain(dir: &Path, keep: impl Fn(u64, &[String]) -> bool) -> Result<()> {
     for path in event_files(dir)? {
         let bytes = std::fs::read(&path).with_context(|| format!("failed to read TensorBoard events file `{}`", path.display()))?;
         let records = records(&bytes);
-        let kept: Vec<&[u8]> = records
-            .iter()
-            .copied()
-            .filter(|e| keep(event_step(e), &event_tags(e)))
-            .collect();
+        let kept: Vec<&[u8]> = records.iter().copied().filter(|e| keep(event_step(e), &event_tags(e))).collect();
         if records_len(&kept) < bytes.len() {
             let out: Vec<u8> = kept.iter().flat_map(|e| record(e)).collect();
             files::write_bytes(&path, &out)?;
@@ -174,7 +166,11 @@ pub fn records(bytes: &[u8]) -> Vec<&[u8]> {
         if u32::from_le_bytes(rest[8..12].try_into().expect("4 bytes")) != masked_crc(len_bytes) {
             break;
         }
-        let Some(end) = usize::try_from(len).ok().and_then(|l| l.checked_add(16)).filter(|&e| e <= rest.len()) else {
+        let Some(end) = usize::try_from(len)
+            .ok()
+            .and_then(|l| l.checked_add(16))
+            .filter(|&e| e <= rest.len())
+        else {
             break;
         };
         let data = &rest[12..end - 4];
@@ -388,8 +384,14 @@ mod tests {
             .unwrap();
         retain(dir.path(), |step, tags| step <= 20 && tags != ["config"]).unwrap();
         assert_eq!(check(&path).unwrap(), 3, "the version event, 10 and 20");
-        let events = records(&std::fs::read(&path).unwrap()).into_iter().map(|e| (event_step(e), event_tags(e))).collect::<Vec<_>>();
-        assert_eq!(events, [(0, vec![]), (10, vec!["loss".to_string()]), (20, vec!["loss".to_string()])]);
+        let events = records(&std::fs::read(&path).unwrap())
+            .into_iter()
+            .map(|e| (event_step(e), event_tags(e)))
+            .collect::<Vec<_>>();
+        assert_eq!(
+            events,
+            [(0, vec![]), (10, vec!["loss".to_string()]), (20, vec!["loss".to_string()])]
+        );
         // A second file is named after the first, so readers take it last.
         let second = EventWriter::create(dir.path()).unwrap();
         assert_eq!(event_files(dir.path()).unwrap(), [path.clone(), second.path().to_path_buf()]);

@@ -3,7 +3,7 @@
 
 use crate::config::RunConfig;
 use crate::data::cifar::CLASSES;
-use crate::data::{TaskName, TRAIN_SPLIT};
+use crate::data::TaskName;
 use crate::train::checkpoint::State;
 use crate::train::exported::input_shape;
 use crate::train::records::RunRecord;
@@ -68,7 +68,9 @@ pub fn card(cfg: &RunConfig, record: &RunRecord, state: &State, preset: Option<&
         format!("- Architecture `{model}`; paper: {}.", paper(model)),
     ];
     if let Some(p) = &cfg.paper {
-        let figure = p.figure.map_or("no figure for this exact setting".to_string(), |f| format!("{f:.2}%"));
+        let figure = p
+            .figure
+            .map_or("no figure for this exact setting".to_string(), |f| format!("{f:.2}%"));
         lines.push(format!("- Paper setting: {} (reported: {figure}).", p.setting));
     }
     lines.extend([
@@ -93,10 +95,9 @@ pub fn card(cfg: &RunConfig, record: &RunRecord, state: &State, preset: Option<&
         ));
     }
     lines.extend([
-        format!(
-            "- Splits as in LRA: train = the first {TRAIN_SPLIT} training images, validation = the last {}, test = the 10,000 test images (every one scored).",
-            50_000 - TRAIN_SPLIT
-        ),
+        "- Splits as in LRA: train = the first 45,000 training images, validation = the last 5,000, test = the 10,000 \
+         test images (every one scored)."
+            .into(),
         format!(
             "- Augmentation (training only): random crop {}, horizontal flip {}.",
             on_off(task.crop),
@@ -107,7 +108,9 @@ pub fn card(cfg: &RunConfig, record: &RunRecord, state: &State, preset: Option<&
         String::new(),
     ]);
     if let Some(p) = preset {
-        lines.push(format!("- Preset `{p}` (`pixelseq presets`); the whole resolved config is in `config.json`."));
+        lines.push(format!(
+            "- Preset `{p}` (`pixelseq presets`); the whole resolved config is in `config.json`."
+        ));
     }
     let budget = match t.max_steps {
         Some(steps) => format!("{steps} steps"),
@@ -120,8 +123,12 @@ pub fn card(cfg: &RunConfig, record: &RunRecord, state: &State, preset: Option<&
             record.steps, record.epochs, t.batch_size, record.wall_s
         ),
         format!(
-            "- AdamW, lr {:e}, weight decay {}, {:?} schedule after {} warm-up steps; seed {}.",
-            cfg.optim.lr, cfg.optim.weight_decay, cfg.schedule.kind, cfg.schedule.warmup_steps, record.seed
+            "- AdamW, lr {:e}, weight decay {}, {} schedule after {} warm-up steps; seed {}.",
+            cfg.optim.lr,
+            cfg.optim.weight_decay,
+            format!("{:?}", cfg.schedule.kind).to_lowercase(),
+            cfg.schedule.warmup_steps,
+            record.seed
         ),
         format!(
             "- Device {}, precision {}; {:.0} training images/s.",

@@ -59,7 +59,12 @@ pub fn normalise(xs: &Tensor) -> Tensor {
     let dev = xs.device();
     // Built from scalars, not copied from a slice: a TorchScript trace records `scalar_tensor`
     // with its value, but a slice's copy as an uninitialised `empty`.
-    let constant = |v: &[f64]| Tensor::stack(&v.iter().map(|&x| Tensor::scalar_tensor(x, (Kind::Float, dev))).collect::<Vec<_>>(), 0);
+    let constant = |v: &[f64]| {
+        Tensor::stack(
+            &v.iter().map(|&x| Tensor::scalar_tensor(x, (Kind::Float, dev))).collect::<Vec<_>>(),
+            0,
+        )
+    };
     let (mean, std) = (constant(mean), constant(std));
     (xs.to_kind(Kind::Float) - mean) / std // (B, L, C)
 }

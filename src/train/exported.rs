@@ -70,9 +70,9 @@ impl Extras {
             _ => "R, G, B values 0..255",
         };
         let order = match task.permute {
-            Some(seed) => format!(
-                "step k is pixel 32·row + column in raster order; the model applies the fixed permutation of seed {seed} itself"
-            ),
+            Some(seed) => {
+                format!("step k is pixel 32·row + column in raster order; the model applies the fixed permutation of seed {seed} itself")
+            }
             None => "step k is pixel 32·row + column (raster order)".to_string(),
         };
         Extras {
@@ -117,20 +117,32 @@ pub fn read_config(dir: &Path) -> Result<(RunConfig, Extras)> {
         bail!("{origin}: expected a JSON object");
     };
     let mut extras = serde_json::Map::new();
-    for key in ["pixelseq_version", "commit", "input", "class_names", "id2label", "label2id", "checkpoint"] {
+    for key in [
+        "pixelseq_version",
+        "commit",
+        "input",
+        "class_names",
+        "id2label",
+        "label2id",
+        "checkpoint",
+    ] {
         let value = map.remove(key).with_context(|| format!("{origin}: key `{key}` is missing"))?;
         extras.insert(key.to_string(), value);
     }
     let extras: Extras = serde_path_to_error::deserialize(serde_json::Value::Object(extras))
         .map_err(|e| anyhow::anyhow!("{origin}: key `{}`: {}", e.path(), e.inner()))?;
-    let table = toml::Table::try_from(serde_json::Value::Object(map)).with_context(|| format!("{origin}: the run config is not TOML-shaped"))?;
+    let table =
+        toml::Table::try_from(serde_json::Value::Object(map)).with_context(|| format!("{origin}: the run config is not TOML-shaped"))?;
     Ok((RunConfig::from_table(table, &origin)?, extras))
 }
 
 /// Builds the model of an exported folder on `device` with its weights.
 pub fn open(dir: &Path, which: Which, device: Device) -> Result<OpenRun> {
     if which == Which::Last {
-        bail!("`{}` is an exported model folder, which holds the best checkpoint only; drop --last", dir.display());
+        bail!(
+            "`{}` is an exported model folder, which holds the best checkpoint only; drop --last",
+            dir.display()
+        );
     }
     let (config, extras) = read_config(dir)?;
     let mut vs = nn::VarStore::new(device);
