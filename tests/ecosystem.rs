@@ -337,6 +337,21 @@ fn exports_score_as_the_run_does() {
     };
     let on_run = eval(&run);
     let accuracy = 100.0 * correct.parse::<f64>().unwrap() / SCORED as f64;
+
+    // The README's Python lines, as written there, classify the first test image as pixelseq does.
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let section = &readme[readme.find("## Using pixelseq models elsewhere").unwrap()..];
+    let block = &section[section.find("```python\n").unwrap() + 10..];
+    let lines: Vec<&str> = block[..block.find("```").unwrap()].lines().map(str::trim).collect();
+    let script = lines
+        .join("\n")
+        .replace("\"model.pt\"", &format!("{:?}", ts.display().to_string()))
+        .replace(
+            "\"cifar-10-batches-bin/test_batch.bin\"",
+            &format!("{:?}", shared_data().join("test_batch.bin").display().to_string()),
+        );
+    let top = logits.get(0).argmax(-1, false).int64_value(&[]);
+    assert_eq!(python(&script, &[]).trim(), format!("tensor([{top}])"), "{script}");
     assert!(
         score(&on_run).starts_with(&format!("accuracy {accuracy:.2}% ({SCORED} images)")),
         "{on_run} vs TorchScript {accuracy:.2}%"

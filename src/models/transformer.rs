@@ -208,8 +208,8 @@ fn head_dense(p: &nn::Path, fan_in: i64, fan_out: i64, init: Initialisation) -> 
 
 /// (B, L) bool, true where a key may be attended → (B, 1, 1, L) additive bias of `kind`.
 pub(crate) fn key_bias(keep: &Tensor, kind: Kind) -> Tensor {
-    keep.logical_not().to_kind(kind).g_mul_scalar(MASKED).unsqueeze(1).unsqueeze(1)
-    // (B, 1, 1, L)
+    let l = keep.size()[1];
+    keep.logical_not().to_kind(kind).g_mul_scalar(MASKED).view([-1, 1, 1, l]) // (B, 1, 1, L)
 }
 
 /// The token mixer inside a block: how heads of queries, keys and values become outputs.

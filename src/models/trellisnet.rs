@@ -188,12 +188,8 @@ impl TrellisNet {
         let x = x.dropout(self.cfg.dropout_input, train); // (B, C, L)
         let w1 = self.w1.weight(self.cfg.dropout_weight, train); // (4H, C, k)
         let w2 = self.w2.weight(self.cfg.dropout_weight, train); // (4H, H, k)
-        let mask = x
-            .narrow(1, 0, 1)
-            .narrow(2, 0, 1)
-            .ones_like()
-            .repeat([1, hsz, 1])
-            .dropout(self.cfg.dropout_hidden, train); // (B, H, 1)
+        let ones = x.narrow(1, 0, 1).narrow(2, 0, 1).ones_like(); // (B, 1, 1)
+        let mask = ones.repeat([1, hsz, 1]).dropout(self.cfg.dropout_hidden, train); // (B, H, 1)
 
         // Input injection W1·[x_{t−d}, x_t], once per distinct dilation; zeros before the sequence.
         let mut injected: Vec<(i64, Tensor)> = Vec::new();
