@@ -1,6 +1,6 @@
-# Sourced by ./pixelseq and scripts/test: makes sure torch 2.11.0 is installed in a virtual
-# environment kept in a cache folder outside the checkout (shared by every clone and CI run on this
-# machine; ~4.6 GB downloaded once), links it as .venv, and exports what tch's build needs.
+# Sourced by ./pixelseq and scripts/test: makes sure torch 2.11.0 and tensorboard are installed in a
+# virtual environment kept in a cache folder outside the checkout (shared by every clone and CI run
+# on this machine; ~4.6 GB downloaded once), links it as .venv, and exports what tch's build needs.
 TORCH_VERSION=2.11.0
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache="${PIXELSEQ_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pixelseq}"
@@ -21,6 +21,23 @@ if ! torch_ok; then
     fi
   ) 9>"$cache/install.lock"
   torch_ok || { echo "pixelseq: torch $TORCH_VERSION could not be installed into $venv" >&2; exit 1; }
+fi
+
+# TensorBoard's own event reader, which the tests use to check the events files a run writes.
+TENSORBOARD_VERSION=2.20.0
+tensorboard_ok() {
+  "$venv/bin/python" -c "import tensorboard, sys; sys.exit(tensorboard.__version__ != '$TENSORBOARD_VERSION')" 2>/dev/null
+}
+
+if ! tensorboard_ok; then
+  (
+    flock 9
+    if ! tensorboard_ok; then
+      echo "pixelseq: installing tensorboard $TENSORBOARD_VERSION into $venv (once per machine)..." >&2
+      "$venv/bin/pip" install --quiet --progress-bar off "tensorboard==$TENSORBOARD_VERSION" >&2
+    fi
+  ) 9>"$cache/install.lock"
+  tensorboard_ok || { echo "pixelseq: tensorboard $TENSORBOARD_VERSION could not be installed into $venv" >&2; exit 1; }
 fi
 
 if [ ! -e "$repo/.venv" ] || [ -L "$repo/.venv" ]; then

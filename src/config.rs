@@ -139,6 +139,8 @@ pub struct Train {
     /// `"auto"` picks the largest that fits the device (see `train::memory`), a number fixes it.
     /// The optimizer's batch stays `batch_size`.
     pub micro_batch: MicroBatch,
+    /// Write TensorBoard curves into the run folder (`train::board`).
+    pub tensorboard: bool,
 }
 
 /// `train.micro_batch`: `"auto"` or a number of images.
@@ -200,6 +202,7 @@ impl Default for Train {
             cutmix: 0.0,
             precision: Precision::Auto,
             micro_batch: MicroBatch::Auto,
+            tensorboard: true,
         }
     }
 }

@@ -1,8 +1,9 @@
 //! pixelseq: sequence models on CIFAR-10 read pixel by pixel.
 //!
-//! Layers, each using only those before it: `ffi`, `files`, `rng`, `device`, `amp`, `profile`
-//! (infrastructure) → `data` → `models` → `config` → `train` → `bench`, `predict`, `report` (what
-//! the commands do) → `commands` (the command line, one file per subcommand).
+//! Layers, each using only those before it: `ffi`, `files`, `rng`, `tensorboard`, `device`, `amp`,
+//! `profile` (infrastructure) → `data` → `models` → `config` → `train` → `bench`, `export`,
+//! `predict`, `report` (what the commands do) → `commands` (the command line, one file per
+//! subcommand).
 
 pub mod amp;
 pub mod bench;
@@ -10,6 +11,7 @@ pub mod commands;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod export;
 mod ffi;
 pub mod files;
 pub mod models;
@@ -17,6 +19,7 @@ pub mod predict;
 pub mod profile;
 pub mod report;
 pub mod rng;
+pub mod tensorboard;
 #[cfg(test)]
 mod testing;
 pub mod train;

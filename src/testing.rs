@@ -188,3 +188,23 @@ eval_every = 2
     crate::train::run(&cfg, &data, &opts).unwrap();
     dir.to_path_buf()
 }
+
+/// Runs `script` with the Python of the checkout's `.venv` (torch 2.11.0 and tensorboard, which
+/// `scripts/env.sh` installs) and returns its standard output; a missing interpreter or a failing
+/// script fails the test with its message.
+pub fn python(script: &str, args: &[&std::ffi::OsStr]) -> String {
+    let exe = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(
+        exe.exists(),
+        "no Python at `{}`: source scripts/env.sh (as scripts/test does) to install torch and tensorboard there",
+        exe.display()
+    );
+    let out = std::process::Command::new(&exe).arg("-c").arg(script).args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "the Python check failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}

@@ -11,12 +11,15 @@ use crate::train::{evaluate, memory, open_run, Which, EVAL_BATCH};
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// Run directory written by `pixelseq train`.
+    /// Run directory written by `pixelseq train`, or a folder written by `pixelseq export --format hf`.
     #[arg(long)]
     pub run: PathBuf,
     /// Which split to score: test, val or train.
     #[arg(long, default_value = "test")]
     pub split: String,
+    /// Score only the first N images of the split.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<i64>,
     /// Score the last checkpoint instead of the best one.
     #[arg(long)]
     pub last: bool,
@@ -28,6 +31,9 @@ pub struct EvalArgs {
 }
 
 pub fn exec(a: EvalArgs) -> Result<()> {
+    if let Some(n) = a.limit.filter(|&n| n < 1) {
+        bail!("--limit {n}: must be at least 1");
+    }
     let device = a.device.resolve()?;
     let which = if a.last { Which::Last } else { Which::Best };
     let run = open_run(&a.run, which, device)?;
@@ -40,7 +46,7 @@ pub fn exec(a: EvalArgs) -> Result<()> {
     }
     .to_device(device);
     let batch = memory::eval_batch(&run.model, &run.vs, run.config.task.input_spec(), EVAL_BATCH, device, run.precision)?;
-    let score = evaluate(&run.model, &split, &run.config.task, batch, None, run.precision, &a.split);
+    let score = evaluate(&run.model, &split, &run.config.task, batch, a.limit, run.precision, &a.split);
     let (loss, acc) = (score.loss, score.acc.expect("open_run builds a classifier"));
     println!(
         "{}: {which} checkpoint (step {}), {} split: accuracy {:.2}% ({} images), loss {loss:.4}",
@@ -48,7 +54,7 @@ pub fn exec(a: EvalArgs) -> Result<()> {
         run.state.step,
         a.split,
         100.0 * acc,
-        split.len(),
+        a.limit.map_or(split.len(), |n| n.min(split.len())),
     );
     Ok(())
 }

@@ -4,6 +4,7 @@
 mod bench;
 mod data;
 mod eval;
+mod export;
 mod predict;
 mod presets;
 mod report;
@@ -43,6 +44,8 @@ pub enum Command {
     Predict(predict::PredictArgs),
     /// Training and inference throughput and peak memory of presets, beside the same models in PyTorch.
     Bench(bench::BenchArgs),
+    /// Export a run's best checkpoint: a TorchScript module for plain PyTorch, or a Hugging Face-style folder.
+    Export(export::ExportArgs),
 }
 
 /// Runs the parsed command line. libtorch reports failures (an allocation that does not fit, an
@@ -73,6 +76,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Report(args) => report::exec(args),
         Command::Predict(args) => predict::exec(args),
         Command::Bench(args) => bench::exec(args),
+        Command::Export(args) => export::exec(args),
     }
 }
 

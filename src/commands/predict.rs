@@ -13,7 +13,8 @@ use crate::train::{memory, open_run, Which, EVAL_BATCH};
 
 #[derive(Args)]
 pub struct PredictArgs {
-    /// Run directory written by `pixelseq train` (its config.toml and checkpoints/best are used).
+    /// Run directory written by `pixelseq train` (its config.toml and checkpoints/best are used), or a
+    /// folder written by `pixelseq export --format hf`.
     #[arg(long)]
     pub run: PathBuf,
     /// PNG or JPEG files of any size, or folders searched recursively for them.

@@ -57,8 +57,15 @@ pub fn normalise(xs: &Tensor) -> Tensor {
     let c = xs.size()[2];
     let (mean, std) = channel_stats(c);
     let dev = xs.device();
-    let mean = Tensor::from_slice(mean).to_kind(Kind::Float).to_device(dev);
-    let std = Tensor::from_slice(std).to_kind(Kind::Float).to_device(dev);
+    // Built from scalars, not copied from a slice: a TorchScript trace records `scalar_tensor`
+    // with its value, but a slice's copy as an uninitialised `empty`.
+    let constant = |v: &[f64]| {
+        Tensor::stack(
+            &v.iter().map(|&x| Tensor::scalar_tensor(x, (Kind::Float, dev))).collect::<Vec<_>>(),
+            0,
+        )
+    };
+    let (mean, std) = (constant(mean), constant(std));
     (xs.to_kind(Kind::Float) - mean) / std // (B, L, C)
 }
 

@@ -214,8 +214,7 @@ impl FNet {
         if let Some((mask, token)) = input.masked {
             words = mask_inputs(&words, mask, token); // (B, L, E)
         }
-        let (b, e) = (words.size()[0], words.size()[2]);
-        let cls = self.cls.expand([b, 1, e], false).to_kind(words.kind()); // (B, 1, E)
+        let cls = self.cls.expand_as(&words.narrow(1, 0, 1)).to_kind(words.kind()); // (B, 1, E)
         let x = Tensor::cat(&[cls, words], 1) + &self.pos; // (B, L+1, E)
         let x = x.apply(&self.emb_norm).apply(&self.hidden_mapping_in); // (B, L+1, D)
         let mut x = dropout(&x, self.dropout, train); // (B, L+1, D)

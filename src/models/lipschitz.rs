@@ -150,7 +150,7 @@ impl nn::ModuleT for LipschitzRnn {
             let a = hidden_matrix(&self.b, cfg.beta, cfg.gamma); // (N, N)
             let w = hidden_matrix(&self.c, cfg.beta, cfg.gamma); // (N, N)
             let awt = Tensor::cat(&[a.tr(), w.tr()], 1); // (N, 2N)
-            let mut h = Tensor::zeros([xs.size()[0], cfg.n_units], (Kind::Float, xs.device())); // (B, N)
+            let mut h = z.get(0).zeros_like(); // (B, N)
 
             // One unbind, not L selects: each select's backward writes its step's gradient into a
             // zeroed (L, B, N) tensor and sums those, quadratic in L; unbind's stacks them once.

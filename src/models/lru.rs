@@ -205,9 +205,9 @@ fn lower_powers(size: i64, step: f64, log_lambda: &Tensor) -> Tensor {
 
 /// The same scan in chunks of `t` steps: u (B, L, N) complex, log λ (N) → h (B, L, N) complex.
 fn chunked_scan(u: &Tensor, log_lambda: &Tensor, t: i64) -> Tensor {
-    let (b, l, n) = u.size3().unwrap();
+    let (_, l, n) = u.size3().unwrap();
     let c = l / t;
-    let u = u.view([b, c, t, n]); // (B, C, T, N)
+    let u = u.view([-1, c, t, n]); // (B, C, T, N)
     let within = lower_powers(t, 1.0, log_lambda); // (T, T, N): λ^{i−j}
     let local = Tensor::einsum("ijn,bcjn->bcin", &[&within, &u], None::<i64>); // (B, C, T, N)
     let ends = local.select(2, t - 1); // (B, C, N): each chunk's final state from its own inputs
@@ -218,7 +218,7 @@ fn chunked_scan(u: &Tensor, log_lambda: &Tensor, t: i64) -> Tensor {
     let pos = Tensor::arange_start(1, t + 1, (Kind::Float, u.device())); // (T): 1..T
     let decay = (pos.unsqueeze(-1) * log_lambda).exp(); // (T, N): λ^{i+1}
     let h = local + carry.unsqueeze(2) * decay; // (B, C, T, N)
-    h.view([b, l, n]) // (B, L, N)
+    h.view([-1, l, n]) // (B, L, N)
 }
 
 /// The Linear Recurrent Unit on (B, L, H).

@@ -8,6 +8,11 @@
 //! checked: ✔ read in the reference code or the paper; ~ from a third-party page, leaderboard or
 //! reproduction; ✘ not verified (from memory, or the source could not be read).
 //!
+//! A model reads the batch size only inside tensor operations (`-1` in views, `expand_as`,
+//! `zeros_like`), never as a number from `size()`, and makes no constant tensor from a slice in
+//! `forward_t`: a TorchScript trace (`pixelseq export`) would fix the first and record the second
+//! as an uninitialised tensor.
+//!
 //! Parameters are tagged with an optimizer group through `nn::Path::set_group`: [`DECAY`] (the
 //! default; 1-D tensors in it, biases and norm gains, are exempt from weight decay), [`NO_DECAY`]
 //! (embeddings and anything the paper exempts) and [`SSM`] (state-space parameters that the paper

@@ -213,8 +213,8 @@ impl Nystrom {
 
     /// F·A⁺·(B·V) for scaled, masked `q`, `k` and `v` (B, H, L, Dh); `bias` (B, 1, 1, L) masks keys.
     fn approximate(&self, q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Tensor {
-        let (b, h, l, dh) = q.size4().unwrap();
-        let segments = [b, h, self.landmarks, l / self.landmarks, dh];
+        let (_, h, l, dh) = q.size4().unwrap();
+        let segments = [-1, h, self.landmarks, l / self.landmarks, dh];
         let q_land = q.reshape(segments).mean_dim(-2, false, None); // (B, H, m, Dh)
         let k_land = k.reshape(segments).mean_dim(-2, false, None); // (B, H, m, Dh)
         let f = q.matmul(&k_land.transpose(-1, -2)).softmax(-1, None); // (B, H, L, m)
@@ -231,9 +231,9 @@ impl Nystrom {
 
     /// The attention on float32 inputs (B, H, L, Dh).
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, keep: Option<&Tensor>) -> Tensor {
-        let (b, h, l, dh) = q.size4().unwrap();
+        let (_, h, l, dh) = q.size4().unwrap();
         let scale = (dh as f64).powf(-0.25);
-        let keep_rows = keep.map(|keep| keep.to_kind(Kind::Float).view([b, 1, l, 1])); // (B, 1, L, 1)
+        let keep_rows = keep.map(|keep| keep.to_kind(Kind::Float).unsqueeze(1).unsqueeze(-1)); // (B, 1, L, 1)
         let zero_padding = |t: &Tensor| match &keep_rows {
             Some(rows) => t * rows, // (B, H, L, Dh)
             None => t.shallow_clone(),

@@ -219,9 +219,9 @@ impl Attention {
     }
 
     fn forward_t(&self, xs: &Tensor, causal: bool, train: bool) -> Tensor {
-        let (b, l, d) = xs.size3().unwrap();
+        let (_, l, d) = xs.size3().unwrap();
         let (h, hd) = (self.n_heads, d / self.n_heads);
-        let qkv = xs.apply(&self.qkv).view([b, l, 3, h, hd]).permute([2, 0, 3, 1, 4]); // (3, B, h, L, hd)
+        let qkv = xs.apply(&self.qkv).view([-1, l, 3, h, hd]).permute([2, 0, 3, 1, 4]); // (3, B, h, L, hd)
 
         // unbind, not three selects: one backward that stacks the three gradients, instead of
         // three that each fill a zeroed (3, B, h, L, hd) tensor and then get summed.
@@ -229,7 +229,7 @@ impl Attention {
         let (q, k, v) = (&qkv[0], &qkv[1], &qkv[2]); // (B, h, L, hd) each
         let bias = causal.then(|| causal_bias(l, q.kind(), q.device())); // (L, L)
         let y = attention(q, k, v, bias.as_ref(), self.attn_dropout, train); // (B, h, L, hd)
-        let y = y.transpose(1, 2).reshape([b, l, d]); // (B, L, D)
+        let y = y.transpose(1, 2).reshape([-1, l, d]); // (B, L, D)
         dropout(&y.apply(&self.proj), self.dropout, train) // (B, L, D)
     }
 }
@@ -330,8 +330,7 @@ impl Pit {
         if let Some((mask, token)) = input.masked {
             pixels = mask_inputs(&pixels, mask, token); // (B, L, D)
         }
-        let (b, _, d) = pixels.size3().unwrap();
-        let cls = self.cls.expand([b, 1, d], false).to_kind(pixels.kind()); // (B, 1, D)
+        let cls = self.cls.expand_as(&pixels.narrow(1, 0, 1)).to_kind(pixels.kind()); // (B, 1, D)
         let x = Tensor::cat(&[cls, pixels], 1); // (B, L+1, D)
         let x = match &self.pos {
             Some(pos) => x + pos, // (B, L+1, D)

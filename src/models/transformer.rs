@@ -211,8 +211,8 @@ fn head_dense(p: &nn::Path, fan_in: i64, fan_out: i64, init: Initialisation) -> 
 
 /// (B, L) bool, true where a key may be attended → (B, 1, 1, L) additive bias of `kind`.
 pub(crate) fn key_bias(keep: &Tensor, kind: Kind) -> Tensor {
-    let (b, l) = keep.size2().unwrap();
-    keep.logical_not().to_kind(kind).g_mul_scalar(MASKED).view([b, 1, 1, l]) // (B, 1, 1, L)
+    let l = keep.size()[1];
+    keep.logical_not().to_kind(kind).g_mul_scalar(MASKED).view([-1, 1, 1, l]) // (B, 1, 1, L)
 }
 
 /// The token mixer inside a block: how heads of queries, keys and values become outputs.
@@ -243,9 +243,8 @@ impl Mixer for Softmax {
         match keep {
             // LRA masks query rows too: a black query attends uniformly to every position.
             Some(keep) => {
-                let (b, l) = keep.size2().unwrap();
                 let uniform = v.mean_dim(-2, true, None); // (B, H, 1, Dh)
-                ys.where_self(&keep.view([b, 1, l, 1]), &uniform) // (B, H, L, Dh)
+                ys.where_self(&keep.unsqueeze(1).unsqueeze(-1), &uniform) // (B, H, L, Dh)
             }
             None => ys, // (B, H, L, Dh)
         }
@@ -277,13 +276,12 @@ impl<M: Mixer> SelfAttention<M> {
     }
 
     fn forward_t(&self, xs: &Tensor, keep: Option<&Tensor>, causal: bool, train: bool) -> Tensor {
-        let (b, l, _) = xs.size3().unwrap();
-        let heads = |t: Tensor| t.view([b, l, self.n_heads, -1]).transpose(1, 2); // (B, H, L, Dh)
+        let heads = |t: Tensor| t.unflatten(-1, [self.n_heads, -1]).transpose(1, 2); // (B, H, L, Dh)
         let q = heads(xs.apply(&self.q)); // (B, H, L, Dh)
         let k = heads(xs.apply(&self.k)); // (B, H, L, Dh)
         let v = heads(xs.apply(&self.v)); // (B, H, L, Dh)
         let ys = self.mixer.mix(&q, &k, &v, keep, causal, train); // (B, H, L, Dh)
-        ys.transpose(1, 2).reshape([b, l, -1]).apply(&self.out) // (B, L, d)
+        ys.transpose(1, 2).flatten(2, 3).apply(&self.out) // (B, L, d)
     }
 }
 
@@ -387,7 +385,6 @@ impl<M: Mixer> Encoder<M> {
     /// replaces masked pixels' vectors (masked pixels are not padding, whatever their value);
     /// a causal pass has no padding mask (a black query's uniform weights would see the future).
     fn embed(&self, xs: &Tensor, input: Input, train: bool) -> (Tensor, Option<Tensor>) {
-        let b = xs.size()[0];
         let mut hs = self.embed.forward(xs); // (B, L, d)
         let mut keep = (self.mask_black_pixels && !input.causal).then(|| nonzero_mask(xs)); // (B, L)
         if let Some((mask, token)) = input.masked {
@@ -395,7 +392,7 @@ impl<M: Mixer> Encoder<M> {
             keep = keep.map(|k| k.logical_or(mask)); // (B, L)
         }
         if let Some(cls) = &self.cls {
-            hs = Tensor::cat(&[cls.expand([b, 1, -1], false), hs], 1); // (B, L+1, d)
+            hs = Tensor::cat(&[cls.expand_as(&hs.narrow(1, 0, 1)), hs], 1); // (B, L+1, d)
             keep = keep.map(|k| Tensor::cat(&[k.narrow(1, 0, 1), k], 1)); // (B, L+1): CLS copies pixel 0
         }
         (dropout(&(hs + &self.pos), self.dropout, train), keep) // (B, L', d)

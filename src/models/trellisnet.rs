@@ -175,13 +175,14 @@ impl TrellisNet {
 
     /// The last level's hidden sequence (B, h_size, L) for raw pixels (B, L, C).
     pub fn hidden_states(&self, xs: &Tensor, train: bool) -> Tensor {
-        let (b, l) = (xs.size()[0], xs.size()[1]);
+        let l = xs.size()[1];
         let (hsz, k) = (self.cfg.h_size(), self.cfg.kernel_size);
         let x = (xs.to_kind(Kind::Float) / 127.5 - 1.0).transpose(1, 2); // (B, C, L) in [−1, 1]
         let x = x.dropout(self.cfg.dropout_input, train); // (B, C, L)
         let w1 = self.w1.weight(self.cfg.dropout_weight, train); // (4H, C, k)
         let w2 = self.w2.weight(self.cfg.dropout_weight, train); // (4H, H, k)
-        let mask = Tensor::ones([b, hsz, 1], (Kind::Float, xs.device())).dropout(self.cfg.dropout_hidden, train); // (B, H, 1)
+        let ones = x.narrow(1, 0, 1).narrow(2, 0, 1).ones_like(); // (B, 1, 1)
+        let mask = ones.repeat([1, hsz, 1]).dropout(self.cfg.dropout_hidden, train); // (B, H, 1)
 
         // Input injection W1·[x_{t−d}, x_t], once per distinct dilation; zeros before the sequence.
         let mut injected: Vec<(i64, Tensor)> = Vec::new();
@@ -193,8 +194,8 @@ impl TrellisNet {
             }
         }
 
-        let mut h = Tensor::zeros([b, hsz, l], (Kind::Float, xs.device())); // (B, H, L)
-        let mut c = Tensor::zeros([b, hsz, l], (Kind::Float, xs.device())); // (B, H, L)
+        let mut h = x.narrow(1, 0, 1).zeros_like().repeat([1, hsz, 1]); // (B, H, L)
+        let mut c = h.zeros_like(); // (B, H, L)
         for &d in &self.cfg.dilations {
             let inj = &injected.iter().find(|(e, _)| *e == d).unwrap().1; // (B, 4H, L)
             let hp = (&h * &mask).constant_pad_nd([(k - 1) * d, 0]); // (B, H, L + (k−1)d)

@@ -216,8 +216,13 @@ pub fn weights(dir: &Path) -> Result<(State, Vec<(String, Tensor)>)> {
     Ok((state, weights))
 }
 
-/// Checks that every tensor file of the checkpoint folder `dir` matches its recorded sha256.
+/// Checks that every tensor file of the checkpoint folder `dir` matches its recorded sha256; a
+/// damaged one is named, with the run's other checkpoint to fall back to.
 pub fn verify(dir: &Path) -> Result<State> {
+    verify_files(dir).map_err(|e| with_fallback(e, dir))
+}
+
+fn verify_files(dir: &Path) -> Result<State> {
     let Some(found) = existing(dir) else {
         bail!("no checkpoint in `{}`", dir.display())
     };
@@ -240,7 +245,7 @@ fn with_fallback(e: anyhow::Error, dir: &Path) -> anyhow::Error {
         _ => return e,
     };
     let other_dir = dir.with_file_name(other);
-    let hint = match verify(&other_dir) {
+    let hint = match verify_files(&other_dir) {
         Ok(state) => format!(
             "the run's `{other}` checkpoint `{}` (step {}) is intact: {use_it}",
             other_dir.display(),

@@ -1,8 +1,10 @@
 //! Training: the step shared with `bench`, the loop around it, AdamW with parameter groups,
 //! schedules, checkpoints, run directories and records.
 
+pub mod board;
 pub mod checkpoint;
 pub mod eval;
+pub mod exported;
 pub mod learner;
 pub mod memory;
 mod multi_tensor;

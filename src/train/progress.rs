@@ -50,6 +50,11 @@ impl Tally {
         (self.loss_sum.double_value(&[]) / n, acc)
     }
 
+    /// Whether the steps tallied classify.
+    pub fn classifies(&self) -> bool {
+        self.classifies
+    }
+
     /// Training images per second since the tally started (`None` before the first step).
     pub fn img_per_s(&self) -> Option<f64> {
         (self.seen > 0).then(|| self.seen as f64 / self.seconds().max(1e-9))

@@ -170,8 +170,12 @@ pub struct OpenRun {
     pub precision: Precision,
 }
 
-/// Builds the model of the run in `dir` on `device` and loads its `which` checkpoint.
+/// Builds the model of the run in `dir` on `device` and loads its `which` checkpoint; `dir` may
+/// also be an exported model folder (`train::exported`).
 pub fn open_run(dir: &Path, which: Which, device: Device) -> Result<OpenRun> {
+    if super::exported::is_exported(dir) {
+        return super::exported::open(dir, which, device);
+    }
     let run = RunDir::new(dir);
     let config = run.load_config()?;
     let path = match which {
