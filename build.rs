@@ -28,7 +28,15 @@ fn csrc(lib: &std::path::Path) {
     let include = lib.parent().expect("libtorch's lib folder has a parent").join("include");
     let mut build = cc::Build::new();
     build.cpp(true);
-    for file in ["autocast", "cpu_allocator", "dist", "dist_nccl", "dropout", "multi_tensor", "profile"] {
+    for file in [
+        "autocast",
+        "cpu_allocator",
+        "dist",
+        "dist_nccl",
+        "dropout",
+        "multi_tensor",
+        "profile",
+    ] {
         build.file(format!("csrc/{file}.cpp"));
     }
     let mut system = vec![include.clone(), include.join("torch/csrc/api/include")];
@@ -36,13 +44,12 @@ fn csrc(lib: &std::path::Path) {
         Ok(dirs) => {
             system.extend(dirs);
             build.define("PIXELSEQ_NCCL", None);
+            println!("cargo:rustc-link-lib=dylib=c10_cuda");
         }
         Err(why) => println!("cargo:warning=building without NCCL: {why}"),
     }
     for dir in system {
-        build
-            .flag("-isystem")
-            .flag(dir.to_str().expect("include folders are UTF-8"));
+        build.flag("-isystem").flag(dir.to_str().expect("include folders are UTF-8"));
     }
     build.include("csrc/gloo_decls");
     build
@@ -78,8 +85,22 @@ fn cuda_headers(lib: &std::path::Path) -> Result<Vec<std::path::PathBuf>, String
 /// The commit the binary is built from, recorded in every run's `result.json` (the binary may run
 /// where there is no checkout, e.g. on a GPU machine).
 fn commit() {
-    for path in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {
-        println!("cargo:rerun-if-changed={path}");
+    // Only paths that exist: cargo reruns the build script (and recompiles `csrc/`) on every build
+    // for a path that does not. In a worktree `.git` is a file naming its own git folder.
+    let git = |arg: &str| {
+        std::process::Command::new("git")
+            .args(["rev-parse", arg])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| std::path::PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+    };
+    if let (Some(dir), Some(common)) = (git("--git-dir"), git("--git-common-dir")) {
+        for path in [dir.join("HEAD"), common.join("refs/heads"), common.join("packed-refs")] {
+            if path.exists() {
+                println!("cargo:rerun-if-changed={}", path.display());
+            }
+        }
     }
     let commit = std::process::Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])

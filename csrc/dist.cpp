@@ -317,7 +317,7 @@ bool pixelseq_store_new(const char *host, uint16_t port, bool server, int world,
     c10d::TCPStoreOptions opts;
     opts.port = port;
     opts.isServer = server;
-    if (server) opts.numWorkers = static_cast<size_t>(world);
+    opts.numWorkers = static_cast<size_t>(world);  // every process counts itself in; the server waits for all
     opts.waitWorkers = true;
     opts.timeout = ms(timeout_ms);
     c10::intrusive_ptr<c10d::Store> store;

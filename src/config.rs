@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::amp::Precision;
 use crate::data::TaskConfig;
+use crate::dist::Backend;
 use crate::models::ModelConfig;
 
 /// What a preset reproduces, shown by `pixelseq presets` and copied into reports.
@@ -122,6 +123,9 @@ pub struct Train {
     /// `"auto"` picks the largest that fits the device (see `train::memory`), a number fixes it.
     /// The optimizer's batch stays `batch_size`.
     pub micro_batch: MicroBatch,
+    /// Data-parallel runs (`--nproc`, torchrun, srun): the c10d backend of the gradient
+    /// all-reduce, `"auto"` (NCCL on CUDA, Gloo on the CPU), `"nccl"` or `"gloo"`.
+    pub backend: Backend,
 }
 
 /// `train.micro_batch`: `"auto"` or a number of images.
@@ -182,6 +186,7 @@ impl Default for Train {
             cutmix: 0.0,
             precision: Precision::Auto,
             micro_batch: MicroBatch::Auto,
+            backend: Backend::Auto,
         }
     }
 }

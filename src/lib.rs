@@ -1,7 +1,7 @@
 //! pixelseq: sequence models on CIFAR-10 read pixel by pixel.
 //!
-//! Layers, each using only those before it: `ffi`, `files`, `rng`, `device`, `amp`, `profile`
-//! (infrastructure) → `data` → `models` → `config` → `train` → `bench`, `predict`, `report` (what
+//! Layers, each using only those before it: `ffi`, `files`, `rng`, `device`, `amp`, `profile`,
+//! `dist` (infrastructure) → `data` → `models` → `config` → `train` → `bench`, `predict`, `report` (what
 //! the commands do) → `commands` (the command line, one file per subcommand).
 
 pub mod amp;
@@ -10,6 +10,7 @@ pub mod commands;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod dist;
 mod ffi;
 pub mod files;
 pub mod models;

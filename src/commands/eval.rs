@@ -7,7 +7,9 @@ use clap::Args;
 
 use super::DeviceArgs;
 use crate::data;
-use crate::train::{evaluate, memory, open_run, Which, EVAL_BATCH};
+use crate::dist::{self, Dist, Store, World};
+use crate::train::ddp::evaluate_across;
+use crate::train::{memory, open_run, progress, Which, EVAL_BATCH};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -25,12 +27,33 @@ pub struct EvalArgs {
     pub data: Option<PathBuf>,
     #[command(flatten)]
     pub device: DeviceArgs,
+    /// Score in N worker processes on this machine (one per GPU, or N CPU workers), each a share
+    /// of the split; every rank reads the run folder.
+    #[arg(long, value_name = "N")]
+    pub nproc: Option<usize>,
 }
 
 pub fn exec(a: EvalArgs) -> Result<()> {
-    let device = a.device.resolve()?;
+    if let Some(n) = a.nproc.filter(|&n| n != 1) {
+        return dist::launch::launch(n);
+    }
+    let world = World::from_env()?;
+    let device = match &world {
+        Some(w) => a.device.resolve_rank(w)?,
+        None => a.device.resolve()?,
+    };
     let which = if a.last { Which::Last } else { Which::Best };
     let run = open_run(&a.run, which, device)?;
+    let dist = match world {
+        Some(w) => {
+            if !w.is_main() {
+                progress::silence();
+            }
+            let store = Store::connect(&w, dist::rendezvous_timeout()?)?;
+            Some(Dist::new(w, store, run.config.train.backend, device)?)
+        }
+        None => None,
+    };
     let dataset = data::load(a.data.as_deref(), run.config.task.name)?;
     let split = match a.split.as_str() {
         "test" => &dataset.test,
@@ -47,15 +70,28 @@ pub fn exec(a: EvalArgs) -> Result<()> {
         device,
         run.precision,
     )?;
-    let score = evaluate(run.model.as_ref(), &split, &run.config.task, batch, None, run.precision, &a.split);
+    let score = evaluate_across(
+        dist.as_ref(),
+        run.model.as_ref(),
+        &split,
+        &run.config.task,
+        batch,
+        None,
+        run.precision,
+        &a.split,
+    )?;
     let (loss, acc) = (score.loss, score.acc);
+    if dist.as_ref().is_some_and(|d| !d.is_main()) {
+        return Ok(());
+    }
     println!(
-        "{}: {which} checkpoint (step {}), {} split: accuracy {:.2}% ({} images), loss {loss:.4}",
+        "{}: {which} checkpoint (step {}), {} split: accuracy {:.2}% ({} of {} images), loss {loss:.4}",
         a.run.display(),
         run.state.step,
         a.split,
         100.0 * acc,
-        split.len(),
+        score.correct,
+        score.images,
     );
     Ok(())
 }

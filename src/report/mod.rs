@@ -142,6 +142,7 @@ mod tests {
             wall_s: 3725.0,
             seed: 0,
             micro_batch: 64,
+            world_size: 1,
             commit: "abc123def456".into(),
             date: "2025-11-26".into(),
         }

@@ -32,6 +32,13 @@ pub struct State {
     /// Images per forward/backward pass the run trains with (0: not chosen yet).
     #[serde(default)]
     pub micro_batch: i64,
+    /// Data-parallel processes the run trains with (1 in checkpoints written before them).
+    #[serde(default = "one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl State {
@@ -47,6 +54,7 @@ impl State {
             loss_scale: scaler.scale,
             loss_scale_growth: scaler.growth_tracker,
             micro_batch: 0,
+            world_size: 1,
         }
     }
 

@@ -15,6 +15,9 @@ pub const EVAL_BATCH: i64 = 256;
 pub struct Score {
     pub loss: f64,
     pub acc: f64,
+    /// Images scored and those classified correctly.
+    pub images: i64,
+    pub correct: i64,
     /// Images scored per second.
     pub img_per_s: f64,
 }
@@ -49,9 +52,12 @@ pub fn evaluate(
             progress.update(start);
         }
     });
+    let correct = correct.int64_value(&[]);
     Score {
         loss: loss.double_value(&[]) / n as f64,
-        acc: correct.double_value(&[]) / n as f64,
+        acc: correct as f64 / n as f64,
+        images: n,
+        correct,
         img_per_s: progress.rate(),
     }
 }

@@ -2,6 +2,7 @@
 //! schedules, checkpoints, run directories and records.
 
 pub mod checkpoint;
+pub mod ddp;
 pub mod eval;
 pub mod memory;
 mod multi_tensor;
@@ -15,5 +16,5 @@ pub mod schedule;
 pub mod step;
 
 pub use eval::{evaluate, EVAL_BATCH};
-pub use run::{run, Options};
+pub use run::{run, run_with, Options};
 pub use run_dir::{open_run, OpenRun, RunDir, Which};

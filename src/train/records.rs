@@ -46,8 +46,15 @@ pub struct RunRecord {
     /// Images per forward/backward pass (0 in records written before micro-batching).
     #[serde(default)]
     pub micro_batch: i64,
+    /// Data-parallel processes (1 in records written before them).
+    #[serde(default = "one")]
+    pub world_size: usize,
     pub commit: String,
     pub date: String,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Drops the metric lines written after the checkpoint a run resumes from.

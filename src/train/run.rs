@@ -8,20 +8,31 @@ use anyhow::{bail, Context, Result};
 use tch::{nn, nn::ModuleT, Device};
 
 use super::checkpoint::{self, State};
-use super::eval::{evaluate, EVAL_BATCH};
+use super::ddp::Peers;
+use super::eval::EVAL_BATCH;
 use super::memory;
 use super::optim::AdamW;
-use super::progress::{clock, Progress, Tally};
+use super::progress::{self, clock, Progress, Tally};
 use super::records::{today, truncate_metrics, Metrics, RunRecord};
 use super::run_dir::RunDir;
 use super::sampler::Sampler;
 use super::schedule;
-use super::step::{train_step, LossScaler, Settings};
+use super::step::{train_step_synced, LossScaler, Settings};
 use crate::amp::{self, Precision};
 use crate::config::RunConfig;
 use crate::data::Dataset;
+use crate::dist::Dist;
 use crate::models::param_count;
 use crate::{device, files};
+
+/// `eprintln!` in the process that prints: the only one, or rank 0 of a data-parallel run.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if progress::shown() {
+            eprintln!($($arg)*);
+        }
+    };
+}
 
 /// How a run is carried out (not part of the recorded config).
 pub struct Options {
@@ -88,13 +99,22 @@ struct Trainer<'a> {
     /// Images per second of the last evaluation pass.
     eval_img_per_s: Option<f64>,
     deadline: Option<Duration>,
+    peers: Peers<'a>,
 }
 
 /// Trains `cfg` on `data` in `opts.dir`, then scores the best checkpoint on the test split.
 pub fn run(cfg: &RunConfig, data: &Dataset, opts: &Options) -> Result<RunRecord> {
-    let mut tr = Trainer::start(cfg, data, opts)?;
+    run_with(cfg, data, opts, None)
+}
+
+/// [`run`], as one rank of the data-parallel run `dist` when given (see `train::ddp`).
+pub fn run_with(cfg: &RunConfig, data: &Dataset, opts: &Options, dist: Option<&Dist>) -> Result<RunRecord> {
+    let mut tr = Trainer::start(cfg, data, opts, dist)?;
     let (plan, t) = (&tr.plan, &cfg.train);
     let mut sampler = Sampler::new(t.seed, plan.batch_size, plan.steps_per_epoch, t.mixup, t.cutmix);
+    if let Some(d) = dist {
+        sampler = sampler.shard(d.world.rank, d.world.size);
+    }
     let mut progress = Progress::new(plan.steps_per_epoch, plan.total);
     let mut tally = Tally::new(opts.device);
     let mut step = tr.state.step;
@@ -109,7 +129,7 @@ pub fn run(cfg: &RunConfig, data: &Dataset, opts: &Options) -> Result<RunRecord>
             lr_factor,
             micro_batch: tr.plan.micro_batch,
         };
-        let out = train_step(tr.model.as_ref(), &mut tr.opt, &batch, &settings, &mut tr.scaler)?;
+        let out = train_step_synced(tr.model.as_ref(), &mut tr.opt, &batch, &settings, &mut tr.scaler, tr.peers.grads())?;
         tally.add(&out, batch.len());
         step += 1;
         // A CPU step waits for its result anyway; on CUDA, reading the loss every step would stall the queue.
@@ -118,13 +138,14 @@ pub fn run(cfg: &RunConfig, data: &Dataset, opts: &Options) -> Result<RunRecord>
         }
         let lr = cfg.optim.lr * lr_factor;
         progress.step(step, &tally, lr, tr.started.elapsed().as_secs_f64(), tr.time_left(step, &tally));
-        let out_of_time = tr.out_of_time(&tally);
+        // Every rank stops at the same step: the ranks vote when a time budget is set.
+        let out_of_time = tr.deadline.is_some() && tr.peers.any(tr.out_of_time(&tally))?;
         if step.is_multiple_of(tr.plan.eval_every) || step == tr.plan.total || out_of_time {
             progress.clear();
             tr.evaluate_and_save(step, lr, &tally)?;
             tally = Tally::new(opts.device);
             if out_of_time && step < tr.plan.total {
-                eprintln!(
+                say!(
                     "time budget of {} minutes spent; stopping at step {step}",
                     t.max_minutes.unwrap_or_default()
                 );
@@ -140,10 +161,13 @@ pub fn run(cfg: &RunConfig, data: &Dataset, opts: &Options) -> Result<RunRecord>
 impl<'a> Trainer<'a> {
     /// Writes the config (new run) or loads the last checkpoint (`--resume`), builds the model
     /// and the optimizer, and prints what the run will do.
-    fn start(cfg: &'a RunConfig, data: &'a Dataset, opts: &Options) -> Result<Trainer<'a>> {
+    fn start(cfg: &'a RunConfig, data: &'a Dataset, opts: &Options, dist: Option<&'a Dist>) -> Result<Trainer<'a>> {
         let dir = RunDir::new(&opts.dir);
-        std::fs::create_dir_all(&dir.root).with_context(|| format!("failed to create run directory `{}`", dir.root.display()))?;
-        if !opts.resume {
+        let main = dist.is_none_or(Dist::is_main);
+        if main {
+            std::fs::create_dir_all(&dir.root).with_context(|| format!("failed to create run directory `{}`", dir.root.display()))?;
+        }
+        if main && !opts.resume {
             if dir.checkpoints().exists() {
                 bail!(
                     "run directory `{}` already holds a run; pass --resume {} to continue it, or choose another --out",
@@ -162,27 +186,35 @@ impl<'a> Trainer<'a> {
         let mut opt = AdamW::new(&vs, &cfg.optim)?;
         let mut scaler = LossScaler::new(precision);
         let mut state = State::new(&scaler);
+        let peers = Peers::new(dist, &vs)?;
+        state.world_size = peers.world();
         if opts.resume {
-            state = checkpoint::load(&dir.last(), &mut vs, Some(&mut opt))
+            state = peers
+                .load(&dir.last(), &mut vs, Some(&mut opt))
                 .with_context(|| format!("cannot resume `{}`", dir.root.display()))?;
             state.restore(&mut scaler);
-            truncate_metrics(&dir.metrics(), state.step)?;
-            eprintln!(
+            if main {
+                truncate_metrics(&dir.metrics(), state.step)?;
+            }
+            say!(
                 "resuming at step {} of {} (best val {:.2}% at step {})",
                 state.step,
                 plan.total,
                 100.0 * state.best_val_acc,
                 state.best_step
             );
-        } else if dir.metrics().exists() {
-            std::fs::remove_file(dir.metrics())?;
+        } else {
+            peers.sync(&vs, Some(&opt))?;
+            if main && dir.metrics().exists() {
+                std::fs::remove_file(dir.metrics())?;
+            }
         }
         let input = cfg.task.input_spec();
         let memory = memory::plan(
             model.as_ref(),
             &vs,
             input,
-            plan.batch_size,
+            peers.share(plan.batch_size)?,
             plan.eval_batch,
             cfg.train.micro_batch,
             opts.device,
@@ -192,7 +224,7 @@ impl<'a> Trainer<'a> {
         plan.micro_batch = if state.micro_batch > 0 {
             state.micro_batch
         } else {
-            memory.micro_batch
+            peers.min(memory.micro_batch)?
         };
         state.micro_batch = plan.micro_batch;
         plan.eval_batch = memory.eval_batch;
@@ -201,7 +233,7 @@ impl<'a> Trainer<'a> {
             // training micro-batch reuse the caching allocator's blocks instead of faulting in new ones.
             plan.eval_batch = plan.eval_batch.min(plan.micro_batch);
         }
-        eprintln!(
+        say!(
             "{} on {} | {} parameters | {} train / {} val / {} test images | batch {}, {} steps ({} per epoch) | {:?}, {precision}",
             cfg.model.name(),
             cfg.task.name,
@@ -214,10 +246,10 @@ impl<'a> Trainer<'a> {
             plan.steps_per_epoch,
             opts.device
         );
-        for line in opt.describe() {
-            eprintln!("  {line}");
+        for line in opt.describe().into_iter().chain(peers.describe()) {
+            say!("  {line}");
         }
-        eprintln!("  {}", memory.note);
+        say!("  {}", memory.note);
         let started = Instant::now() - Duration::from_secs_f64(state.elapsed_s);
         Ok(Trainer {
             eval_img_per_s: None,
@@ -233,6 +265,7 @@ impl<'a> Trainer<'a> {
             scaler,
             state,
             started,
+            peers,
         })
     }
 
@@ -240,7 +273,7 @@ impl<'a> Trainer<'a> {
     /// last evaluation, or before the first at twice the training speed (an evaluation pass has
     /// no backward pass and larger batches).
     fn final_passes_s(&self, tally: &Tally) -> f64 {
-        let train_ips = tally.img_per_s().unwrap_or_else(|| self.state.throughput(self.plan.batch_size));
+        let train_ips = self.train_ips(tally).unwrap_or_else(|| self.state.throughput(self.plan.batch_size));
         let eval_ips = self.eval_img_per_s.unwrap_or(2.0 * train_ips).max(1e-9);
         (self.val_images() + self.data.test.len()) as f64 / eval_ips
     }
@@ -260,7 +293,7 @@ impl<'a> Trainer<'a> {
     /// the test pass, or the time budget left if that ends it first.
     fn time_left(&self, step: u64, tally: &Tally) -> f64 {
         let plan = &self.plan;
-        let Some(train_ips) = tally.img_per_s() else { return 0.0 };
+        let Some(train_ips) = self.train_ips(tally) else { return 0.0 };
         let steps_left = plan.total.saturating_sub(step);
         let evals_left = plan.total / plan.eval_every - step / plan.eval_every;
         let eval_ips = self.eval_img_per_s.unwrap_or(2.0 * train_ips).max(1e-9);
@@ -270,6 +303,12 @@ impl<'a> Trainer<'a> {
             Some(d) => left.min((d.as_secs_f64() - self.started.elapsed().as_secs_f64()).max(0.0)),
             None => left,
         }
+    }
+
+    /// Training images per second of all ranks together since the tally started (each rank
+    /// counts its share).
+    fn train_ips(&self, tally: &Tally) -> Option<f64> {
+        tally.img_per_s().map(|ips| ips * self.peers.world() as f64)
     }
 
     /// Stops the run on a non-finite training loss, naming the checkpoint it keeps.
@@ -287,11 +326,12 @@ impl<'a> Trainer<'a> {
     /// Scores the validation split, appends a metrics line, saves `best` (when improved) and
     /// `last`, and prints the evaluation line.
     fn evaluate_and_save(&mut self, step: u64, lr: f64, tally: &Tally) -> Result<()> {
-        let (train_loss, train_acc) = tally.means();
+        let (train_loss, train_acc) = self.peers.tally(tally)?;
         self.state.train_s += tally.seconds();
         self.check_finite(train_loss, step)?;
         let plan = &self.plan;
-        let val = evaluate(
+        self.peers.sync(&self.vs, None)?;
+        let val = self.peers.evaluate(
             self.model.as_ref(),
             &self.data.val,
             &self.cfg.task,
@@ -299,7 +339,7 @@ impl<'a> Trainer<'a> {
             plan.val_limit,
             self.precision,
             "validation",
-        );
+        )?;
         self.eval_img_per_s = Some(val.img_per_s);
         let (val_loss, val_acc) = (val.loss, val.acc);
         let state = &mut self.state;
@@ -326,6 +366,9 @@ impl<'a> Trainer<'a> {
         // `last` is written last: a run killed before it resumes from the previous `last`,
         // drops this metrics line (truncate_metrics) and redoes the steps, rewriting `best`
         // alike; written first, it would leave a step without its line or its best weights.
+        if !self.peers.main() {
+            return Ok(());
+        }
         files::append_line(&self.dir.metrics(), &serde_json::to_string(&m)?)?;
         if improved {
             checkpoint::save(&self.dir.best(), &self.vs, None, state)?;
@@ -346,8 +389,11 @@ impl<'a> Trainer<'a> {
 
     /// Scores the best checkpoint on the test split and writes `result.json`.
     fn finish(mut self, opts: &Options, stopped_early: bool) -> Result<RunRecord> {
-        let best = checkpoint::load(&self.dir.best(), &mut self.vs, None).context("no best checkpoint to test")?;
-        let test = evaluate(
+        let best = self
+            .peers
+            .load(&self.dir.best(), &mut self.vs, None)
+            .context("no best checkpoint to test")?;
+        let test = self.peers.evaluate(
             self.model.as_ref(),
             &self.data.test,
             &self.cfg.task,
@@ -355,9 +401,9 @@ impl<'a> Trainer<'a> {
             None,
             self.precision,
             "test",
-        );
+        )?;
         let (test_loss, test_acc) = (test.loss, test.acc);
-        eprintln!(
+        say!(
             "test accuracy {:.2}% (best val {:.2}% at step {}){}",
             100.0 * test_acc,
             100.0 * best.best_val_acc,
@@ -384,10 +430,13 @@ impl<'a> Trainer<'a> {
             wall_s: self.started.elapsed().as_secs_f64(),
             seed: cfg.train.seed,
             micro_batch: self.plan.micro_batch,
+            world_size: self.peers.world(),
             commit: env!("PIXELSEQ_COMMIT").to_string(),
             date: today(),
         };
-        files::write_bytes(&self.dir.result(), serde_json::to_string_pretty(&record)?.as_bytes())?;
+        if self.peers.main() {
+            files::write_bytes(&self.dir.result(), serde_json::to_string_pretty(&record)?.as_bytes())?;
+        }
         Ok(record)
     }
 }
@@ -396,6 +445,7 @@ impl<'a> Trainer<'a> {
 mod tests {
     use super::*;
     use crate::data::Split;
+    use crate::train::step::train_step;
     use tch::{Kind, Tensor};
 
     const TINY: &str = r#"

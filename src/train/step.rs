@@ -9,12 +9,18 @@
 //! whole batch is not: BatchNorm normalises each part with its own statistics (as PyTorch's
 //! data-parallel training without SyncBatchNorm does per device), and dropout masks are drawn
 //! part by part from the step's generator.
+//!
+//! In a data-parallel run ([`train_step_synced`]) each rank runs this on its share of the batch,
+//! and between the backward passes and the clipping the gradients are averaged across the ranks
+//! ([`GradReducer`]): with equal shares, the average of the ranks' mean-loss gradients is the
+//! gradient of the whole batch's mean loss, so clipping and AdamW see what one process would.
 
 use anyhow::Result;
 use tch::{nn::ModuleT, Kind, Reduction, Tensor};
 
 use super::optim::AdamW;
 use crate::amp::{self, Precision};
+use crate::dist::GradReducer;
 
 /// What one step trains on.
 pub struct Batch {
@@ -102,6 +108,20 @@ impl LossScaler {
 /// One optimizer step of `model` on `batch`. With fp16 loss scaling a step whose gradients are
 /// not finite is skipped (the optimizer's count does not advance) and the scale backs off.
 pub fn train_step(model: &dyn ModuleT, opt: &mut AdamW, batch: &Batch, s: &Settings, scaler: &mut LossScaler) -> Result<Outcome> {
+    train_step_synced(model, opt, batch, s, scaler, None)
+}
+
+/// [`train_step`] of one rank of a data-parallel run: `grads` averages the gradients across the
+/// ranks before clipping and the update (the last micro-batch's backward pass overlaps the
+/// all-reduce). The outcome is this rank's.
+pub fn train_step_synced(
+    model: &dyn ModuleT,
+    opt: &mut AdamW,
+    batch: &Batch,
+    s: &Settings,
+    scaler: &mut LossScaler,
+    mut grads: Option<&mut GradReducer>,
+) -> Result<Outcome> {
     opt.zero_grad()?;
     let n = batch.len();
     let part = s.micro_batch.clamp(1, n);
@@ -118,6 +138,9 @@ pub fn train_step(model: &dyn ModuleT, opt: &mut AdamW, batch: &Batch, s: &Setti
             Some((other, lam)) => ce(&labels) * *lam + ce(&other.narrow(0, start, len)) * (1.0 - lam),
             None => ce(&labels),
         } * (len as f64 / n as f64);
+        if let Some(g) = grads.as_deref_mut().filter(|_| start + len == n) {
+            g.arm()?;
+        }
         if scaler.enabled {
             (&part_loss * scaler.scale).backward();
         } else {
@@ -127,6 +150,9 @@ pub fn train_step(model: &dyn ModuleT, opt: &mut AdamW, batch: &Batch, s: &Setti
             loss += part_loss.detach();
             correct += logits.argmax(-1, false).eq_tensor(&labels).sum(Kind::Float);
         });
+    }
+    if let Some(g) = grads {
+        g.finish()?;
     }
     if scaler.enabled {
         opt.scale_grads(1.0 / scaler.scale)?;
