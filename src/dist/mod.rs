@@ -497,3 +497,100 @@ impl Dist {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn world(vars: &[(&str, &str)]) -> Result<Option<World>> {
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        World::from_vars(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn the_world_comes_from_torchrun_then_slurm() {
+        assert_eq!(world(&[]).unwrap(), None);
+        assert_eq!(
+            world(&[("RANK", "0"), ("WORLD_SIZE", "1")]).unwrap(),
+            None,
+            "a world of one runs alone"
+        );
+        let w = world(&[
+            ("RANK", "3"),
+            ("WORLD_SIZE", "16"),
+            ("LOCAL_RANK", "3"),
+            ("LOCAL_WORLD_SIZE", "8"),
+            ("MASTER_ADDR", "node1"),
+            ("MASTER_PORT", "29400"),
+            ("SLURM_PROCID", "9"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!((w.rank, w.size, w.local_rank, w.local_size), (3, 16, 3, 8));
+        assert_eq!((w.master_addr.as_str(), w.master_port, w.agent_store), ("node1", 29400, None));
+        let w = world(&[
+            ("SLURM_PROCID", "5"),
+            ("SLURM_NTASKS", "8"),
+            ("SLURM_LOCALID", "1"),
+            ("SLURM_NTASKS_PER_NODE", "4"),
+            ("MASTER_ADDR", "n0"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!((w.rank, w.size, w.local_rank, w.local_size, w.master_port), (5, 8, 1, 4, 29500));
+        let w = world(&[
+            ("RANK", "0"),
+            ("WORLD_SIZE", "2"),
+            ("MASTER_ADDR", "a"),
+            ("TORCHELASTIC_USE_AGENT_STORE", "True"),
+            ("TORCHELASTIC_RESTART_COUNT", "2"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(w.agent_store.as_deref(), Some("/worker/attempt_2/"));
+        let e = world(&[("SLURM_PROCID", "1"), ("SLURM_NTASKS", "2")]).unwrap_err().to_string();
+        assert!(e.contains("$MASTER_ADDR is not set") && e.contains("scontrol"), "{e}");
+        let e = world(&[("RANK", "x"), ("WORLD_SIZE", "2")]).unwrap_err().to_string();
+        assert_eq!(e, "$RANK = `x` is not a number");
+        let e = world(&[("RANK", "2"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "a")])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "rank 2 is outside a world of 2 processes");
+    }
+
+    /// A world of one process (its own store, Gloo over loopback): the reducer leaves the gradients
+    /// of used parameters as they were, in any bucket, with or without overlap, and none on a
+    /// parameter the backward pass did not reach.
+    #[test]
+    fn the_reducer_keeps_gradients_and_their_absence() {
+        let port = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port();
+        let w = World {
+            rank: 0,
+            size: 1,
+            local_rank: 0,
+            local_size: 1,
+            master_addr: "127.0.0.1".into(),
+            master_port: port,
+            agent_store: None,
+        };
+        let store = Store::connect(&w, Duration::from_secs(30)).unwrap();
+        let group = Group::gloo(&store, "test/", &w, Duration::from_secs(30)).unwrap();
+        let opts = (Kind::Float, Device::Cpu);
+        for overlap in [true, false] {
+            let a = Tensor::ones([3, 4], opts).set_requires_grad(true);
+            let unused = Tensor::ones([5], opts).set_requires_grad(true);
+            let big = Tensor::ones([400_000], opts).set_requires_grad(true); // 1.6 MB: a bucket of its own
+            let params = [a.shallow_clone(), unused.shallow_clone(), big.shallow_clone()];
+            let mut r = GradReducer::new(&group, &params, overlap).unwrap();
+            assert_eq!(r.layout().0, 2);
+            r.arm().unwrap();
+            ((&a * 2.0).sum(Kind::Float) + (&big * &big).sum(Kind::Float)).backward();
+            r.finish().unwrap();
+            assert!(a.grad().equal(&Tensor::full([3, 4], 2.0, opts)));
+            assert!(big.grad().equal(&Tensor::full([400_000], 2.0, opts)));
+            assert!(!unused.grad().defined(), "a parameter without a gradient got one");
+            assert!(r.describe().contains("2 buckets of 1.6 MB"), "{}", r.describe());
+        }
+    }
+}
