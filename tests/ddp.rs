@@ -104,12 +104,15 @@ fn two_processes_train_like_one_and_score_like_one() {
     ok(train(&cfg, &one, 1));
     ok(train(&cfg, &two, 2));
 
+    // 1e-5 of each tensor's largest value, and 1e-6 absolute (1e-4 of the learning rate) for
+    // tensors that start at zero: the LayerNorm bias ends 3e-7 apart after three AdamW steps, the
+    // gradients being summed in another order.
     let (a, b) = (weights(&one), weights(&two));
     assert_eq!(a.len(), b.len());
     for ((name, ta), (_, tb)) in a.iter().zip(&b) {
         let diff = (ta - tb).abs().max().double_value(&[]);
-        let scale = ta.abs().max().double_value(&[]).max(1e-2);
-        assert!(diff <= 1e-5 * scale, "{name}: {diff} apart (scale {scale})");
+        let scale = ta.abs().max().double_value(&[]);
+        assert!(diff <= 1e-5 * scale + 1e-6, "{name}: {diff} apart (largest value {scale})");
     }
     let record: serde_json::Value = serde_json::from_slice(&std::fs::read(two.join("result.json")).unwrap()).unwrap();
     assert_eq!(record["world_size"], 2);
@@ -123,8 +126,8 @@ fn two_processes_train_like_one_and_score_like_one() {
     // Evaluation across two ranks scores each test image once: the same count as one process.
     let score = |nproc: &str| {
         let out = ok({
-            let mut c = pixelseq(&["eval", "--nproc", nproc, "--split", "test", "--run"]);
-            c.arg(&one);
+            let mut c = pixelseq(&["eval", "--nproc", nproc, "--split", "test"]);
+            c.arg("--run").arg(&one);
             c
         });
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -134,8 +137,8 @@ fn two_processes_train_like_one_and_score_like_one() {
     assert_eq!(alone, shared);
 
     // A run of two processes resumes only with two.
-    let mut resume = pixelseq(&["train", "--resume"]);
-    resume.arg(&two).stdout(Stdio::null());
+    let mut resume = pixelseq(&["train"]);
+    resume.arg("--resume").arg(&two).stdout(Stdio::null());
     let out = resume.output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -158,7 +161,7 @@ fn a_killed_worker_stops_the_run_which_then_resumes_exactly() {
     ok(train(&cfg, &whole, 2));
 
     let cut = dir.path().join("cut");
-    let mut launcher = train(&cfg, &cut, 2).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let launcher = train(&cfg, &cut, 2).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let started = Instant::now();
     while !cut.join("checkpoints/last/state.json").exists() {
         assert!(started.elapsed() < Duration::from_secs(300), "no checkpoint appeared");
@@ -181,8 +184,8 @@ fn a_killed_worker_stops_the_run_which_then_resumes_exactly() {
     assert!(err.contains("rank 1 of 2 was killed by signal 9 (SIGKILL)"), "{err}");
     assert!(!cut.join("result.json").exists(), "the run finished before it could be killed");
 
-    let mut resume = pixelseq(&["train", "--nproc", "2", "--resume"]);
-    resume.arg(&cut).stdout(Stdio::null());
+    let mut resume = pixelseq(&["train", "--nproc", "2"]);
+    resume.arg("--resume").arg(&cut).stdout(Stdio::null());
     ok(resume);
     for ((name, ta), (_, tb)) in weights(&whole).iter().zip(&weights(&cut)) {
         assert!(ta.equal(tb), "{name} differs after the resume");
