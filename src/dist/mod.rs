@@ -383,6 +383,11 @@ impl GradReducer {
         })
     }
 
+    /// Whether the all-reduce overlaps the backward pass from now on.
+    pub fn set_overlap(&mut self, overlap: bool) {
+        self.overlap = overlap;
+    }
+
     /// Buckets and their bytes together.
     pub fn layout(&self) -> (usize, i64) {
         let (mut buckets, mut bytes) = (0, 0);
