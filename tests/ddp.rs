@@ -1,5 +1,5 @@
-//! Data-parallel training on the CPU (Gloo over loopback) with real CIFAR-10 images: two processes
-//! train like one, evaluation across ranks scores exactly what one process does, a killed worker
+//! Data-parallel training on the CPU (Gloo over loopback) with real CIFAR-10 images: the ranks'
+//! shares make up one process's batch, two processes train like one, evaluation across ranks scores exactly what one process does, a killed worker
 //! stops the run naming its rank and the run resumes exactly, workers started by hand with
 //! torchrun's variables join, and a store nobody runs times out with a message.
 
@@ -7,7 +7,50 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use tch::Tensor;
+use pixelseq::data::{Split, TaskConfig, TaskName};
+use pixelseq::train::sampler::Sampler;
+use tch::{Device, Kind, Tensor};
+
+/// Two ranks' shares make up the batch a single process trains on, crops, flips and mixup
+/// included; each rank's dropout generator differs from the other's and repeats on a second run.
+/// (Here rather than beside the sampler: it drives torch's global generator, which the library's
+/// unit tests, running in parallel threads of one process, also seed.)
+#[test]
+fn ranks_share_the_single_process_batch_and_draw_their_own_masks() {
+    tch::manual_seed(0);
+    let train = Split {
+        images: Tensor::randint(256, [24, 1, 32, 32], (Kind::Uint8, Device::Cpu)),
+        labels: Tensor::randint(10, [24], (Kind::Int64, Device::Cpu)),
+    };
+    let task = TaskConfig {
+        name: TaskName::LraImage,
+        permute: None,
+        crop: true,
+        flip: true,
+    };
+    let sampler = || Sampler::new(5, 8, 3, 0.4, 0.0);
+    let one = sampler().batch(4, &train, &task);
+    let (one_partners, lam) = one.mix.as_ref().unwrap();
+    let (mut xs, mut labels, mut partners, mut masks) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for rank in 0..2 {
+        let b = sampler().shard(rank, 2).batch(4, &train, &task);
+        masks.push(Tensor::rand([64], (Kind::Float, Device::Cpu)));
+        let (other, their_lam) = b.mix.unwrap();
+        assert_eq!(&their_lam, lam);
+        xs.push(b.xs);
+        labels.push(b.labels);
+        partners.push(other);
+    }
+    assert!(Tensor::cat(&xs, 0).equal(&one.xs));
+    assert!(Tensor::cat(&labels, 0).equal(&one.labels));
+    assert!(Tensor::cat(&partners, 0).equal(one_partners));
+    assert!(!masks[0].equal(&masks[1]), "the ranks draw the same dropout masks");
+    let _ = sampler().shard(1, 2).batch(4, &train, &task);
+    assert!(
+        masks[1].equal(&Tensor::rand([64], (Kind::Float, Device::Cpu))),
+        "rank 1's masks do not repeat"
+    );
+}
 
 fn shared_data() -> PathBuf {
     match std::env::var_os("PIXELSEQ_TEST_DATA") {
@@ -256,4 +299,15 @@ fn a_store_nobody_runs_times_out_with_a_message() {
         err.contains("rank 1 could not reach the rendezvous store at 127.0.0.1:") && err.contains("within 2 s"),
         "{err}"
     );
+}
+
+#[test]
+fn a_batch_that_does_not_divide_among_the_ranks_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), TINY);
+    let out = train(&cfg, &dir.path().join("run"), 3).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("train.batch_size = 8 does not divide among 3 processes"), "{err}");
+    assert!(err.contains("rank 0 of 3 failed"), "{err}");
 }
