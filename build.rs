@@ -4,7 +4,8 @@
 //! `LD_LIBRARY_PATH` on the machine that built it; elsewhere `LD_LIBRARY_PATH` (searched first)
 //! points at that machine's `torch/lib`. `csrc/` (libtorch's fused multi-tensor kernels, its
 //! Kineto profiler and its per-device autocast state, which tch does not wrap, a multithreaded
-//! CPU dropout mask and a caching CPU allocator) is compiled against the same libtorch's headers.
+//! CPU dropout mask, a caching CPU allocator and c10d's distributed backends) is compiled against
+//! the same libtorch's headers.
 
 fn main() {
     commit();
@@ -27,14 +28,30 @@ fn csrc(lib: &std::path::Path) {
     let include = lib.parent().expect("libtorch's lib folder has a parent").join("include");
     let mut build = cc::Build::new();
     build.cpp(true);
-    for file in ["autocast", "cpu_allocator", "dropout", "multi_tensor", "profile"] {
+    for file in [
+        "autocast",
+        "cpu_allocator",
+        "dist",
+        "dist_nccl",
+        "dropout",
+        "multi_tensor",
+        "profile",
+    ] {
         build.file(format!("csrc/{file}.cpp"));
     }
-    for dir in [include.clone(), include.join("torch/csrc/api/include")] {
-        build
-            .flag("-isystem")
-            .flag(dir.to_str().expect("libtorch's include folder is UTF-8"));
+    let mut system = vec![include.clone(), include.join("torch/csrc/api/include")];
+    match cuda_headers(lib) {
+        Ok(dirs) => {
+            system.extend(dirs);
+            build.define("PIXELSEQ_NCCL", None);
+            println!("cargo:rustc-link-lib=dylib=c10_cuda");
+        }
+        Err(why) => println!("cargo:warning=building without NCCL: {why}"),
     }
+    for dir in system {
+        build.flag("-isystem").flag(dir.to_str().expect("include folders are UTF-8"));
+    }
+    build.include("csrc/gloo_decls");
     build
         .flag("-std=c++17")
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
@@ -43,11 +60,47 @@ fn csrc(lib: &std::path::Path) {
         .compile("pixelseq_csrc");
 }
 
+/// The headers c10d's NCCL backend needs (`csrc/dist_nccl.cpp`): NCCL's and the CUDA runtime's
+/// from the torch wheel's dependencies beside `torch/` (`nvidia/nccl`, `nvidia/cu13`), the CUDA C
+/// runtime and CCCL headers they include from `$PIXELSEQ_CUDA_HEADERS` (installed by
+/// scripts/env.sh). Only when libtorch has CUDA.
+fn cuda_headers(lib: &std::path::Path) -> Result<Vec<std::path::PathBuf>, String> {
+    println!("cargo:rerun-if-env-changed=PIXELSEQ_CUDA_HEADERS");
+    if !lib.join("libtorch_cuda.so").exists() {
+        return Err(format!("`{}` has no libtorch_cuda.so", lib.display()));
+    }
+    let nvidia = lib.join("../../nvidia");
+    let extra = std::env::var_os("PIXELSEQ_CUDA_HEADERS")
+        .map(|d| std::path::PathBuf::from(d).join("nvidia/cu13/include"))
+        .ok_or("$PIXELSEQ_CUDA_HEADERS is not set (scripts/env.sh sets it)")?;
+    let dirs = [extra, nvidia.join("cu13/include"), nvidia.join("nccl/include")];
+    for (dir, file) in dirs.iter().zip(["crt/host_config.h", "cuda_runtime_api.h", "nccl.h"]) {
+        if !dir.join(file).is_file() {
+            return Err(format!("`{}` not found", dir.join(file).display()));
+        }
+    }
+    Ok(dirs.to_vec())
+}
+
 /// The commit the binary is built from, recorded in every run's `result.json` (the binary may run
 /// where there is no checkout, e.g. on a GPU machine).
 fn commit() {
-    for path in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {
-        println!("cargo:rerun-if-changed={path}");
+    // Only paths that exist: cargo reruns the build script (and recompiles `csrc/`) on every build
+    // for a path that does not. In a worktree `.git` is a file naming its own git folder.
+    let git = |arg: &str| {
+        std::process::Command::new("git")
+            .args(["rev-parse", arg])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| std::path::PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+    };
+    if let (Some(dir), Some(common)) = (git("--git-dir"), git("--git-common-dir")) {
+        for path in [dir.join("HEAD"), common.join("refs/heads"), common.join("packed-refs")] {
+            if path.exists() {
+                println!("cargo:rerun-if-changed={}", path.display());
+            }
+        }
     }
     let commit = std::process::Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])

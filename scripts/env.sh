@@ -39,6 +39,29 @@ if ! tensorboard_ok; then
   ) 9>"$cache/install.lock"
   tensorboard_ok || { echo "pixelseq: tensorboard $TENSORBOARD_VERSION could not be installed into $venv" >&2; exit 1; }
 fi
+# The CUDA C runtime and CCCL headers that NCCL's and CUDA's headers include, needed to compile
+# c10d's NCCL backend header (csrc/dist_nccl.cpp); the wheels of torch's own CUDA 13.0 release
+# (cuda-toolkit 13.0.2's pins), into a folder of their own: build.rs finds them here.
+CUDA_HEADERS="nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85"
+cuda_headers="$cache/cuda-headers-13.0"
+cuda_headers_ok() {
+  [ -f "$cuda_headers/nvidia/cu13/include/crt/host_config.h" ] && [ -d "$cuda_headers/nvidia/cu13/include/nv" ]
+}
+if ! cuda_headers_ok; then
+  mkdir -p "$cache"
+  (
+    flock 9
+    if ! cuda_headers_ok; then
+      echo "pixelseq: installing the CUDA 13.0 runtime headers into $cuda_headers (once per machine)..." >&2
+      rm -rf "$cuda_headers.tmp"
+      # shellcheck disable=SC2086
+      "$venv/bin/pip" install --quiet --progress-bar off --no-deps --target "$cuda_headers.tmp" $CUDA_HEADERS >&2 &&
+        rm -rf "$cuda_headers" && mv "$cuda_headers.tmp" "$cuda_headers"
+    fi
+    cuda_headers_ok || echo "pixelseq: the CUDA headers could not be installed; building without NCCL" >&2
+  ) 9>"$cache/install.lock"
+fi
+export PIXELSEQ_CUDA_HEADERS="$cuda_headers"
 
 if [ ! -e "$repo/.venv" ] || [ -L "$repo/.venv" ]; then
   ln -sfn "$venv" "$repo/.venv"

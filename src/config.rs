@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::amp::Precision;
 use crate::data::TaskConfig;
+use crate::dist::Backend;
 use crate::models::pretrain::{self, Loss};
 use crate::models::{ModelConfig, Objective};
 
@@ -141,6 +142,9 @@ pub struct Train {
     pub micro_batch: MicroBatch,
     /// Write TensorBoard curves into the run folder (`train::board`).
     pub tensorboard: bool,
+    /// Data-parallel runs (`--nproc`, torchrun, srun): the c10d backend of the gradient
+    /// all-reduce, `"auto"` (NCCL on CUDA, Gloo on the CPU), `"nccl"` or `"gloo"`.
+    pub backend: Backend,
 }
 
 /// `train.micro_batch`: `"auto"` or a number of images.
@@ -203,6 +207,7 @@ impl Default for Train {
             precision: Precision::Auto,
             micro_batch: MicroBatch::Auto,
             tensorboard: true,
+            backend: Backend::Auto,
         }
     }
 }

@@ -11,11 +11,29 @@
 //!   scaling, clearing gradients); it never frees or replaces the handle. Callers wrap such calls
 //!   in `tch::no_grad` where autograd must not record them.
 
-use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ffi::{c_char, c_int, c_ulong, c_void, CStr};
 
 use anyhow::{bail, Result};
 use tch::Tensor;
 use torch_sys::C_tensor;
+
+/// c10d's rendezvous store (csrc/dist.cpp), owned by `dist::Store`.
+#[repr(C)]
+pub(crate) struct PixelseqStore {
+    _opaque: [u8; 0],
+}
+
+/// A c10d process group (csrc/dist.cpp), owned by `dist::Group`.
+#[repr(C)]
+pub(crate) struct PixelseqGroup {
+    _opaque: [u8; 0],
+}
+
+/// The bucketed gradient reducer (csrc/dist.cpp), owned by `dist::GradReducer`.
+#[repr(C)]
+pub(crate) struct PixelseqReducer {
+    _opaque: [u8; 0],
+}
 
 extern "C" {
     // csrc/autocast.cpp
@@ -36,6 +54,86 @@ extern "C" {
     ) -> bool;
     pub(crate) fn pixelseq_cpu_allocator_trim(err: *mut c_char, err_len: usize) -> bool;
     pub(crate) fn pixelseq_cpu_allocator_configure(limit: u64, err: *mut c_char, err_len: usize) -> bool;
+
+    // csrc/dist.cpp, csrc/dist_nccl.cpp
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn pixelseq_store_new(
+        host: *const c_char,
+        port: u16,
+        server: bool,
+        world: c_int,
+        prefix: *const c_char,
+        timeout_ms: i64,
+        out: *mut *mut PixelseqStore,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> bool;
+    pub(crate) fn pixelseq_store_free(store: *mut PixelseqStore);
+    pub(crate) fn pixelseq_store_set(
+        store: *mut PixelseqStore,
+        key: *const c_char,
+        data: *const u8,
+        len: usize,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> bool;
+    pub(crate) fn pixelseq_store_get(
+        store: *mut PixelseqStore,
+        key: *const c_char,
+        timeout_ms: i64,
+        data: *mut *mut c_char,
+        len: *mut usize,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> bool;
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn pixelseq_group_gloo(
+        store: *mut PixelseqStore,
+        prefix: *const c_char,
+        rank: c_int,
+        world: c_int,
+        timeout_ms: i64,
+        out: *mut *mut PixelseqGroup,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> bool;
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn pixelseq_group_nccl(
+        store: *mut PixelseqStore,
+        prefix: *const c_char,
+        rank: c_int,
+        world: c_int,
+        timeout_ms: i64,
+        device: c_int,
+        out: *mut *mut PixelseqGroup,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> bool;
+    pub(crate) fn pixelseq_group_free(group: *mut PixelseqGroup);
+    pub(crate) fn pixelseq_all_reduce(group: *mut PixelseqGroup, t: *mut C_tensor, op: c_int, err: *mut c_char, err_len: usize) -> bool;
+    pub(crate) fn pixelseq_broadcast(
+        group: *mut PixelseqGroup,
+        ts: *const *mut C_tensor,
+        n: usize,
+        root: c_int,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> bool;
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn pixelseq_reducer_new(
+        group: *mut PixelseqGroup,
+        params: *const *mut C_tensor,
+        n: usize,
+        first_cap: i64,
+        cap: i64,
+        out: *mut *mut PixelseqReducer,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> bool;
+    pub(crate) fn pixelseq_reducer_layout(reducer: *const PixelseqReducer, buckets: *mut usize, bytes: *mut i64);
+    pub(crate) fn pixelseq_reducer_arm(reducer: *mut PixelseqReducer, err: *mut c_char, err_len: usize) -> bool;
+    pub(crate) fn pixelseq_reducer_finish(reducer: *mut PixelseqReducer, err: *mut c_char, err_len: usize) -> bool;
+    pub(crate) fn pixelseq_reducer_free(reducer: *mut PixelseqReducer);
 
     // csrc/dropout.cpp
     pub(crate) fn pixelseq_dropout_mask(like: *const C_tensor, p: f64, out: *mut *mut C_tensor, err: *mut c_char, err_len: usize) -> bool;
@@ -76,6 +174,8 @@ extern "C" {
     fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
     // libc: a signal's disposition.
     fn signal(signum: c_int, handler: usize) -> usize;
+    // libc: process attributes (the signal a process gets when its parent dies).
+    fn prctl(option: c_int, arg2: c_ulong, arg3: c_ulong, arg4: c_ulong, arg5: c_ulong) -> c_int;
 }
 
 /// Restores SIGPIPE's default action (end the process) that the Rust runtime set to ignore.
@@ -85,6 +185,20 @@ pub(crate) fn default_sigpipe() {
     // SAFETY: setting a signal's disposition to the default has no other effect.
     unsafe {
         signal(SIGPIPE, SIG_DFL);
+    }
+}
+
+/// Asks the kernel to send this process SIGKILL when its parent dies (`PR_SET_PDEATHSIG`): a
+/// worker of `pixelseq --nproc` does not outlive its launcher. Async-signal-safe, so it may run
+/// between fork and exec.
+pub(crate) fn die_with_parent() -> std::io::Result<()> {
+    const PR_SET_PDEATHSIG: c_int = 1;
+    const SIGKILL: c_ulong = 9;
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets an attribute of the calling process.
+    if unsafe { prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

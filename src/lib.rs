@@ -1,9 +1,9 @@
 //! pixelseq: sequence models on CIFAR-10 read pixel by pixel.
 //!
 //! Layers, each using only those before it: `ffi`, `files`, `rng`, `tensorboard`, `device`, `amp`,
-//! `profile` (infrastructure) → `data` → `models` → `config` → `train` → `bench`, `export`,
-//! `predict`, `report` (what the commands do) → `commands` (the command line, one file per
-//! subcommand).
+//! `profile`, `dist` (infrastructure) → `data` → `models` → `config` → `train` → `bench`,
+//! `export`, `predict`, `report` (what the commands do) → `commands` (the command line, one file
+//! per subcommand).
 
 pub mod amp;
 pub mod bench;
@@ -11,6 +11,7 @@ pub mod commands;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod export;
 mod ffi;
 pub mod files;

@@ -5,12 +5,13 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// Runs `pack/run SPEC` on CPU with tiny `--set` overrides for both the probe and the run.
+/// Runs `pack/run SPEC` (its words as arguments) on CPU with tiny `--set` overrides for both the
+/// probe and the run.
 fn run(repo: &Path, pack: &Path, out: &Path, spec: &str, sets: &str) -> Output {
     // The run script finds torch through `python3`, as on the GPU machine.
     let path = format!("{}:{}", repo.join(".venv/bin").display(), std::env::var("PATH").unwrap_or_default());
     let output = Command::new(pack.join("run"))
-        .arg(spec)
+        .args(spec.split_whitespace())
         .env("PATH", path)
         .env("OUT", out)
         .env("PIXELSEQ_DEVICE", "cpu")
@@ -92,6 +93,22 @@ fn pack_and_run_on_cpu() {
         "--set model.d_model=8 --set model.n_layers=1 --set train.batch_size=8",
     );
     check_archive(&out, "s4d-small");
+    // `run --nproc 2`: the probe measures two ranks, the run trains in two processes.
+    run(
+        repo,
+        &pack,
+        &out,
+        "--nproc 2 s4d-small:0.05",
+        "--set model.d_model=8 --set model.n_layers=1 --set train.batch_size=8",
+    );
+    let result = Command::new("tar")
+        .arg("xzOf")
+        .arg(out.join("s4d-small.tar.gz"))
+        .arg("s4d-small/result.json")
+        .output()
+        .unwrap();
+    let result = String::from_utf8_lossy(&result.stdout);
+    assert!(result.contains("\"world_size\": 2"), "{result}");
 
     // `run bench`: both implementations from the carried references, JSON and profiles back.
     let path = format!("{}:{}", repo.join(".venv/bin").display(), std::env::var("PATH").unwrap_or_default());

@@ -107,7 +107,7 @@ const MIB: f64 = 1024.0 * 1024.0;
 
 /// Runs `f` `warmup` times, then `steps` times timed, each between device synchronisations;
 /// returns the median seconds.
-fn median_seconds(warmup: usize, steps: usize, device: Device, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+pub(super) fn median_seconds(warmup: usize, steps: usize, device: Device, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     let mut times = Vec::with_capacity(steps);
     for i in 0..warmup + steps {
         device::sync(device);

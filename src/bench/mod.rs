@@ -62,6 +62,7 @@
 //! with `--json FILE` a JSON array of [`Record`]s, rewritten after every measurement.
 
 mod child;
+pub mod ddp;
 mod measure;
 mod record;
 mod table;

@@ -9,6 +9,7 @@ use super::DeviceArgs;
 use crate::amp::Precision;
 use crate::bench::{self, Options, Source};
 use crate::config::preset_names;
+use crate::dist::{self, Backend, Dist, Store, World};
 
 #[derive(Args, Clone)]
 pub struct BenchArgs {
@@ -59,6 +60,11 @@ pub struct BenchArgs {
     /// Internal: measure one preset at one length in this process and print one JSON line.
     #[arg(long, hide = true)]
     pub one: bool,
+    /// Measure what data-parallel training costs in N worker processes on this machine (one per
+    /// GPU, or N CPU workers): each rank's step alone, with the gradient all-reduce after the
+    /// backward pass and overlapped with it, and the all-reduce alone (no PyTorch reference).
+    #[arg(long, value_name = "N")]
+    pub nproc: Option<usize>,
 }
 
 pub fn exec(a: BenchArgs) -> Result<()> {
@@ -74,7 +80,14 @@ pub fn exec(a: BenchArgs) -> Result<()> {
     if let Some(b) = a.batch.filter(|&b| b < 1) {
         bail!("--batch {b}: must be >= 1");
     }
-    let device = a.device.resolve()?;
+    if let Some(n) = a.nproc.filter(|&n| n != 1) {
+        return dist::launch::launch(n);
+    }
+    let world = World::from_env()?;
+    let device = match &world {
+        Some(w) => a.device.resolve_rank(w)?,
+        None => a.device.resolve()?,
+    };
     let mut sources: Vec<Source> = a.presets.iter().cloned().map(Source::Preset).collect();
     sources.extend(a.configs.iter().cloned().map(Source::File));
     if sources.is_empty() && !a.one {
@@ -96,6 +109,11 @@ pub fn exec(a: BenchArgs) -> Result<()> {
         python: a.python,
         profile: a.profile,
     };
+    if let Some(w) = world {
+        let store = Store::connect(&w, dist::rendezvous_timeout()?)?;
+        let dist = Dist::new(w, store, Backend::Auto, device)?;
+        return bench::ddp::run(&opts, &dist);
+    }
     if a.one {
         bench::run_one(&opts)
     } else {

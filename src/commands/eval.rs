@@ -7,7 +7,9 @@ use clap::Args;
 
 use super::DeviceArgs;
 use crate::data;
-use crate::train::{evaluate, memory, open_run, Which, EVAL_BATCH};
+use crate::dist::{self, Dist, Store, World};
+use crate::train::ddp::evaluate_across;
+use crate::train::{memory, open_run, progress, Which, EVAL_BATCH};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -28,15 +30,36 @@ pub struct EvalArgs {
     pub data: Option<PathBuf>,
     #[command(flatten)]
     pub device: DeviceArgs,
+    /// Score in N worker processes on this machine (one per GPU, or N CPU workers), each a share
+    /// of the split; every rank reads the run folder.
+    #[arg(long, value_name = "N")]
+    pub nproc: Option<usize>,
 }
 
 pub fn exec(a: EvalArgs) -> Result<()> {
     if let Some(n) = a.limit.filter(|&n| n < 1) {
         bail!("--limit {n}: must be at least 1");
     }
-    let device = a.device.resolve()?;
+    if let Some(n) = a.nproc.filter(|&n| n != 1) {
+        return dist::launch::launch(n);
+    }
+    let world = World::from_env()?;
+    let device = match &world {
+        Some(w) => a.device.resolve_rank(w)?,
+        None => a.device.resolve()?,
+    };
     let which = if a.last { Which::Last } else { Which::Best };
     let run = open_run(&a.run, which, device)?;
+    let dist = match world {
+        Some(w) => {
+            if !w.is_main() {
+                progress::silence();
+            }
+            let store = Store::connect(&w, dist::rendezvous_timeout()?)?;
+            Some(Dist::new(w, store, run.config.train.backend, device)?)
+        }
+        None => None,
+    };
     let dataset = data::load(a.data.as_deref(), run.config.task.name)?;
     let split = match a.split.as_str() {
         "test" => &dataset.test,
@@ -46,15 +69,28 @@ pub fn exec(a: EvalArgs) -> Result<()> {
     }
     .to_device(device);
     let batch = memory::eval_batch(&run.model, &run.vs, run.config.task.input_spec(), EVAL_BATCH, device, run.precision)?;
-    let score = evaluate(&run.model, &split, &run.config.task, batch, a.limit, run.precision, &a.split);
+    let score = evaluate_across(
+        dist.as_ref(),
+        &run.model,
+        &split,
+        &run.config.task,
+        batch,
+        a.limit,
+        run.precision,
+        &a.split,
+    )?;
     let (loss, acc) = (score.loss, score.acc.expect("open_run builds a classifier"));
+    if dist.as_ref().is_some_and(|d| !d.is_main()) {
+        return Ok(());
+    }
     println!(
-        "{}: {which} checkpoint (step {}), {} split: accuracy {:.2}% ({} images), loss {loss:.4}",
+        "{}: {which} checkpoint (step {}), {} split: accuracy {:.2}% ({} of {} images), loss {loss:.4}",
         a.run.display(),
         run.state.step,
         a.split,
         100.0 * acc,
-        a.limit.map_or(split.len(), |n| n.min(split.len())),
+        score.correct,
+        score.images,
     );
     Ok(())
 }

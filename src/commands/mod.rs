@@ -97,6 +97,16 @@ impl DeviceArgs {
         tch::set_num_threads(crate::device::cpu_threads(self.threads)?);
         crate::device::parse(&self.device, "--device")
     }
+
+    /// [`DeviceArgs::resolve`] for one rank of a data-parallel run: its local rank's GPU, and
+    /// without `--threads` its share of this machine's cores.
+    pub fn resolve_rank(&self, world: &crate::dist::World) -> Result<Device> {
+        let device = self.resolve()?;
+        if self.threads.is_none() {
+            tch::set_num_threads(world.cpu_threads());
+        }
+        world.device(device, &self.device)
+    }
 }
 
 /// The first line of libtorch's message in a panic raised by tch (`… Torch("message…")`), if the

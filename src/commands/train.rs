@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use super::DeviceArgs;
@@ -11,6 +12,7 @@ use crate::amp::{self, Precision};
 use crate::bench::{self, Timing};
 use crate::config::RunConfig;
 use crate::data::{self, Dataset};
+use crate::dist::{self, Dist, Store, World};
 use crate::train::{self, checkpoint, records::today, RunDir, EVAL_BATCH};
 
 #[derive(Args)]
@@ -64,6 +66,23 @@ pub struct TrainArgs {
     /// (`pixelseq pretrain`); the classifier starts fresh (train.init).
     #[arg(long, value_name = "PRETRAIN_RUN_DIR", conflicts_with = "resume")]
     pub init: Option<PathBuf>,
+    /// Data-parallel training in N worker processes on this machine, one per GPU (cuda:0 …
+    /// cuda:N-1) or N CPU workers sharing the cores; train.batch_size stays the global batch.
+    /// Under torchrun or srun leave it out: the workers are already there.
+    #[arg(long, value_name = "N")]
+    pub nproc: Option<usize>,
+}
+
+/// What rank 0 tells the other ranks of a data-parallel run before it starts.
+#[derive(Serialize, Deserialize)]
+struct Start {
+    /// The resolved config (preset, file, overrides, `--fit-minutes`), as TOML.
+    config: String,
+    dir: PathBuf,
+    preset: Option<String>,
+    resume: bool,
+    /// A self-pretraining run (`pixelseq pretrain`).
+    pretrain: bool,
 }
 
 impl TrainArgs {
@@ -93,8 +112,20 @@ pub fn exec(a: TrainArgs, pretrain: bool) -> Result<()> {
     if pretrain && a.init.is_some() {
         bail!("--init fine-tunes from a pretraining run; `pixelseq pretrain` starts from scratch");
     }
+    if let Some(n) = a.nproc.filter(|&n| n != 1) {
+        return dist::launch::launch(n);
+    }
+    let world = World::from_env()?;
+    if let Some(w) = world.clone().filter(|w| !w.is_main()) {
+        let (rank, size) = (w.rank, w.size);
+        return follow(&a, w, pretrain).with_context(|| format!("rank {rank} of {size} stopped"));
+    }
     let overrides = a.overrides();
-    let device = a.device.resolve()?;
+    let device = match &world {
+        Some(w) => a.device.resolve_rank(w)?,
+        None => a.device.resolve()?,
+    };
+    let store = world.as_ref().map(|w| Store::connect(w, dist::rendezvous_timeout()?)).transpose()?;
     let (mut cfg, dir, preset) = match &a.resume {
         Some(dir) => {
             if a.preset.is_some() || a.config.is_some() || a.out.is_some() {
@@ -146,8 +177,22 @@ pub fn exec(a: TrainArgs, pretrain: bool) -> Result<()> {
     }
     let dataset = data::load(a.data.as_deref(), cfg.task.name)?.to_device(device);
     if let Some(minutes) = a.fit_minutes {
-        fit(&mut cfg, &dataset, device, minutes)?;
+        fit(&mut cfg, &dataset, device, minutes, world.as_ref().map_or(1, |w| w.size))?;
     }
+    let dist = match (world, store) {
+        (Some(w), Some(store)) => {
+            let start = Start {
+                config: cfg.to_toml(),
+                dir: dir.clone(),
+                preset: preset.clone(),
+                resume: a.resume.is_some(),
+                pretrain,
+            };
+            store.set(START_KEY, &serde_json::to_vec(&start)?)?;
+            Some(Dist::new(w, store, cfg.train.backend, device)?)
+        }
+        _ => None,
+    };
     let opts = train::Options {
         pretrain,
         device,
@@ -155,7 +200,7 @@ pub fn exec(a: TrainArgs, pretrain: bool) -> Result<()> {
         resume: a.resume.is_some(),
         preset,
     };
-    let record = train::run(&cfg, &dataset, &opts)?;
+    let record = train::run_with(&cfg, &dataset, &opts, dist.as_ref())?;
     println!("{}", serde_json::to_string_pretty(&record)?);
     Ok(())
 }
@@ -213,6 +258,38 @@ fn check_resume_changes(recorded: &RunConfig, cfg: &RunConfig, run: &RunDir) -> 
     Ok(())
 }
 
+/// Where rank 0 publishes [`Start`].
+const START_KEY: &str = "pixelseq/start";
+
+/// A rank other than 0: takes the run rank 0 resolved (config, folder, resume) and trains its
+/// share. It reads nothing of the run folder, so that need not be shared between machines.
+fn follow(a: &TrainArgs, world: World, pretrain: bool) -> Result<()> {
+    let device = a.device.resolve_rank(&world)?;
+    let store = Store::connect(&world, dist::rendezvous_timeout()?)?;
+    let start = store
+        .get(START_KEY, dist::COLLECTIVE_TIMEOUT)
+        .context("rank 0 stopped before the run began (its error is above)")?;
+    let start: Start = serde_json::from_slice(&start).context("rank 0 sent an unreadable run description")?;
+    let cfg = RunConfig::from_toml_str(&start.config, "rank 0's config")?;
+    let dataset = data::load(a.data.as_deref(), cfg.task.name)?.to_device(device);
+    let dist = Dist::new(world, store, cfg.train.backend, device)?;
+    if start.pretrain != pretrain {
+        bail!(
+            "rank 0 runs `pixelseq {}`; every rank must run the same subcommand",
+            if start.pretrain { "pretrain" } else { "train" }
+        );
+    }
+    let opts = train::Options {
+        pretrain,
+        device,
+        dir: start.dir,
+        resume: start.resume,
+        preset: start.preset,
+    };
+    train::run_with(&cfg, &dataset, &opts, Some(&dist))?;
+    Ok(())
+}
+
 /// `base`, or `base-2`, `base-3`, … if it exists.
 fn unique_dir(base: PathBuf) -> PathBuf {
     if !base.exists() {
@@ -230,8 +307,9 @@ const START_UP_S: f64 = 15.0;
 
 /// Sets `train.max_steps` (and the warm-up in proportion) so that the run of `cfg` on `data` fits
 /// `minutes` on `device`, from the measured speed of its training step and evaluation pass, and
-/// `train.max_minutes` to `minutes`.
-fn fit(cfg: &mut RunConfig, data: &Dataset, device: Device, minutes: f64) -> Result<()> {
+/// `train.max_minutes` to `minutes`. With `world` data-parallel processes the step is timed on one
+/// process's share of the batch (the all-reduce is not timed) and evaluations are shared.
+fn fit(cfg: &mut RunConfig, data: &Dataset, device: Device, minutes: f64, world: usize) -> Result<()> {
     if !(minutes.is_finite() && minutes > 0.0) {
         bail!("--fit-minutes {minutes}: must be a positive number of minutes");
     }
@@ -253,9 +331,11 @@ fn fit(cfg: &mut RunConfig, data: &Dataset, device: Device, minutes: f64) -> Res
         profile: None,
     };
     let precision = amp::resolve(t.precision, device);
-    let m = bench::measure(cfg, cfg.task.input_spec(), batch, &timing, device, precision)?;
-    let per_step = batch as f64 / m.train_img_per_s + val as f64 / (m.infer_img_per_s * eval_every as f64);
-    let fixed = START_UP_S + (val + n_test) as f64 / m.infer_img_per_s;
+    let share = (batch / world as i64).max(1);
+    let m = bench::measure(cfg, cfg.task.input_spec(), share, &timing, device, precision)?;
+    let infer = m.infer_img_per_s * world as f64;
+    let per_step = share as f64 / m.train_img_per_s + val as f64 / (infer * eval_every as f64);
+    let fixed = START_UP_S + (val + n_test) as f64 / infer;
     let steps = (((0.9 * minutes * 60.0 - fixed) / per_step).floor() as u64).clamp(1, planned.max(1));
     let warmup = cfg.schedule.warmup_steps;
     if warmup > 0 {
@@ -267,8 +347,8 @@ fn fit(cfg: &mut RunConfig, data: &Dataset, device: Device, minutes: f64) -> Res
         "fitted to {minutes} minutes: {steps} steps ({:.2} epochs, warm-up {} steps) at {:.0} img/s training and {:.0} img/s evaluation (measured)",
         steps as f64 / steps_per_epoch as f64,
         cfg.schedule.warmup_steps,
-        m.train_img_per_s,
-        m.infer_img_per_s
+        m.train_img_per_s * world as f64,
+        infer
     );
     Ok(())
 }

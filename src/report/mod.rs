@@ -154,6 +154,7 @@ mod tests {
             micro_batch: 64,
             init: None,
             pretrain: None,
+            world_size: 1,
             commit: "abc123def456".into(),
             date: "2025-11-26".into(),
         }

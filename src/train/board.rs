@@ -49,9 +49,18 @@ impl Board {
     /// Opens the run's events for training from `step`: a new run starts afresh (removing any
     /// events file an unfinished run left) with the config; a resumed one drops the points
     /// after `step`.
+    /// `dir`: the run folder (`None` on a rank of a data-parallel run that does not write it);
     /// `classifies`: whether the steps classify (a pretrainer's have no accuracy to log).
-    pub fn open(dir: &Path, cfg: &RunConfig, opt: &AdamW, step: u64, resumed: bool, device: Device, classifies: bool) -> Result<Board> {
-        let writer = if cfg.train.tensorboard {
+    pub fn open(
+        dir: Option<&Path>,
+        cfg: &RunConfig,
+        opt: &AdamW,
+        step: u64,
+        resumed: bool,
+        device: Device,
+        classifies: bool,
+    ) -> Result<Board> {
+        let writer = if let (true, Some(dir)) = (cfg.train.tensorboard, dir) {
             if resumed {
                 // The test point of a finished run is written again when it is resumed.
                 tensorboard::retain(dir, |s, tags| s <= step && !tags.iter().any(|t| t == TEST))?;

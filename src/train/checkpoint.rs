@@ -55,6 +55,13 @@ pub struct State {
     /// written before pixelseq recorded them have none: they load unchecked, with a warning.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub files: BTreeMap<String, String>,
+    /// Data-parallel processes the run trains with (1 in checkpoints written before them).
+    #[serde(default = "one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl State {
@@ -72,6 +79,7 @@ impl State {
             micro_batch: 0,
             best_val_loss: None,
             files: BTreeMap::new(),
+            world_size: 1,
         }
     }
 

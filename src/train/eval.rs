@@ -22,6 +22,9 @@ pub struct Score {
     pub loss: f64,
     /// `None` for a pretrainer.
     pub acc: Option<f64>,
+    /// Images scored and those classified correctly (0 for a pretrainer).
+    pub images: i64,
+    pub correct: i64,
     /// Images scored per second.
     pub img_per_s: f64,
 }
@@ -64,9 +67,12 @@ pub fn evaluate(
             progress.update(start);
         }
     });
+    let correct = correct.int64_value(&[]);
     Score {
         loss: loss.double_value(&[]) / n as f64,
-        acc: learner.classifies().then(|| correct.double_value(&[]) / n as f64),
+        acc: learner.classifies().then(|| correct as f64 / n as f64),
+        images: n,
+        correct,
         img_per_s: progress.rate(),
     }
 }

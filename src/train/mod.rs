@@ -3,6 +3,7 @@
 
 pub mod board;
 pub mod checkpoint;
+pub mod ddp;
 pub mod eval;
 pub mod exported;
 pub mod learner;
@@ -18,5 +19,5 @@ pub mod schedule;
 pub mod step;
 
 pub use eval::{evaluate, EVAL_BATCH};
-pub use run::{run, Options};
+pub use run::{run, run_with, Options};
 pub use run_dir::{open_run, OpenRun, RunDir, Which};

@@ -4,6 +4,7 @@
 //! pass ([`EvalProgress`]).
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tch::{Device, Kind, Tensor};
@@ -12,6 +13,19 @@ use super::step::Outcome;
 
 /// Seconds between plain progress lines when stderr is not a terminal.
 const LINE_EVERY: Duration = Duration::from_secs(30);
+
+/// Set in the ranks of a data-parallel run other than rank 0, which alone shows progress.
+static SILENT: AtomicBool = AtomicBool::new(false);
+
+/// Hides every progress bar and line of this process from now on.
+pub fn silence() {
+    SILENT.store(true, Ordering::Relaxed);
+}
+
+/// Whether this process shows progress (see [`silence`]).
+pub fn shown() -> bool {
+    !SILENT.load(Ordering::Relaxed)
+}
 
 /// Training loss and accuracy summed on the device since the last evaluation (no host sync per step).
 pub struct Tally {
@@ -41,6 +55,11 @@ impl Tally {
             self.correct_sum += &out.correct;
         });
         self.seen += n;
+    }
+
+    /// Summed loss, correct images and images seen (reads the device).
+    pub fn sums(&self) -> (f64, f64, i64) {
+        (self.loss_sum.double_value(&[]), self.correct_sum.double_value(&[]), self.seen)
     }
 
     /// Mean loss and accuracy (`None` for a pretrainer) of the images seen (reads the device).
@@ -100,6 +119,9 @@ impl Progress {
     /// plain line when 30 s have passed; `wall_s` is the run's wall time so far and `left_s` the
     /// estimated time to its end.
     pub fn step(&mut self, step: u64, tally: &Tally, lr: f64, wall_s: f64, left_s: f64) {
+        if !shown() {
+            return;
+        }
         if self.terminal {
             let spe = self.steps_per_epoch;
             let bar = self.bar.get_or_insert_with(|| epoch_bar((step - 1) / spe, spe, (step - 1) % spe));
@@ -140,7 +162,7 @@ pub struct EvalProgress {
 impl EvalProgress {
     /// `what` names the pass in messages ("validation", "test").
     pub fn new(what: &str, total: i64) -> EvalProgress {
-        let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = (shown() && std::io::stderr().is_terminal()).then(|| {
             let bar = indicatif::ProgressBar::new(total as u64);
             bar.set_style(
                 indicatif::ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} images ETA {eta}").expect("valid template"),
@@ -161,7 +183,7 @@ impl EvalProgress {
     pub fn update(&mut self, done: i64) {
         if let Some(bar) = &self.bar {
             bar.set_position(done as u64);
-        } else if self.last_line.elapsed() >= LINE_EVERY {
+        } else if shown() && self.last_line.elapsed() >= LINE_EVERY {
             let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
             eprintln!(
                 "{} {done}/{} images | {rate:.0} img/s | ends in {}",

@@ -68,6 +68,9 @@ pub struct RunRecord {
     /// A self-pretraining run's objective and losses (its accuracies are `null`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pretrain: Option<PretrainResult>,
+    /// Data-parallel processes (1 in records written before them).
+    #[serde(default = "one")]
+    pub world_size: usize,
     pub commit: String,
     pub date: String,
 }
@@ -87,6 +90,10 @@ pub struct PretrainResult {
 /// as NaN.
 fn f64_or_nan<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Drops the metric lines written after the checkpoint a run resumes from.

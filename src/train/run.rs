@@ -11,22 +11,33 @@ use tch::{nn, Device};
 
 use super::board::Board;
 use super::checkpoint::{self, State};
-use super::eval::{evaluate, EVAL_BATCH};
+use super::ddp::Peers;
+use super::eval::EVAL_BATCH;
 use super::learner::Learner;
 use super::memory;
 use super::optim::AdamW;
-use super::progress::{clock, Progress, Tally};
+use super::progress::{self, clock, Progress, Tally};
 use super::records::{today, truncate_metrics, Metrics, PretrainResult, RunRecord};
 use super::run_dir::{RunDir, RunLock};
 use super::sampler::Sampler;
 use super::schedule;
-use super::step::{train_step, LossScaler, Settings};
+use super::step::{train_step_synced, LossScaler, Settings};
 use crate::amp::{self, Precision};
 use crate::config::RunConfig;
 use crate::data::Dataset;
+use crate::dist::Dist;
 use crate::models::pretrain::Pretrainer;
 use crate::models::{param_count, ModelConfig};
 use crate::{device, files};
+
+/// `eprintln!` in the process that prints: the only one, or rank 0 of a data-parallel run.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if progress::shown() {
+            eprintln!($($arg)*);
+        }
+    };
+}
 
 /// How a run is carried out (not part of the recorded config).
 pub struct Options {
@@ -98,16 +109,25 @@ struct Trainer<'a> {
     /// Images per second of the last evaluation pass.
     eval_img_per_s: Option<f64>,
     deadline: Option<Duration>,
-    /// Held for the whole run: one writer per run directory.
-    _lock: RunLock,
+    /// Held for the whole run by the process that writes the run folder: one writer per run.
+    _lock: Option<RunLock>,
     board: Board,
+    peers: Peers<'a>,
 }
 
 /// Trains `cfg` on `data` in `opts.dir`, then scores the best checkpoint on the test split.
 pub fn run(cfg: &RunConfig, data: &Dataset, opts: &Options) -> Result<RunRecord> {
-    let mut tr = Trainer::start(cfg, data, opts)?;
+    run_with(cfg, data, opts, None)
+}
+
+/// [`run`], as one rank of the data-parallel run `dist` when given (see `train::ddp`).
+pub fn run_with(cfg: &RunConfig, data: &Dataset, opts: &Options, dist: Option<&Dist>) -> Result<RunRecord> {
+    let mut tr = Trainer::start(cfg, data, opts, dist)?;
     let (plan, t) = (&tr.plan, &cfg.train);
     let mut sampler = Sampler::new(t.seed, plan.batch_size, plan.steps_per_epoch, t.mixup, t.cutmix);
+    if let Some(d) = dist {
+        sampler = sampler.shard(d.world.rank, d.world.size);
+    }
     let mut progress = Progress::new(plan.steps_per_epoch, plan.total);
     let mut tally = Tally::new(opts.device, tr.learner.classifies());
     let mut step = tr.state.step;
@@ -122,7 +142,7 @@ pub fn run(cfg: &RunConfig, data: &Dataset, opts: &Options) -> Result<RunRecord>
             lr_factor,
             micro_batch: tr.plan.micro_batch,
         };
-        let out = train_step(&tr.learner, &mut tr.opt, &batch, &settings, &mut tr.scaler)?;
+        let out = train_step_synced(&tr.learner, &mut tr.opt, &batch, &settings, &mut tr.scaler, tr.peers.grads())?;
         tally.add(&out, batch.len());
         step += 1;
         tr.board.step(step, &out, batch.len(), lr_factor)?;
@@ -132,13 +152,14 @@ pub fn run(cfg: &RunConfig, data: &Dataset, opts: &Options) -> Result<RunRecord>
         }
         let lr = cfg.optim.lr * lr_factor;
         progress.step(step, &tally, lr, tr.started.elapsed().as_secs_f64(), tr.time_left(step, &tally));
-        let out_of_time = tr.out_of_time(&tally);
+        // Every rank stops at the same step: the ranks vote when a time budget is set.
+        let out_of_time = tr.deadline.is_some() && tr.peers.any(tr.out_of_time(&tally))?;
         if step.is_multiple_of(tr.plan.eval_every) || step == tr.plan.total || out_of_time {
             progress.clear();
             tr.evaluate_and_save(step, lr, &tally)?;
             tally = Tally::new(opts.device, tr.learner.classifies());
             if out_of_time && step < tr.plan.total {
-                eprintln!(
+                say!(
                     "time budget of {} minutes spent; stopping at step {step}",
                     t.max_minutes.unwrap_or_default()
                 );
@@ -154,34 +175,12 @@ pub fn run(cfg: &RunConfig, data: &Dataset, opts: &Options) -> Result<RunRecord>
 impl<'a> Trainer<'a> {
     /// Takes the run directory's lock, writes the config (a new run, or the one `--resume`
     /// continues with), loads the last checkpoint (`--resume`), builds the model and the
-    /// optimizer, and prints what the run will do.
-    fn start(cfg: &'a RunConfig, data: &'a Dataset, opts: &Options) -> Result<Trainer<'a>> {
+    /// optimizer, and prints what the run will do. As a rank of `dist` other than 0 it touches
+    /// no file of the run folder.
+    fn start(cfg: &'a RunConfig, data: &'a Dataset, opts: &Options, dist: Option<&'a Dist>) -> Result<Trainer<'a>> {
         let dir = RunDir::new(&opts.dir);
-        let lock = if opts.resume {
-            if !dir.config().is_file() {
-                bail!("`{}` is not a run directory (it has no config.toml)", dir.root.display());
-            }
-            let lock = dir.lock()?;
-            // A crash between the renames of a checkpoint save left the previous one aside.
-            checkpoint::recover(&dir.best())?;
-            checkpoint::recover(&dir.last())?;
-            files::remove_stale_temps(&dir.checkpoints());
-            lock
-        } else {
-            dir.check_new_run()?;
-            let lock = dir.lock()?;
-            // Another command may have started a run here before this one held the lock.
-            dir.check_new_run()?;
-            if let Some(p) = &opts.preset {
-                files::write_bytes(&dir.preset(), p.as_bytes())?;
-            }
-            lock
-        };
-        eprintln!("run directory: {}", dir.root.display());
-        let toml = cfg.to_toml();
-        if std::fs::read_to_string(dir.config()).ok().as_deref() != Some(toml.as_str()) {
-            files::write_bytes(&dir.config(), toml.as_bytes())?;
-        }
+        let main = dist.is_none_or(Dist::is_main);
+        let lock = if main { Some(open_dir(&dir, cfg, opts)?) } else { None };
         let precision = amp::resolve(cfg.train.precision, opts.device);
         let mut plan = Plan::new(cfg, data.train.len());
 
@@ -194,18 +193,20 @@ impl<'a> Trainer<'a> {
         } else {
             Learner::Classifier(cfg.model.build(&vs.root(), &input)?)
         };
-        if let (Some(init), false, Learner::Classifier(_)) = (&cfg.train.init, opts.resume, &learner) {
+        // Rank 0 reads the pretraining run; the others receive its weights below.
+        if let (Some(init), false, Learner::Classifier(_), true) = (&cfg.train.init, opts.resume, &learner, main) {
             init_backbone(&mut vs, Path::new(init), &cfg.model)?;
         }
         let mut opt = AdamW::new(&vs, &cfg.optim)?;
         let mut scaler = LossScaler::new(precision);
         let mut state = State::new(&scaler);
+        let peers = Peers::new(dist, &vs)?;
+        state.world_size = peers.world();
         let mut saved = None;
-        if opts.resume && checkpoint::existing(&dir.last()).is_none() {
-            eprintln!("no checkpoint in `{}` yet; starting from step 0", dir.last().display());
-            truncate_metrics(&dir.metrics(), 0)?;
-        } else if opts.resume {
-            state = checkpoint::load(&dir.last(), &mut vs, Some(&mut opt))
+        let none_yet = peers.any(main && opts.resume && checkpoint::existing(&dir.last()).is_none())?;
+        if opts.resume && !none_yet {
+            state = peers
+                .load(&dir.last(), &mut vs, Some(&mut opt))
                 .with_context(|| format!("cannot resume `{}`", dir.root.display()))?;
             if state.step > plan.total {
                 bail!(
@@ -217,21 +218,33 @@ impl<'a> Trainer<'a> {
             }
             state.restore(&mut scaler);
             saved = Some(state.step);
-            truncate_metrics(&dir.metrics(), state.step)?;
+            if main {
+                truncate_metrics(&dir.metrics(), state.step)?;
+            }
             let best = match state.best_val_loss {
                 Some(loss) => format!("best val loss {loss:.4}"),
                 None => format!("best val {:.2}%", 100.0 * state.best_val_acc),
             };
-            eprintln!(
+            say!(
                 "resuming at step {} of {} ({best} at step {})",
-                state.step, plan.total, state.best_step
+                state.step,
+                plan.total,
+                state.best_step
             );
+        } else {
+            if opts.resume {
+                say!("no checkpoint in `{}` yet; starting from step 0", dir.last().display());
+            }
+            peers.sync(&vs, Some(&opt))?;
+            if main && opts.resume {
+                truncate_metrics(&dir.metrics(), 0)?;
+            }
         }
         let memory = memory::plan(
             &learner,
             &vs,
             input,
-            plan.batch_size,
+            peers.share(plan.batch_size)?,
             plan.eval_batch,
             cfg.train.micro_batch,
             opts.device,
@@ -241,7 +254,7 @@ impl<'a> Trainer<'a> {
         plan.micro_batch = if state.micro_batch > 0 {
             state.micro_batch
         } else {
-            memory.micro_batch
+            peers.min(memory.micro_batch)?
         };
         state.micro_batch = plan.micro_batch;
         plan.eval_batch = memory.eval_batch;
@@ -250,7 +263,7 @@ impl<'a> Trainer<'a> {
             // training micro-batch reuse the caching allocator's blocks instead of faulting in new ones.
             plan.eval_batch = plan.eval_batch.min(plan.micro_batch);
         }
-        eprintln!(
+        say!(
             "{} on {} | {} parameters | {} train / {} val / {} test images | batch {}, {} steps ({} per epoch) | {:?}, {precision}",
             cfg.model.name(),
             cfg.task.name,
@@ -263,12 +276,20 @@ impl<'a> Trainer<'a> {
             plan.steps_per_epoch,
             opts.device
         );
-        for line in opt.describe() {
-            eprintln!("  {line}");
+        for line in opt.describe().into_iter().chain(peers.describe()) {
+            say!("  {line}");
         }
-        eprintln!("  {}, evaluation batch {}", memory.note, plan.eval_batch);
+        say!("  {}, evaluation batch {}", memory.note, plan.eval_batch);
         let started = Instant::now() - Duration::from_secs_f64(state.elapsed_s);
-        let board = Board::open(&dir.root, cfg, &opt, state.step, opts.resume, opts.device, learner.classifies())?;
+        let board = Board::open(
+            main.then_some(&dir.root),
+            cfg,
+            &opt,
+            state.step,
+            opts.resume,
+            opts.device,
+            learner.classifies(),
+        )?;
         Ok(Trainer {
             eval_img_per_s: None,
             deadline: cfg.train.max_minutes.map(|m| Duration::from_secs_f64(m * 60.0)),
@@ -286,6 +307,7 @@ impl<'a> Trainer<'a> {
             started,
             _lock: lock,
             board,
+            peers,
         })
     }
 
@@ -293,7 +315,7 @@ impl<'a> Trainer<'a> {
     /// last evaluation, or before the first at twice the training speed (an evaluation pass has
     /// no backward pass and larger batches).
     fn final_passes_s(&self, tally: &Tally) -> f64 {
-        let train_ips = tally.img_per_s().unwrap_or_else(|| self.state.throughput(self.plan.batch_size));
+        let train_ips = self.train_ips(tally).unwrap_or_else(|| self.state.throughput(self.plan.batch_size));
         let eval_ips = self.eval_img_per_s.unwrap_or(2.0 * train_ips).max(1e-9);
         (self.val_images() + self.data.test.len()) as f64 / eval_ips
     }
@@ -313,7 +335,7 @@ impl<'a> Trainer<'a> {
     /// the test pass, or the time budget left if that ends it first.
     fn time_left(&self, step: u64, tally: &Tally) -> f64 {
         let plan = &self.plan;
-        let Some(train_ips) = tally.img_per_s() else { return 0.0 };
+        let Some(train_ips) = self.train_ips(tally) else { return 0.0 };
         let steps_left = plan.total.saturating_sub(step);
         let evals_left = plan.total / plan.eval_every - step / plan.eval_every;
         let eval_ips = self.eval_img_per_s.unwrap_or(2.0 * train_ips).max(1e-9);
@@ -323,6 +345,12 @@ impl<'a> Trainer<'a> {
             Some(d) => left.min((d.as_secs_f64() - self.started.elapsed().as_secs_f64()).max(0.0)),
             None => left,
         }
+    }
+
+    /// Training images per second of all ranks together since the tally started (each rank
+    /// counts its share).
+    fn train_ips(&self, tally: &Tally) -> Option<f64> {
+        tally.img_per_s().map(|ips| ips * self.peers.world() as f64)
     }
 
     /// Stops the run on a non-finite training loss, naming the checkpoint it keeps.
@@ -349,10 +377,11 @@ impl<'a> Trainer<'a> {
     /// `last`, and prints the evaluation line. A non-finite validation loss, weight or optimizer
     /// moment stops the run instead: nothing of such a step is written.
     fn evaluate_and_save(&mut self, step: u64, lr: f64, tally: &Tally) -> Result<()> {
-        let (train_loss, train_acc) = tally.means();
+        let (train_loss, train_acc) = self.peers.tally(tally)?;
         self.state.train_s += tally.seconds();
         self.check_finite(train_loss, step)?;
-        let val = evaluate(
+        self.peers.sync(&self.vs, None)?;
+        let val = self.peers.evaluate(
             &self.learner,
             &self.data.val,
             &self.cfg.task,
@@ -360,7 +389,7 @@ impl<'a> Trainer<'a> {
             self.plan.val_limit,
             self.precision,
             "validation",
-        );
+        )?;
         self.eval_img_per_s = Some(val.img_per_s);
         let (val_loss, val_acc) = (val.loss, val.acc);
         if !val_loss.is_finite() {
@@ -400,6 +429,10 @@ impl<'a> Trainer<'a> {
         // `last` is written last: a run killed before it resumes from the previous `last`,
         // drops this metrics line (truncate_metrics) and redoes the steps, rewriting `best`
         // alike; written first, it would leave a step without its line or its best weights.
+        if !self.peers.main() {
+            self.saved = Some(step);
+            return Ok(());
+        }
         files::append_line(&self.dir.metrics(), &serde_json::to_string(&m)?)?;
         self.board.evaluation(step, val_loss, val_acc)?;
         if improved {
@@ -423,8 +456,11 @@ impl<'a> Trainer<'a> {
 
     /// Scores the best checkpoint on the test split and writes `result.json`.
     fn finish(mut self, opts: &Options, stopped_early: bool) -> Result<RunRecord> {
-        let best = checkpoint::load(&self.dir.best(), &mut self.vs, None).context("no best checkpoint to test")?;
-        let test = evaluate(
+        let best = self
+            .peers
+            .load(&self.dir.best(), &mut self.vs, None)
+            .context("no best checkpoint to test")?;
+        let test = self.peers.evaluate(
             &self.learner,
             &self.data.test,
             &self.cfg.task,
@@ -432,17 +468,17 @@ impl<'a> Trainer<'a> {
             None,
             self.precision,
             "test",
-        );
+        )?;
         let test_loss = test.loss;
         let early = if stopped_early { ", stopped early by the time budget" } else { "" };
         match (test.acc, best.best_val_loss) {
-            (Some(acc), _) => eprintln!(
+            (Some(acc), _) => say!(
                 "test accuracy {:.2}% (best val {:.2}% at step {}){early}",
                 100.0 * acc,
                 100.0 * best.best_val_acc,
                 best.best_step
             ),
-            (None, val) => eprintln!(
+            (None, val) => say!(
                 "test reconstruction loss {test_loss:.4} (best val {:.4} at step {}){early}",
                 val.unwrap_or(f64::NAN),
                 best.best_step
@@ -482,12 +518,47 @@ impl<'a> Trainer<'a> {
             micro_batch: self.plan.micro_batch,
             init: cfg.train.init.clone(),
             pretrain,
+            world_size: self.peers.world(),
             commit: env!("PIXELSEQ_COMMIT").to_string(),
             date: today(),
         };
-        files::write_bytes(&self.dir.result(), serde_json::to_string_pretty(&record)?.as_bytes())?;
+        if self.peers.main() {
+            files::write_bytes(&self.dir.result(), serde_json::to_string_pretty(&record)?.as_bytes())?;
+        }
         Ok(record)
     }
+}
+
+/// Takes the lock of the run folder `dir` for the process that writes it: a resumed run is
+/// recovered from a save a crash interrupted; a new one must find the folder free. Writes the
+/// preset name and the config (a resumed run's, when `--set` changed it).
+fn open_dir(dir: &RunDir, cfg: &RunConfig, opts: &Options) -> Result<RunLock> {
+    let lock = if opts.resume {
+        if !dir.config().is_file() {
+            bail!("`{}` is not a run directory (it has no config.toml)", dir.root.display());
+        }
+        let lock = dir.lock()?;
+        // A crash between the renames of a checkpoint save left the previous one aside.
+        checkpoint::recover(&dir.best())?;
+        checkpoint::recover(&dir.last())?;
+        files::remove_stale_temps(&dir.checkpoints());
+        lock
+    } else {
+        dir.check_new_run()?;
+        let lock = dir.lock()?;
+        // Another command may have started a run here before this one held the lock.
+        dir.check_new_run()?;
+        if let Some(p) = &opts.preset {
+            files::write_bytes(&dir.preset(), p.as_bytes())?;
+        }
+        lock
+    };
+    eprintln!("run directory: {}", dir.root.display());
+    let toml = cfg.to_toml();
+    if std::fs::read_to_string(dir.config()).ok().as_deref() != Some(toml.as_str()) {
+        files::write_bytes(&dir.config(), toml.as_bytes())?;
+    }
+    Ok(lock)
 }
 
 /// Loads the backbone of the pretraining run in `dir` (its best checkpoint, verified) into the
@@ -546,6 +617,7 @@ fn init_backbone(vs: &mut nn::VarStore, dir: &Path, model: &ModelConfig) -> Resu
 mod tests {
     use super::*;
     use crate::data::Split;
+    use crate::train::step::train_step;
     use tch::{Kind, Tensor};
 
     const TINY: &str = r#"

@@ -2,6 +2,12 @@
 //! training images, the seed of torch's generator (dropout, crop, flip) and mixup/CutMix. Each
 //! depends only on (seed, epoch) or (seed, step), so a resumed run draws exactly what an
 //! uninterrupted one would.
+//!
+//! In a data-parallel run ([`Sampler::shard`]) every rank makes the step's whole batch as a single
+//! process would (same order, crops, flips and mixup partners) and keeps its contiguous share:
+//! rank r of W trains on images [r·B/W, (r+1)·B/W) of the batch. It then reseeds torch's generator
+//! for its own dropout masks, from the step's stream and its rank, so masks differ across ranks
+//! and stay reproducible.
 
 use tch::{Kind, Tensor};
 
@@ -18,6 +24,9 @@ pub struct Sampler {
     cutmix: f64,
     /// The current epoch and its order of the training images, on the data's device.
     order: Option<(u64, Tensor)>,
+    /// This process's rank and the number of ranks sharing each batch.
+    rank: u64,
+    world: u64,
 }
 
 impl Sampler {
@@ -29,6 +38,23 @@ impl Sampler {
             mixup,
             cutmix,
             order: None,
+            rank: 0,
+            world: 1,
+        }
+    }
+
+    /// The sampler of rank `rank` among `world` data-parallel ranks (`batch_size` stays the
+    /// global batch, which `world` divides).
+    pub fn shard(self, rank: usize, world: usize) -> Sampler {
+        assert!(
+            rank < world && self.batch_size % world as i64 == 0,
+            "rank {rank} of {world} cannot take an equal share of a batch of {}",
+            self.batch_size
+        );
+        Sampler {
+            rank: rank as u64,
+            world: world as u64,
+            ..self
         }
     }
 
@@ -52,10 +78,21 @@ impl Sampler {
             (images, lam) = mix_images(&images, self.mixup, self.cutmix, &mut g);
             mix = Some((labels.flip([0]), lam));
         }
-        Batch {
+        let batch = Batch {
             xs: batch_input(&images, task, true),
             labels,
             mix,
+        };
+        if self.world == 1 {
+            return batch;
+        }
+        let share = self.batch_size / self.world as i64;
+        let start = self.rank as i64 * share;
+        tch::manual_seed(rank_seed(self.seed, step, self.rank));
+        Batch {
+            xs: batch.xs.narrow(0, start, share),
+            labels: batch.labels.narrow(0, start, share),
+            mix: batch.mix.map(|(other, lam)| (other.narrow(0, start, share), lam)),
         }
     }
 }
@@ -63,6 +100,16 @@ impl Sampler {
 /// Seed of torch's generator at `step`.
 fn step_seed(seed: u64, step: u64) -> i64 {
     (SplitMix64::derive(seed, stream::STEP_SEED, step).next_u64() >> 1) as i64
+}
+
+/// Seed of torch's generator for rank `rank`'s forward and backward passes at `step` in a
+/// data-parallel run: the (rank + 2)-th draw of the step's stream (the first seeds the batch).
+fn rank_seed(seed: u64, step: u64, rank: u64) -> i64 {
+    let mut g = SplitMix64::derive(seed, stream::STEP_SEED, step);
+    for _ in 0..=rank {
+        let _ = g.next_u64();
+    }
+    (g.next_u64() >> 1) as i64
 }
 
 /// Mixup or CutMix of a batch of images (B, C, 32, 32) with the batch reversed; returns the

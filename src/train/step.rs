@@ -9,6 +9,11 @@
 //! whole batch is not: BatchNorm normalises each part with its own statistics (as PyTorch's
 //! data-parallel training without SyncBatchNorm does per device), and dropout masks are drawn
 //! part by part from the step's generator.
+//!
+//! In a data-parallel run ([`train_step_synced`]) each rank runs this on its share of the batch,
+//! and between the backward passes and the clipping the gradients are averaged across the ranks
+//! ([`GradReducer`]): with equal shares, the average of the ranks' mean-loss gradients is the
+//! gradient of the whole batch's mean loss, so clipping and AdamW see what one process would.
 
 use anyhow::Result;
 use tch::{Kind, Tensor};
@@ -16,6 +21,7 @@ use tch::{Kind, Tensor};
 use super::learner::Learner;
 use super::optim::AdamW;
 use crate::amp::Precision;
+use crate::dist::GradReducer;
 
 /// What one step trains on.
 pub struct Batch {
@@ -103,6 +109,20 @@ impl LossScaler {
 /// One optimizer step of `model` on `batch`. With fp16 loss scaling a step whose gradients are
 /// not finite is skipped (the optimizer's count does not advance) and the scale backs off.
 pub fn train_step(learner: &Learner, opt: &mut AdamW, batch: &Batch, s: &Settings, scaler: &mut LossScaler) -> Result<Outcome> {
+    train_step_synced(learner, opt, batch, s, scaler, None)
+}
+
+/// [`train_step`] of one rank of a data-parallel run: `grads` averages the gradients across the
+/// ranks before clipping and the update (the last micro-batch's backward pass overlaps the
+/// all-reduce). The outcome is this rank's.
+pub fn train_step_synced(
+    learner: &Learner,
+    opt: &mut AdamW,
+    batch: &Batch,
+    s: &Settings,
+    scaler: &mut LossScaler,
+    mut grads: Option<&mut GradReducer>,
+) -> Result<Outcome> {
     opt.zero_grad()?;
     let n = batch.len();
     let part = s.micro_batch.clamp(1, n);
@@ -123,6 +143,9 @@ pub fn train_step(learner: &Learner, opt: &mut AdamW, batch: &Batch, s: &Setting
             true,
         );
         let part_loss = out.loss * (len as f64 / n as f64);
+        if let Some(g) = grads.as_deref_mut().filter(|_| start + len == n) {
+            g.arm()?;
+        }
         if scaler.enabled {
             (&part_loss * scaler.scale).backward();
         } else {
@@ -134,6 +157,9 @@ pub fn train_step(learner: &Learner, opt: &mut AdamW, batch: &Batch, s: &Setting
                 correct += c;
             }
         });
+    }
+    if let Some(g) = grads {
+        g.finish()?;
     }
     if scaler.enabled {
         opt.scale_grads(1.0 / scaler.scale)?;
