@@ -38,6 +38,16 @@ pub enum Loss {
     Ce,
 }
 
+impl std::fmt::Display for Loss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Loss::L1 => "l1",
+            Loss::L2 => "l2",
+            Loss::Ce => "ce",
+        })
+    }
+}
+
 /// The `[pretrain]` table of a self-pretraining config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

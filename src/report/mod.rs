@@ -12,13 +12,17 @@
 //! report goes to `--out`:
 //! - `results.md`: one row per run (model, preset, task, the paper's figure and setting, our best
 //!   validation and test accuracy, parameters, training img/s, device, wall time, date, commit);
+//!   then, where runs were fine-tuned from a self-pretraining run (`train --init`), a row per
+//!   fine-tuned run beside its pretraining run and the from-scratch run of the same preset (see
+//!   `spt.rs`; pretraining runs, which have no accuracy, appear only there);
 //! - `curves.png`/`.svg`: validation accuracy against epoch and against wall time, a line per run;
 //! - `accuracy_vs_throughput.png`/`.svg`: test accuracy against training img/s (log scale);
 //! - `throughput.png`/`.svg` (with `--bench FILE`): training and inference img/s against sequence
 //!   length, a line per model and implementation, from a benchmark JSON array of objects
 //!   `{model, preset, seq_len, batch, train_img_per_s, infer_img_per_s, peak_mem_mb, device, impl}`.
 //!
-//! The files: `runs.rs` finds and reads run directories, `table.rs` writes the markdown tables,
+//! The files: `runs.rs` finds and reads run directories, `table.rs` writes the markdown tables
+//! (`spt.rs` the self-pretraining one),
 //! `readme.rs` replaces the README block, `plots.rs` draws the figures; the bench records are
 //! `bench`'s own [`Record`] type.
 //!
@@ -29,6 +33,7 @@
 mod plots;
 mod readme;
 mod runs;
+mod spt;
 mod table;
 
 use std::path::{Path, PathBuf};
@@ -51,7 +56,10 @@ pub struct Plot {
 
 /// What `generate` wrote.
 pub struct Report {
+    /// Classifier runs (`train`), fine-tuned ones included.
     pub runs: Vec<Run>,
+    /// Self-pretraining runs (`pretrain`): shown only beside the runs fine-tuned from them.
+    pub pretraining: Vec<Run>,
     pub plots: Vec<Plot>,
     /// pixelseq beside PyTorch, one row per device, preset, length and batch of the bench files.
     pub speed: Vec<SpeedRow>,
@@ -59,11 +67,12 @@ pub struct Report {
 
 /// Reads the runs found under `inputs`, then writes `results.md` and the plots into `out`.
 pub fn generate(inputs: &[PathBuf], out: &Path, bench: &[PathBuf]) -> Result<Report> {
-    let mut runs = Vec::new();
+    let (mut runs, mut pretraining) = (Vec::new(), Vec::new());
     for dir in find_runs(inputs)? {
         let run = read_run(&dir)?;
         match run.implausible() {
             Some(why) => eprintln!("skipping run {}: {why}", dir.display()),
+            None if run.record.pretrain.is_some() => pretraining.push(run),
             None => runs.push(run),
         }
     }
@@ -103,6 +112,7 @@ pub fn generate(inputs: &[PathBuf], out: &Path, bench: &[PathBuf]) -> Result<Rep
     }
     let report = Report {
         runs,
+        pretraining,
         plots,
         speed: table::speed_rows(&bench),
     };
@@ -497,6 +507,89 @@ mod tests {
         let path = run.join("result.json").display().to_string();
         assert!(err.starts_with(&format!("malformed JSON in `{path}` at line 3: ")), "{err}");
         assert!(!err.contains('\n'));
+    }
+
+    /// A pretraining run (no accuracies: `null` in its records) is not skipped as absurd; it shows
+    /// only in the self-pretraining table, beside the run fine-tuned from it (found by its folder
+    /// name after a move) and the newest from-scratch run of the same preset, task, steps,
+    /// parameters and device; a from-scratch run of other steps is not its match.
+    #[test]
+    fn fine_tuned_runs_sit_beside_their_pretraining_and_from_scratch_runs() {
+        use crate::models::pretrain::Loss;
+        use crate::models::Objective;
+        use crate::train::records::PretrainResult;
+        let tmp = tempfile::tempdir().unwrap();
+        let results = tmp.path().join("results");
+        let lra = || task("name = \"lra-image\"");
+        let mut pre_metrics = metrics(2, f64::NAN);
+        for m in &mut pre_metrics {
+            m.train_acc = f64::NAN;
+        }
+        let pre = RunRecord {
+            best_val_acc: f64::NAN,
+            test_acc: f64::NAN,
+            steps: 2500,
+            wall_s: 1800.0,
+            pretrain: Some(PretrainResult {
+                objective: Objective::Masked,
+                loss: Loss::L1,
+                mask_ratio: 0.5,
+                best_val_loss: 0.4321,
+            }),
+            ..record("transformer-spt", "lra-image", None, 0.0, 50.0)
+        };
+        write_run(&results.join("spt/pretrain"), Some(&pre), &pre_metrics, None, lra());
+        let tuned = RunRecord {
+            init: Some("/elsewhere/runs/pretrain".into()),
+            steps: 1000,
+            wall_s: 900.0,
+            ..record("transformer-spt", "lra-image", None, 0.3512, 50.0)
+        };
+        write_run(&results.join("spt/finetune"), Some(&tuned), &metrics(2, 0.35), None, lra());
+        let scratch = |acc: f64, steps: u64, date: &str| RunRecord {
+            steps,
+            date: date.into(),
+            ..record("transformer-spt", "lra-image", None, acc, 50.0)
+        };
+        write_run(
+            &results.join("spt/scratch"),
+            Some(&scratch(0.3001, 1000, "2025-11-27")),
+            &metrics(2, 0.3),
+            None,
+            lra(),
+        );
+        write_run(
+            &results.join("spt/scratch-old"),
+            Some(&scratch(0.2, 1000, "2025-11-20")),
+            &metrics(2, 0.2),
+            None,
+            lra(),
+        );
+        write_run(
+            &results.join("spt/scratch-long"),
+            Some(&scratch(0.5, 4000, "2025-11-28")),
+            &metrics(2, 0.5),
+            None,
+            lra(),
+        );
+
+        let out = tmp.path().join("out");
+        let report = generate(&[results], &out, &[]).unwrap();
+        assert_eq!((report.runs.len(), report.pretraining.len()), (4, 1));
+        let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+        let rows: Vec<&str> = md
+            .lines()
+            .skip_while(|l| !l.starts_with("| Preset | Task | Pretraining"))
+            .skip(2)
+            .take_while(|l| l.starts_with("| "))
+            .collect();
+        assert_eq!(
+            rows,
+            ["| transformer-spt | lra-image | masked 50%, l1 loss | 2,500 | 0.4321 | 1,000 | 35.12% | 30.01% | +5.11 | cuda:0 | 30m 00s + 15m 00s |"],
+            "{md}"
+        );
+        assert!(md.contains("| transformer-spt, fine-tuned after SPT |"), "{md}");
+        assert!(!md.contains("NaN") && !md.contains("spt/pretrain"), "{md}");
     }
 
     /// The trainer's own `null` losses read back; a run with absurd numbers is skipped with a

@@ -190,14 +190,19 @@ pub(super) fn assign_labels(runs: &mut [Run]) {
 
 impl Run {
     /// Why the run's numbers cannot be reported (an accuracy outside [0, 1], a negative or
-    /// non-finite throughput, duration or epoch), naming the file and the field; `None` if they can.
+    /// non-finite throughput, duration, epoch or pretraining loss), naming the file and the
+    /// field; `None` if they can.
     pub(super) fn implausible(&self) -> Option<String> {
         let r = &self.record;
-        let accuracy = |v: f64| (0.0..=1.0).contains(&v);
+        let pretraining = r.pretrain.is_some();
+        // A pretraining run has no accuracies (`null`); its figures are reconstruction losses.
+        let accuracy = |v: f64| pretraining || (0.0..=1.0).contains(&v);
         let amount = |v: f64| v.is_finite() && v >= 0.0;
+        let val_loss = r.pretrain.as_ref().map_or(0.0, |p| p.best_val_loss);
         for (key, v, ok) in [
             ("best_val_acc", r.best_val_acc, accuracy(r.best_val_acc)),
             ("test_acc", r.test_acc, accuracy(r.test_acc)),
+            ("pretrain.best_val_loss", val_loss, amount(val_loss)),
             ("img_per_s", r.img_per_s, amount(r.img_per_s)),
             ("wall_s", r.wall_s, amount(r.wall_s)),
             ("epochs", r.epochs, amount(r.epochs)),

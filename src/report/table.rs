@@ -1,7 +1,7 @@
 //! The markdown tables of a report: one row per run, and pixelseq beside PyTorch per bench
 //! configuration.
 
-use super::Report;
+use super::{spt, Report};
 use crate::bench::Record;
 
 impl Report {
@@ -17,7 +17,11 @@ impl Report {
             let pct = |v: f64| format!("{v:.2}%");
             let cells = [
                 cell(r.model_name()),
-                cell(rec.preset.as_deref().unwrap_or("—")),
+                match (&rec.preset, &rec.init) {
+                    (Some(p), Some(_)) => cell(&format!("{p}, fine-tuned after SPT")),
+                    (Some(p), None) => cell(p),
+                    (None, _) => "—".into(),
+                },
                 cell(&r.task_name()),
                 rec.paper_figure.map_or("—".into(), pct),
                 cell(rec.paper_setting.as_deref().unwrap_or("—")),
@@ -36,6 +40,10 @@ impl Report {
         s += "\nBest val: the best validation accuracy during training. Test: the CIFAR-10 test split scored with the \
               checkpoint of best validation accuracy. Paper: the accuracy the paper reports for the setting. Train \
               img/s: training images per second of training steps (evaluation excluded), over the whole run.\n\n";
+        let spt = spt::rows(&self.runs, &self.pretraining);
+        if !spt.is_empty() {
+            s += &spt::markdown(&spt);
+        }
         if !self.speed.is_empty() {
             s += &self.speed_markdown();
         }
@@ -81,7 +89,7 @@ impl Report {
 }
 
 /// A table cell: pipes escaped, line breaks folded.
-fn cell(s: &str) -> String {
+pub(super) fn cell(s: &str) -> String {
     s.replace('|', "\\|").replace(['\n', '\r'], " ")
 }
 
