@@ -110,6 +110,45 @@ fn pack_and_run_on_cpu() {
     let result = String::from_utf8_lossy(&result.stdout);
     assert!(result.contains("\"world_size\": 2"), "{result}");
 
+    // `PRESET:A+B`: pretraining, from scratch, and fine-tuning with the from-scratch run's steps
+    // and warm-up, in one archive.
+    run(
+        repo,
+        &pack,
+        &out,
+        "transformer-spt:0.05+0.05",
+        "--set model.d_model=8 --set model.n_layers=1 --set model.qkv_dim=8 --set model.mlp_dim=8 \
+         --set model.n_heads=2 --set train.batch_size=8",
+    );
+    let listing = Command::new("tar")
+        .arg("tzf")
+        .arg(out.join("transformer-spt.tar.gz"))
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&listing.stdout).into_owned();
+    for stage in ["pretrain", "scratch", "finetune"] {
+        for f in ["result.json", "config.toml", "train.log"] {
+            assert!(
+                names.contains(&format!("transformer-spt/{stage}/{f}")),
+                "{stage}/{f} missing: {names}"
+            );
+        }
+    }
+    assert!(!names.contains("checkpoints"), "checkpoints travel back: {names}");
+    let record = |stage: &str| -> serde_json::Value {
+        let out = Command::new("tar")
+            .arg("xzOf")
+            .arg(out.join("transformer-spt.tar.gz"))
+            .arg(format!("transformer-spt/{stage}/result.json"))
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let (pre, scratch, tuned) = (record("pretrain"), record("scratch"), record("finetune"));
+    assert!(pre["pretrain"]["objective"] == "masked" && scratch["init"].is_null());
+    assert!(tuned["init"].as_str().unwrap().ends_with("transformer-spt/pretrain"), "{tuned}");
+    assert_eq!(tuned["steps"], scratch["steps"]);
+
     // `run bench`: both implementations from the carried references, JSON and profiles back.
     let path = format!("{}:{}", repo.join(".venv/bin").display(), std::env::var("PATH").unwrap_or_default());
     let args = "bench --preset fnet-lra --seq-len 64 --batch 2 --steps 1 --warmup 0 --threads 2 \
