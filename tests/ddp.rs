@@ -329,3 +329,36 @@ fn a_batch_that_does_not_divide_among_the_ranks_is_refused() {
     assert!(err.contains("train.batch_size = 8 does not divide among 3 processes"), "{err}");
     assert!(err.contains("of 3 failed with exit status"), "{err}");
 }
+
+/// Self-pretraining across two ranks, then fine-tuning from it across two ranks: rank 0 reads the
+/// pretraining run and the other rank receives its weights; both runs record their world.
+#[test]
+fn two_ranks_pretrain_and_fine_tune_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = TINY.replace("mixup = 0.4", "mixup = 0.0") + "\n[pretrain]\nobjective = \"masked\"\nmask_ratio = 0.5\nloss = \"l1\"\n";
+    let cfg = config(dir.path(), &text);
+    let pre = dir.path().join("pre");
+    let mut c = pixelseq(&["pretrain", "--nproc", "2"]);
+    c.arg("--config").arg(&cfg).arg("--out").arg(&pre);
+    ok(c);
+    let record = |run: &Path| -> serde_json::Value { serde_json::from_slice(&std::fs::read(run.join("result.json")).unwrap()).unwrap() };
+    let r = record(&pre);
+    assert!(
+        r["world_size"] == 2 && r["pretrain"]["objective"] == "masked" && r["test_acc"].is_null(),
+        "{r}"
+    );
+
+    let tuned = dir.path().join("tuned");
+    let mut c = train(&cfg, &tuned, 2);
+    c.arg("--init").arg(&pre);
+    let out = ok(c);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        log.matches("initialised from").count(),
+        1,
+        "rank 0 alone reads the pretraining run:\n{log}"
+    );
+    let r = record(&tuned);
+    assert!(r["world_size"] == 2 && r["init"] == pre.display().to_string().as_str(), "{r}");
+    assert!(r["test_acc"].as_f64().is_some_and(|a| (0.0..=1.0).contains(&a)), "{r}");
+}
