@@ -22,7 +22,7 @@
 //!   `{model, preset, seq_len, batch, train_img_per_s, infer_img_per_s, peak_mem_mb, device, impl}`.
 //!
 //! The files: `runs.rs` finds and reads run directories, `table.rs` writes the markdown tables
-//! (`spt.rs` the self-pretraining one),
+//! (`spt.rs` the self-pretraining one, `format.rs` the cells),
 //! `readme.rs` replaces the README block, `plots.rs` draws the figures; the bench records are
 //! `bench`'s own [`Record`] type.
 //!
@@ -30,6 +30,7 @@
 //! in FILE with the table and links to the PNG plots (relative to FILE), written atomically.
 //! Every number shown comes from a run's `result.json` (or the bench file); nothing is typed in.
 
+mod format;
 mod plots;
 mod readme;
 mod runs;
@@ -645,8 +646,8 @@ mod tests {
 
     #[test]
     fn numbers_are_formatted_for_reading() {
+        use format::{duration, thousands};
         use plots::{compact, log_ticks};
-        use table::{duration, thousands};
         assert_eq!(thousands(0), "0");
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1000), "1,000");

@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
+use super::format::{cell, duration, thousands};
 use super::runs::Run;
-use super::table::{cell, duration, thousands};
 use crate::models::Objective;
 
 /// One fine-tuned run with what it is compared with (`None`: not among the reported runs).

@@ -9,6 +9,7 @@ pub mod exported;
 pub mod learner;
 pub mod memory;
 mod multi_tensor;
+pub mod open;
 pub mod optim;
 pub mod progress;
 pub mod records;
@@ -19,5 +20,6 @@ pub mod schedule;
 pub mod step;
 
 pub use eval::{evaluate, EVAL_BATCH};
+pub use open::open_run;
 pub use run::{run, run_with, Options};
-pub use run_dir::{open_run, OpenRun, RunDir, Which};
+pub use run_dir::{OpenRun, RunDir, Which};

@@ -1,4 +1,5 @@
-//! A run directory: where `train` keeps a run's files, and how `eval` and `predict` open one.
+//! A run directory: where `train` keeps a run's files, and what `eval` and `predict` get when
+//! they open one (`train::open`).
 //!
 //! ```text
 //! RUN_DIR/config.toml           the resolved config
@@ -13,16 +14,15 @@
 //! and a second writer is refused. A new run starts only in a missing or empty folder, so
 //! nothing of anyone else's is overwritten; `eval` and `predict` only read.
 
-use std::path::{Path, PathBuf};
-
 use std::io::Write;
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use tch::{nn, Device};
+use tch::nn;
 
-use super::checkpoint::{self, State};
+use super::checkpoint::State;
 use super::learner::Learner;
-use crate::amp::{self, Precision};
+use crate::amp::Precision;
 use crate::config::RunConfig;
 use crate::files::PARTIAL;
 
@@ -168,38 +168,6 @@ pub struct OpenRun {
     pub model: Learner,
     pub state: State,
     pub precision: Precision,
-}
-
-/// Builds the model of the run in `dir` on `device` and loads its `which` checkpoint; `dir` may
-/// also be an exported model folder (`train::exported`).
-pub fn open_run(dir: &Path, which: Which, device: Device) -> Result<OpenRun> {
-    if super::exported::is_exported(dir) {
-        return super::exported::open(dir, which, device);
-    }
-    let run = RunDir::new(dir);
-    let config = run.load_config()?;
-    let path = match which {
-        Which::Best => run.best(),
-        Which::Last => run.last(),
-    };
-    if checkpoint::verify(&path)?.best_val_loss.is_some() {
-        bail!(
-            "`{}` is a self-pretraining run: it has no classifier to score; fine-tune it with `pixelseq train --init {}`",
-            dir.display(),
-            dir.display()
-        );
-    }
-    let mut vs = nn::VarStore::new(device);
-    let model = Learner::Classifier(config.model.build(&vs.root(), &config.task.input_spec())?);
-    let state = checkpoint::load(&path, &mut vs, None)?;
-    let precision = amp::resolve(config.train.precision, device);
-    Ok(OpenRun {
-        config,
-        vs,
-        model,
-        state,
-        precision,
-    })
 }
 
 #[cfg(test)]
