@@ -11,17 +11,16 @@
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
-use tch::{nn, Kind, Tensor};
+use tch::{nn, Tensor};
 
-use super::measure::median_seconds;
+use super::measure::{median_seconds, step_inputs};
 use super::{resolve_precision, Options};
 use crate::data::InputSpec;
 use crate::dist::{Dist, GradReducer};
-use crate::models::NUM_CLASSES;
 use crate::train::learner::Learner;
 use crate::train::memory;
 use crate::train::optim::AdamW;
-use crate::train::step::{train_step_synced, Batch, LossScaler, Settings};
+use crate::train::step::{train_step_synced, LossScaler};
 use crate::{device, files};
 
 /// One (preset, L) measured across the ranks; times in milliseconds on rank 0.
@@ -69,18 +68,7 @@ pub fn run(o: &Options, dist: &Dist) -> Result<()> {
             let plan = memory::plan(&learner, &vs, input, share, share, cfg.train.micro_batch, o.device, precision)?;
             let params: Vec<Tensor> = vs.trainable_variables().into_iter().filter(|t| t.numel() > 0).collect();
             let mut grads = GradReducer::new(&dist.group, &params, true)?;
-            let inputs = Batch {
-                xs: Tensor::randint(256, [share, seq_len, input.channels], (Kind::Uint8, o.device)), // (B/N, L, C)
-                labels: Tensor::randint(NUM_CLASSES, [share], (Kind::Int64, o.device)),              // (B/N)
-                mix: None,
-            };
-            let settings = Settings {
-                precision,
-                label_smoothing: cfg.optim.label_smoothing,
-                clip_norm: cfg.optim.clip_norm,
-                lr_factor: 1.0,
-                micro_batch: plan.micro_batch,
-            };
+            let (inputs, settings) = step_inputs(&cfg, input, share, plan.micro_batch, o.device, precision); // (B/N, L, C)
             let mut scaler = LossScaler::new(precision);
             let label = source_label(source);
             if dist.is_main() {

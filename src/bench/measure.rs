@@ -27,6 +27,31 @@ pub struct Timing {
     pub profile: Option<PathBuf>,
 }
 
+/// What a timed training step of `cfg` takes: `batch` random images (B, L, C) with random
+/// labels, and the recipe's step settings at the schedule's full learning rate.
+pub(super) fn step_inputs(
+    cfg: &RunConfig,
+    input: InputSpec,
+    batch: i64,
+    micro_batch: i64,
+    device: Device,
+    precision: Precision,
+) -> (Batch, Settings) {
+    let inputs = Batch {
+        xs: Tensor::randint(256, [batch, input.seq_len, input.channels], (Kind::Uint8, device)), // (B, L, C)
+        labels: Tensor::randint(NUM_CLASSES, [batch], (Kind::Int64, device)),                    // (B)
+        mix: None,
+    };
+    let settings = Settings {
+        precision,
+        label_smoothing: cfg.optim.label_smoothing,
+        clip_norm: cfg.optim.clip_norm,
+        lr_factor: 1.0,
+        micro_batch,
+    };
+    (inputs, settings)
+}
+
 /// Times `cfg`'s model on random pixels (B, L, C): training, then inference.
 pub fn measure(cfg: &RunConfig, input: InputSpec, batch: i64, t: &Timing, device: Device, precision: Precision) -> Result<Measurement> {
     let (steps, warmup) = (t.steps, t.warmup);
@@ -45,18 +70,7 @@ pub fn measure(cfg: &RunConfig, input: InputSpec, batch: i64, t: &Timing, device
     let learner = Learner::Classifier(cfg.model.build(&vs.root(), &input)?);
     let mut opt = AdamW::new(&vs, &cfg.optim)?;
     let memory = memory::plan(&learner, &vs, input, batch, batch, cfg.train.micro_batch, device, precision)?;
-    let inputs = Batch {
-        xs: Tensor::randint(256, [batch, input.seq_len, input.channels], (Kind::Uint8, device)), // (B, L, C)
-        labels: Tensor::randint(NUM_CLASSES, [batch], (Kind::Int64, device)),                    // (B)
-        mix: None,
-    };
-    let settings = Settings {
-        precision,
-        label_smoothing: cfg.optim.label_smoothing,
-        clip_norm: cfg.optim.clip_norm,
-        lr_factor: 1.0,
-        micro_batch: memory.micro_batch,
-    };
+    let (inputs, settings) = step_inputs(cfg, input, batch, memory.micro_batch, device, precision);
     let mut scaler = LossScaler::new(precision);
     let mut step = || train_step(&learner, &mut opt, &inputs, &settings, &mut scaler).map(|_| ());
 

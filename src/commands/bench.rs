@@ -84,10 +84,7 @@ pub fn exec(a: BenchArgs) -> Result<()> {
         return dist::launch::launch(n);
     }
     let world = World::from_env()?;
-    let device = match &world {
-        Some(w) => a.device.resolve_rank(w)?,
-        None => a.device.resolve()?,
-    };
+    let device = a.device.resolve_for(world.as_ref())?;
     let mut sources: Vec<Source> = a.presets.iter().cloned().map(Source::Preset).collect();
     sources.extend(a.configs.iter().cloned().map(Source::File));
     if sources.is_empty() && !a.one {

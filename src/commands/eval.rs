@@ -44,10 +44,7 @@ pub fn exec(a: EvalArgs) -> Result<()> {
         return dist::launch::launch(n);
     }
     let world = World::from_env()?;
-    let device = match &world {
-        Some(w) => a.device.resolve_rank(w)?,
-        None => a.device.resolve()?,
-    };
+    let device = a.device.resolve_for(world.as_ref())?;
     let which = if a.last { Which::Last } else { Which::Best };
     let run = open_run(&a.run, which, device)?;
     let dist = match world {

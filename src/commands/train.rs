@@ -121,10 +121,7 @@ pub fn exec(a: TrainArgs, pretrain: bool) -> Result<()> {
         return follow(&a, w, pretrain).with_context(|| format!("rank {rank} of {size} stopped"));
     }
     let overrides = a.overrides();
-    let device = match &world {
-        Some(w) => a.device.resolve_rank(w)?,
-        None => a.device.resolve()?,
-    };
+    let device = a.device.resolve_for(world.as_ref())?;
     let store = world.as_ref().map(|w| Store::connect(w, dist::rendezvous_timeout()?)).transpose()?;
     let (mut cfg, dir, preset) = match &a.resume {
         Some(dir) => {
@@ -264,7 +261,7 @@ const START_KEY: &str = "pixelseq/start";
 /// A rank other than 0: takes the run rank 0 resolved (config, folder, resume) and trains its
 /// share. It reads nothing of the run folder, so that need not be shared between machines.
 fn follow(a: &TrainArgs, world: World, pretrain: bool) -> Result<()> {
-    let device = a.device.resolve_rank(&world)?;
+    let device = a.device.resolve_for(Some(&world))?;
     let store = Store::connect(&world, dist::rendezvous_timeout()?)?;
     let start = store
         .get(START_KEY, dist::COLLECTIVE_TIMEOUT)

@@ -176,24 +176,12 @@ impl<'a> Peers<'a> {
         Ok(state)
     }
 
-    /// Scores the first `limit` images of `split` (`None`: all) across the ranks (see
-    /// [`evaluate_across`]).
-    #[allow(clippy::too_many_arguments)]
-    pub fn evaluate(
-        &self,
-        learner: &Learner,
-        split: &Split,
-        task: &TaskConfig,
-        batch: i64,
-        limit: Option<i64>,
-        precision: Precision,
-        what: &str,
-    ) -> Result<Score> {
-        let dist = match self {
+    /// The process group of a rank; `None` alone (what [`evaluate_across`] takes).
+    pub fn dist(&self) -> Option<&'a Dist> {
+        match self {
             Peers::Alone => None,
             Peers::Ranks { dist, .. } => Some(*dist),
-        };
-        evaluate_across(dist, learner, split, task, batch, limit, precision, what)
+        }
     }
 
     /// Mean training loss and accuracy (`None` for a pretrainer) since the last evaluation, over

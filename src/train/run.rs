@@ -11,7 +11,7 @@ use tch::{nn, Device};
 
 use super::board::Board;
 use super::checkpoint::{self, State};
-use super::ddp::Peers;
+use super::ddp::{evaluate_across, Peers};
 use super::eval::EVAL_BATCH;
 use super::learner::Learner;
 use super::memory;
@@ -381,7 +381,8 @@ impl<'a> Trainer<'a> {
         self.state.train_s += tally.seconds();
         self.check_finite(train_loss, step)?;
         self.peers.sync(&self.vs, None)?;
-        let val = self.peers.evaluate(
+        let val = evaluate_across(
+            self.peers.dist(),
             &self.learner,
             &self.data.val,
             &self.cfg.task,
@@ -460,7 +461,8 @@ impl<'a> Trainer<'a> {
             .peers
             .load(&self.dir.best(), &mut self.vs, None)
             .context("no best checkpoint to test")?;
-        let test = self.peers.evaluate(
+        let test = evaluate_across(
+            self.peers.dist(),
             &self.learner,
             &self.data.test,
             &self.cfg.task,
