@@ -394,8 +394,14 @@ impl RunConfig {
         let mut table: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| anyhow!("{origin}: {}", e.to_string().replace('\n', " ")))?;
+        let task = |t: &toml::Table| t.get("task").and_then(|v| v.get("name")).cloned();
+        let own_task = task(&table);
         for o in overrides {
             apply_override(&mut table, o)?;
+        }
+        // The paper's figure is for the preset's own task: a run on another one claims none.
+        if task(&table) != own_task {
+            table.remove("paper");
         }
         Self::from_table(table, &origin)
     }
@@ -589,6 +595,22 @@ mod tests {
 
     fn error(preset: &str, set: &str) -> String {
         format!("{:#}", RunConfig::load(Some(preset), None, &[set.to_string()]).unwrap_err())
+    }
+
+    /// A preset run on another task keeps the preset's model but no longer claims its paper's
+    /// figure; other overrides keep the claim.
+    #[test]
+    fn another_task_drops_the_paper_figure() {
+        let load = |set: &[&str]| {
+            let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+            RunConfig::load(Some("trellisnet-scifar"), None, &set).unwrap()
+        };
+        assert!(load(&[]).paper.and_then(|p| p.figure).is_some());
+        assert!(load(&["model.nhid=16"]).paper.and_then(|p| p.figure).is_some());
+        assert!(load(&["task.name=\"scifar\""]).paper.is_some());
+        let gray = load(&["task.name=\"lra-image\""]);
+        assert_eq!(gray.task.name.to_string(), "lra-image");
+        assert!(gray.paper.is_none());
     }
 
     /// Every number is checked for finiteness and range: an infinite mixup α used to spin forever
