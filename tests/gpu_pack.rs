@@ -29,7 +29,7 @@ fn run(repo: &Path, pack: &Path, out: &Path, spec: &str, sets: &str) -> Output {
     output
 }
 
-/// The archive of `preset` holds the run's text records and no checkpoints.
+/// The archive of `preset` holds the run's text records, no checkpoints and no run lock.
 fn check_archive(out: &Path, preset: &str) {
     let listing = Command::new("tar")
         .arg("tzf")
@@ -41,6 +41,7 @@ fn check_archive(out: &Path, preset: &str) {
         assert!(names.contains(&format!("{preset}/{f}")), "{f} missing from the archive: {names}");
     }
     assert!(!names.contains("checkpoints"), "checkpoints travel back: {names}");
+    assert!(!names.contains(".lock"), "the run lock travels back: {names}");
 }
 
 #[test]
@@ -135,6 +136,7 @@ fn pack_and_run_on_cpu() {
         }
     }
     assert!(!names.contains("checkpoints"), "checkpoints travel back: {names}");
+    assert!(!names.contains(".lock"), "the run lock travels back: {names}");
     let record = |stage: &str| -> serde_json::Value {
         let out = Command::new("tar")
             .arg("xzOf")

@@ -124,9 +124,25 @@ pub fn find(path: &Path, task: Option<TaskName>) -> Result<Option<Source>> {
 /// Resolves the data location ([`root`]) and finds what it holds, or explains how to get the data.
 pub fn locate(flag: Option<&Path>, task: Option<TaskName>) -> Result<Source> {
     let (root, origin) = root(flag)?;
-    match find(&root, task)? {
-        Some(src) => Ok(src),
-        None => bail!(
+    let other = task.and_then(|t| {
+        [TaskName::LraImage, TaskName::Scifar]
+            .into_iter()
+            .find(|&o| o != t && root.join(prepared_name(o)).is_file())
+            .map(|o| (t, o))
+    });
+    match (find(&root, task)?, other) {
+        (Some(src), _) => Ok(src),
+        (None, Some((task, o))) => {
+            bail!(
+                "no data for task `{task}` at `{}` ({}): it holds only the prepared cache of `{o}` ({}); \
+                 add `{}` (`pixelseq data prepare --task {task}`) or the official `{FOLDER_NAME}` files",
+                root.display(),
+                origin.describe(),
+                prepared_name(o),
+                prepared_name(task)
+            )
+        }
+        (None, None) => bail!(
             "no CIFAR-10 data at `{}` ({}): expected the official `{FOLDER_NAME}` files, `{ARCHIVE_NAME}` or a prepared cache; \
              run `pixelseq data download` to fetch it there, or pass --data DIR|ARCHIVE|PREPARED_FILE",
             root.display(),
@@ -609,6 +625,16 @@ mod tests {
             err.contains("pixelseq data download") && err.contains("--data") && err.contains("given by --data"),
             "{err}"
         );
+
+        std::fs::write(d.join(prepared_name(TaskName::LraImage)), b"").unwrap();
+        let err = format!("{:#}", locate(Some(d), Some(TaskName::Scifar)).unwrap_err());
+        assert!(
+            err.contains("task `scifar`")
+                && err.contains("only the prepared cache of `lra-image`")
+                && err.contains("pixelseq data prepare --task scifar"),
+            "{err}"
+        );
+        std::fs::remove_file(d.join(prepared_name(TaskName::LraImage))).unwrap();
 
         std::fs::write(d.join("junk.txt"), b"hello").unwrap();
         let err = format!("{:#}", find(&d.join("junk.txt"), None).unwrap_err());
