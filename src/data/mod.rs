@@ -288,7 +288,7 @@ mod tests {
             assert!(a.images.equal(&b.images) && a.labels.equal(&b.labels));
         }
         let err = format!("{:#}", load(Some(dir.path()), TaskName::LraImage).unwrap_err());
-        assert!(err.contains("no CIFAR-10 data"), "{err}");
+        assert!(err.contains("only the prepared cache of `scifar`"), "{err}");
     }
 
     #[test]
