@@ -319,6 +319,20 @@ pub fn preset_path(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Applies `--set` overrides in order. The paper's figure is for the config's own task: a run
+/// moved to another task (`task.name`) no longer claims it, so its `[paper]` table goes.
+fn apply_overrides(table: &mut toml::Table, overrides: &[String]) -> Result<()> {
+    let task = |t: &toml::Table| t.get("task").and_then(|v| v.get("name")).cloned();
+    let own_task = task(table);
+    for o in overrides {
+        apply_override(table, o)?;
+    }
+    if task(table) != own_task {
+        table.remove("paper");
+    }
+    Ok(())
+}
+
 /// Applies one `key.path=value` override to a TOML tree. The value is parsed as a TOML value
 /// (`3`, `1e-3`, `true`, `[1, 2]`, `"text"`); anything that does not parse is taken as a string.
 pub fn apply_override(root: &mut toml::Table, assignment: &str) -> Result<()> {
@@ -394,15 +408,7 @@ impl RunConfig {
         let mut table: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| anyhow!("{origin}: {}", e.to_string().replace('\n', " ")))?;
-        let task = |t: &toml::Table| t.get("task").and_then(|v| v.get("name")).cloned();
-        let own_task = task(&table);
-        for o in overrides {
-            apply_override(&mut table, o)?;
-        }
-        // The paper's figure is for the preset's own task: a run on another one claims none.
-        if task(&table) != own_task {
-            table.remove("paper");
-        }
+        apply_overrides(&mut table, overrides)?;
         Self::from_table(table, &origin)
     }
 
@@ -577,9 +583,7 @@ impl RunConfig {
     /// This config with `--set` overrides applied (as [`RunConfig::load`] applies them to a file).
     pub fn with_overrides(&self, overrides: &[String], origin: &str) -> Result<RunConfig> {
         let mut table: toml::Table = self.to_toml().parse().expect("a serialised config parses");
-        for o in overrides {
-            apply_override(&mut table, o)?;
-        }
+        apply_overrides(&mut table, overrides)?;
         Self::from_table(table, origin)
     }
 
@@ -611,6 +615,11 @@ mod tests {
         let gray = load(&["task.name=\"lra-image\""]);
         assert_eq!(gray.task.name.to_string(), "lra-image");
         assert!(gray.paper.is_none());
+        // The same on a resolved config (the pretraining stage's overrides).
+        let moved = load(&[])
+            .with_overrides(&["task.name=\"lra-image\"".to_string()], "a stage")
+            .unwrap();
+        assert!(moved.paper.is_none());
     }
 
     /// Every number is checked for finiteness and range: an infinite mixup α used to spin forever

@@ -29,6 +29,12 @@ fn run(repo: &Path, pack: &Path, out: &Path, spec: &str, sets: &str) -> Output {
     output
 }
 
+/// An archive listing without checkpoints or the run lock.
+fn assert_only_records(names: &str) {
+    assert!(!names.contains("checkpoints"), "checkpoints travel back: {names}");
+    assert!(!names.contains(".lock"), "the run lock travels back: {names}");
+}
+
 /// The archive of `preset` holds the run's text records, no checkpoints and no run lock.
 fn check_archive(out: &Path, preset: &str) {
     let listing = Command::new("tar")
@@ -40,8 +46,7 @@ fn check_archive(out: &Path, preset: &str) {
     for f in ["result.json", "metrics.jsonl", "config.toml", "train.log"] {
         assert!(names.contains(&format!("{preset}/{f}")), "{f} missing from the archive: {names}");
     }
-    assert!(!names.contains("checkpoints"), "checkpoints travel back: {names}");
-    assert!(!names.contains(".lock"), "the run lock travels back: {names}");
+    assert_only_records(&names);
 }
 
 #[test]
@@ -135,8 +140,7 @@ fn pack_and_run_on_cpu() {
             );
         }
     }
-    assert!(!names.contains("checkpoints"), "checkpoints travel back: {names}");
-    assert!(!names.contains(".lock"), "the run lock travels back: {names}");
+    assert_only_records(&names);
     let record = |stage: &str| -> serde_json::Value {
         let out = Command::new("tar")
             .arg("xzOf")

@@ -6,6 +6,7 @@ use std::io::{BufReader, Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
+use clap::ValueEnum;
 use sha2::{Digest, Sha256};
 
 use super::cifar::{self, hex};
@@ -124,25 +125,25 @@ pub fn find(path: &Path, task: Option<TaskName>) -> Result<Option<Source>> {
 /// Resolves the data location ([`root`]) and finds what it holds, or explains how to get the data.
 pub fn locate(flag: Option<&Path>, task: Option<TaskName>) -> Result<Source> {
     let (root, origin) = root(flag)?;
+    if let Some(src) = find(&root, task)? {
+        return Ok(src);
+    }
     let other = task.and_then(|t| {
-        [TaskName::LraImage, TaskName::Scifar]
-            .into_iter()
-            .find(|&o| o != t && root.join(prepared_name(o)).is_file())
-            .map(|o| (t, o))
+        TaskName::value_variants()
+            .iter()
+            .find(|&&o| o != t && root.join(prepared_name(o)).is_file())
+            .map(|&o| (t, o))
     });
-    match (find(&root, task)?, other) {
-        (Some(src), _) => Ok(src),
-        (None, Some((task, o))) => {
-            bail!(
-                "no data for task `{task}` at `{}` ({}): it holds only the prepared cache of `{o}` ({}); \
-                 add `{}` (`pixelseq data prepare --task {task}`) or the official `{FOLDER_NAME}` files",
-                root.display(),
-                origin.describe(),
-                prepared_name(o),
-                prepared_name(task)
-            )
-        }
-        (None, None) => bail!(
+    match other {
+        Some((task, o)) => bail!(
+            "no data for task `{task}` at `{}` ({}): it holds only the prepared cache of `{o}` ({}); \
+             add `{}` (`pixelseq data prepare --task {task}`) or the official `{FOLDER_NAME}` files",
+            root.display(),
+            origin.describe(),
+            prepared_name(o),
+            prepared_name(task)
+        ),
+        None => bail!(
             "no CIFAR-10 data at `{}` ({}): expected the official `{FOLDER_NAME}` files, `{ARCHIVE_NAME}` or a prepared cache; \
              run `pixelseq data download` to fetch it there, or pass --data DIR|ARCHIVE|PREPARED_FILE",
             root.display(),
