@@ -138,6 +138,9 @@ extern "C" {
     // csrc/dropout.cpp
     pub(crate) fn pixelseq_dropout_mask(like: *const C_tensor, p: f64, out: *mut *mut C_tensor, err: *mut c_char, err_len: usize) -> bool;
 
+    // csrc/fourier.cpp
+    pub(crate) fn pixelseq_fourier_mix(x: *const C_tensor, out: *mut *mut C_tensor, err: *mut c_char, err_len: usize) -> bool;
+
     // csrc/multi_tensor.cpp
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn pixelseq_fused_adamw(

@@ -39,6 +39,7 @@ use tch::{nn, Kind, Tensor};
 use super::common::{check_rates, check_sizes, dropout, mask_inputs, InputEncoder, InputMode};
 use super::{Backbone, Input, NO_DECAY, NUM_CLASSES};
 use crate::data::InputSpec;
+use crate::ffi::{call_for_tensor, pixelseq_fourier_mix};
 
 /// FNet's `LAYER_NORM_EPSILON` (`f_net/layers.py`).
 const LN_EPS: f64 = 1e-12;
@@ -93,10 +94,18 @@ impl Config {
 }
 
 /// Re(FFT₂(x)) over the last two axes (sequence, hidden), unnormalised as `jnp.fft.fftn`, in
-/// float32 whatever the autocast kind: (B, L, D) → (B, L, D).
+/// float32 whatever the autocast kind: (B, L, D) → (B, L, D). `csrc/fourier.cpp` computes it from
+/// a real FFT over the hidden axis and a complex one over the sequence axis on half the columns
+/// (Hermitian symmetry gives the rest), and its gradient as the same map of the incoming gradient
+/// (the map is symmetric): half the transforms of `fft2(x).real()` and of its autograd backward.
 fn fourier_mix(xs: &Tensor) -> Tensor {
-    xs.to_kind(Kind::Float).fft_fft2(None::<&[i64]>, [-2, -1], "backward").real()
-    // (B, L, D)
+    let xs = xs.to_kind(Kind::Float);
+    // SAFETY: a live tensor handle and an out pointer.
+    let mixed = call_for_tensor("Fourier mixing", |out, err, len| unsafe {
+        pixelseq_fourier_mix(xs.as_ptr(), out, err, len)
+    });
+    // Like tch's own tensor operations, a libtorch failure here (out of memory) is a panic.
+    mixed.expect("Fourier mixing") // (B, L, D)
 }
 
 /// A Dense layer initialised as FNet's `nn.Dense(kernel_init=N(0, 0.02), bias_init=…)`.
@@ -336,6 +345,26 @@ mod tests {
                     assert!((g - want).abs() < 1e-4, "Re(FFT2)[{b},{p},{q}] = {g}, direct DFT {want}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn mixing_and_its_gradient_equal_autograd_of_fft2() {
+        // Even and odd widths and lengths, the preset's (1,025, 128), and the degenerate D = 1.
+        for (l, d) in [(1025, 128), (7, 5), (6, 4), (5, 1), (1, 3)] {
+            let xs = Tensor::randn([2, l, d], (Kind::Float, Device::Cpu));
+            let grad = Tensor::randn([2, l, d], (Kind::Float, Device::Cpu));
+            let with_grad = |f: &dyn Fn(&Tensor) -> Tensor| {
+                let xs = xs.copy().set_requires_grad(true);
+                let out = f(&xs);
+                let dx = Tensor::run_backward(&[(&out * &grad).sum(None)], &[&xs], false, false).remove(0);
+                (out.detach(), dx)
+            };
+            let (want, want_dx) = with_grad(&|x| x.fft_fft2(None::<&[i64]>, [-2, -1], "backward").real());
+            let (got, got_dx) = with_grad(&fourier_mix);
+            let rel = |a: &Tensor, b: &Tensor| ((a - b).abs().max() / b.abs().max()).double_value(&[]);
+            assert!(rel(&got, &want) < 1e-5, "Re(FFT2) differs at L = {l}, D = {d}");
+            assert!(rel(&got_dx, &want_dx) < 1e-5, "its gradient differs at L = {l}, D = {d}");
         }
     }
 
