@@ -183,11 +183,18 @@ pub fn arg(device: Device) -> String {
     }
 }
 
-/// A readable device name for records: `cuda:N`, or `cpu (T threads)`.
+/// A readable device name for records: `cuda:N`, or `cpu (T threads)` (`cpu (1 thread)`).
 pub fn name(device: Device) -> String {
     match device {
         Device::Cuda(i) => format!("cuda:{i}"),
-        _ => format!("cpu ({} threads)", tch::get_num_threads()),
+        _ => cpu_name(tch::get_num_threads()),
+    }
+}
+
+fn cpu_name(threads: i32) -> String {
+    match threads {
+        1 => "cpu (1 thread)".into(),
+        _ => format!("cpu ({threads} threads)"),
     }
 }
 
@@ -287,6 +294,7 @@ mod tests {
         assert_eq!(parse("cpu", "--device").unwrap(), Device::Cpu);
         assert_eq!(arg(Device::Cuda(3)), "cuda:3");
         assert_eq!(name(Device::Cuda(1)), "cuda:1");
+        assert_eq!((cpu_name(1).as_str(), cpu_name(2).as_str()), ("cpu (1 thread)", "cpu (2 threads)"));
         let err = parse("tpu", "--device").unwrap_err().to_string();
         assert_eq!(err, "--device tpu: expected auto, cpu, cuda or cuda:N");
     }
