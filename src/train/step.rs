@@ -270,11 +270,22 @@ mod tests {
             mix: Some((labels.flip([0]), 0.7)),
             labels,
         };
+        // Both runs start from these weights, copied: the global seed is shared with the tests
+        // running beside this one, so seeding it again would not give the same initialisation.
+        let initial = nn::VarStore::new(Device::Cpu);
+        cfg.build(&initial.root(), &input).unwrap();
         let train = |micro_batch: i64| {
-            tch::manual_seed(0);
-            let vs = nn::VarStore::new(Device::Cpu);
+            let mut vs = nn::VarStore::new(Device::Cpu);
             let learner = Learner::Classifier(cfg.build(&vs.root(), &input).unwrap());
-            let mut opt = AdamW::new(&vs, &Optim::default()).unwrap();
+            vs.copy(&initial).unwrap();
+            // Adam's first step is about lr·sign(g): with the default ε = 1e-8, the rounding
+            // differences of summing in another order flip the update of gradients near zero.
+            // A larger ε keeps the update a smooth function of the gradient.
+            let optim = Optim {
+                eps: 1e-4,
+                ..Optim::default()
+            };
+            let mut opt = AdamW::new(&vs, &optim).unwrap();
             let mut scaler = LossScaler::new(Precision::Fp32);
             let s = Settings {
                 precision: Precision::Fp32,
@@ -298,8 +309,9 @@ mod tests {
         }
         for (name, w) in &whole {
             let diff = (w - &parts[name]).abs().max().double_value(&[]);
-            let scale = w.abs().max().double_value(&[]).max(1e-3);
-            assert!(diff <= 1e-5 * scale, "{name}: {diff}");
+            // Float tolerance, 1,000 times below the size of one update (lr = 1e-3).
+            let tolerance = 1e-5 * w.abs().max().double_value(&[]) + 1e-6;
+            assert!(diff <= tolerance, "{name}: {diff}");
         }
     }
 }
