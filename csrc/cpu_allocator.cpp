@@ -13,6 +13,11 @@
 // blocks of different sizes need more than that (an evaluation pass at a larger batch than the
 // training passes before it: 256 MB FFT buffers among 128 MB activations) misses some of them
 // every time; the trainer therefore evaluates on a CPU in passes no larger than its micro-batch.
+// A process that only runs passes without gradients (scoring, predicting) has a small peak, since
+// each block is freed soon after it is made, while the blocks of different sizes a pass cycles
+// through add up to more: there the cache may hold up to `peaks` times the peak (at most the
+// limit). s4d-small scored at batch 256 missed a quarter of its large blocks on every batch with
+// one peak and almost none with two (1.7x faster, 10x less kernel time, +36% peak RSS).
 // Smaller blocks go straight to c10::alloc_cpu / free_cpu (glibc serves them from its arenas).
 // With a limit set, a large block that would take the memory in use beyond it is refused with
 // libtorch's out-of-memory error, as a GPU allocator does: on a CPU the kernel's OOM killer would
@@ -57,6 +62,7 @@ struct Cache {
   size_t peak = 0;                     // highest `live` seen
   size_t largest = 0;                  // largest block handed out
   size_t limit = 0;                    // most `live` may reach; 0: none
+  size_t peaks = 1;                    // live + cached may reach this many times `peak`
   uint64_t hits = 0;
   uint64_t misses = 0;
 };
@@ -122,7 +128,9 @@ struct CachingCpuAllocator final : c10::Allocator {
     c.misses++;
     c.largest = std::max(c.largest, size);
     std::multimap<size_t, char *> evicted;
-    while (!c.free.empty() && c.live + c.cached + size > std::max(c.peak + c.largest, c.live + size)) {
+    const size_t room = c.limit > 0 ? std::min(c.peaks * c.peak, c.limit) : c.peaks * c.peak;
+    const size_t budget = std::max({c.peak + c.largest, room, c.live + size});
+    while (!c.free.empty() && c.live + c.cached + size > budget) {
       auto largest = std::prev(c.free.end());
       c.cached -= largest->first;
       evicted.insert(*largest);
@@ -176,13 +184,14 @@ bool pixelseq_cpu_allocator_stats(uint64_t *live, uint64_t *cached, uint64_t *pe
   });
 }
 
-// Sets the most memory in large blocks that may be in use (0: no limit), and restarts the peak
-// from the memory in use now.
-bool pixelseq_cpu_allocator_configure(uint64_t limit, char *err, size_t err_len) {
+// Sets the most memory in large blocks that may be in use (0: no limit) and how many times the
+// peak live + cached may reach (at least 1), and restarts the peak from the memory in use now.
+bool pixelseq_cpu_allocator_configure(uint64_t limit, uint64_t peaks, char *err, size_t err_len) {
   return guard(err, err_len, [&] {
     Cache &c = cache();
     std::lock_guard<std::mutex> lock(c.mutex);
     c.limit = limit;
+    c.peaks = std::max<uint64_t>(peaks, 1);
     c.peak = c.live;
   });
 }

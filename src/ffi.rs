@@ -53,7 +53,7 @@ extern "C" {
         err_len: usize,
     ) -> bool;
     pub(crate) fn pixelseq_cpu_allocator_trim(err: *mut c_char, err_len: usize) -> bool;
-    pub(crate) fn pixelseq_cpu_allocator_configure(limit: u64, err: *mut c_char, err_len: usize) -> bool;
+    pub(crate) fn pixelseq_cpu_allocator_configure(limit: u64, peaks: u64, err: *mut c_char, err_len: usize) -> bool;
 
     // csrc/dist.cpp, csrc/dist_nccl.cpp
     #[allow(clippy::too_many_arguments)]

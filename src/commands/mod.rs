@@ -71,10 +71,16 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Data(args) => data::exec(args),
         Command::Train(args) => train::exec(args, false),
         Command::Pretrain(args) => train::exec(args, true),
-        Command::Eval(args) => eval::exec(args),
+        Command::Eval(args) => {
+            crate::device::cache_for_inference();
+            eval::exec(args)
+        }
         Command::Presets => presets::exec(),
         Command::Report(args) => report::exec(args),
-        Command::Predict(args) => predict::exec(args),
+        Command::Predict(args) => {
+            crate::device::cache_for_inference();
+            predict::exec(args)
+        }
         Command::Bench(args) => bench::exec(args),
         Command::Export(args) => export::exec(args),
     }
