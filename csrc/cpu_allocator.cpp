@@ -17,7 +17,7 @@
 // each block is freed soon after it is made, while the blocks of different sizes a pass cycles
 // through add up to more: there the cache may hold up to `peaks` times the peak (at most the
 // limit). s4d-small scored at batch 256 missed a quarter of its large blocks on every batch with
-// one peak and almost none with two (1.7x faster, 10x less kernel time, +36% peak RSS).
+// one peak and almost none with two (1.6x faster, 10x less kernel time, +36% peak RSS).
 // Smaller blocks go straight to c10::alloc_cpu / free_cpu (glibc serves them from its arenas).
 // With a limit set, a large block that would take the memory in use beyond it is refused with
 // libtorch's out-of-memory error, as a GPU allocator does: on a CPU the kernel's OOM killer would

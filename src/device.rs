@@ -70,7 +70,7 @@ pub fn reset_cpu_peak() {
 /// CPU allocator keep up to twice its peak live memory (within its limit). Such a pass frees each
 /// block soon after making it, so its peak is small while the blocks of different sizes it cycles
 /// through add up to more; with room for one block beyond the peak it missed a quarter of its
-/// large blocks on every batch (s4d-small scored at batch 256: 1.7× slower, 10× the kernel time).
+/// large blocks on every batch (s4d-small scored at batch 256: 1.6× slower, 10× the kernel time).
 pub fn cache_for_inference() {
     CPU_PEAKS.store(2, Ordering::Relaxed);
     if caching_cpu_allocator() {

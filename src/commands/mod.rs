@@ -67,20 +67,17 @@ pub fn run(cli: Cli) -> Result<()> {
 
 fn dispatch(cli: Cli) -> Result<()> {
     crate::device::install_cpu_allocator()?;
+    if matches!(cli.command, Command::Eval(_) | Command::Predict(_)) {
+        crate::device::cache_for_inference();
+    }
     match cli.command {
         Command::Data(args) => data::exec(args),
         Command::Train(args) => train::exec(args, false),
         Command::Pretrain(args) => train::exec(args, true),
-        Command::Eval(args) => {
-            crate::device::cache_for_inference();
-            eval::exec(args)
-        }
+        Command::Eval(args) => eval::exec(args),
         Command::Presets => presets::exec(),
         Command::Report(args) => report::exec(args),
-        Command::Predict(args) => {
-            crate::device::cache_for_inference();
-            predict::exec(args)
-        }
+        Command::Predict(args) => predict::exec(args),
         Command::Bench(args) => bench::exec(args),
         Command::Export(args) => export::exec(args),
     }
