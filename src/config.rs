@@ -33,8 +33,16 @@ pub struct Paper {
     /// The paper's accuracy in percent, if it reports one for this setting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub figure: Option<f64>,
+    /// The data set the figure was measured on, where it is not this preset's own (PiT's paper
+    /// reports CIFAR-100 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub figure_on: Option<String>,
     /// The setting the figure is for.
     pub setting: String,
+    /// The founding Python project's figure for this model (the project pixelseq replaces), in
+    /// percent, shown beside the paper's in the report's first table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub founding: Option<f64>,
     /// Where each number comes from.
     #[serde(default)]
     pub source: String,

@@ -31,6 +31,7 @@
 //! Every number shown comes from a run's `result.json` (or the bench file); nothing is typed in.
 
 mod format;
+pub mod headline;
 mod plots;
 mod readme;
 mod runs;
@@ -39,7 +40,7 @@ mod table;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 pub use readme::{replace_block, update_readme, END_MARKER, START_MARKER};
 pub use runs::{find_runs, read_bench, read_run, Run};
@@ -57,6 +58,8 @@ pub struct Plot {
 
 /// What `generate` wrote.
 pub struct Report {
+    /// One row per model: its best run on the paper's setting (see `headline.rs`).
+    pub headline: Vec<headline::Row>,
     /// Classifier runs (`train`), fine-tuned ones included.
     pub runs: Vec<Run>,
     /// Self-pretraining runs (`pretrain`): shown only beside the runs fine-tuned from them.
@@ -68,9 +71,25 @@ pub struct Report {
 
 /// Reads the runs found under `inputs`, then writes `results.md` and the plots into `out`.
 pub fn generate(inputs: &[PathBuf], out: &Path, bench: &[PathBuf]) -> Result<Report> {
+    if let Some(run) = out.ancestors().find(|a| runs::is_run(a)) {
+        bail!(
+            "--out `{}` is inside the run directory `{}`; a report never writes among a run's files, choose another folder",
+            out.display(),
+            run.display()
+        );
+    }
     let (mut runs, mut pretraining) = (Vec::new(), Vec::new());
     for dir in find_runs(inputs)? {
-        let run = read_run(&dir)?;
+        // A run named on the command line must be readable; one found by a search is skipped
+        // with a note, so that one damaged folder does not hide every other result.
+        let run = match read_run(&dir) {
+            Ok(run) => run,
+            Err(e) if inputs.contains(&dir) => return Err(e),
+            Err(e) => {
+                eprintln!("skipping run {}: {e:#}", dir.display());
+                continue;
+            }
+        };
         match run.implausible() {
             Some(why) => eprintln!("skipping run {}: {why}", dir.display()),
             None if run.record.pretrain.is_some() => pretraining.push(run),
@@ -89,6 +108,7 @@ pub fn generate(inputs: &[PathBuf], out: &Path, bench: &[PathBuf]) -> Result<Rep
         ))
     });
     runs::assign_labels(&mut runs);
+    let headline = headline::rows(headline::PaperPreset::shipped()?, &runs);
 
     std::fs::create_dir_all(out).with_context(|| format!("failed to create `{}`", out.display()))?;
     let mut plots = vec![
@@ -112,6 +132,7 @@ pub fn generate(inputs: &[PathBuf], out: &Path, bench: &[PathBuf]) -> Result<Rep
         save(&ThroughputVsLength(&curves), out, "throughput")?;
     }
     let report = Report {
+        headline,
         runs,
         pretraining,
         plots,
@@ -216,6 +237,7 @@ mod tests {
             figure: Some(88.0),
             setting: "LRA Image: grayscale | 1,024 pixels".into(),
             source: "arXiv 2206.11893 Table 5".into(),
+            ..Paper::default()
         }
     }
 
@@ -321,7 +343,7 @@ mod tests {
                 .take_while(|l| l.starts_with("| "))
                 .collect()
         };
-        let rows = table("| Model");
+        let rows = table("| Model | Preset | Task");
         assert_eq!(rows.len(), 2, "{md}");
         let speed = table("| Device");
         assert_eq!(speed.len(), 6, "{md}");
@@ -642,6 +664,91 @@ mod tests {
         assert!(report.runs[0].metrics[1].val_loss.is_nan());
         let md = std::fs::read_to_string(out.join("results.md")).unwrap();
         assert!(!md.contains("inf") && !md.contains("| -"), "{md}");
+    }
+
+    /// The first table: one row per model with a paper preset; a model's row takes its best run
+    /// that claims the paper's figure and covered a quarter of the recipe, not a better short run
+    /// or a run on another task, and names the published weights; models without such a run keep
+    /// a row that says so.
+    #[test]
+    fn the_first_table_has_one_row_per_model_for_its_best_paper_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        let results = tmp.path().join("results");
+        // fnet-lra's recipe is 35,000 steps of 256 images: 199.1 epochs of 45,000.
+        let fnet = |test_acc: f64, steps: u64, figure: Option<f64>| RunRecord {
+            model: "fnet".into(),
+            steps,
+            epochs: steps as f64 * 256.0 / 45_000.0,
+            device: "cpu (1 thread)".into(),
+            ..record("fnet-lra", "lra-image", figure, test_acc, 150.0)
+        };
+        let lra = || task("name = \"lra-image\"");
+        write_run(&results.join("long"), Some(&fnet(0.41, 17_500, Some(38.67))), &metrics(2, 0.4), None, lra());
+        std::fs::create_dir_all(results.join("long/checkpoints/best")).unwrap();
+        std::fs::write(results.join("long/checkpoints/best/model.safetensors"), b"weights").unwrap();
+        write_run(&results.join("short"), Some(&fnet(0.45, 8_000, Some(38.67))), &metrics(2, 0.4), None, lra());
+        write_run(&results.join("other-task"), Some(&fnet(0.5, 35_000, None)), &metrics(2, 0.4), None, lra());
+        let report = generate(std::slice::from_ref(&results), &tmp.path().join("out"), &[]).unwrap();
+
+        let models: Vec<&str> = report.headline.iter().map(|r| r.preset.model.as_str()).collect();
+        let mut expected = models.clone();
+        expected.dedup();
+        assert_eq!(models, expected, "one row per model");
+        for model in ["fnet", "lipschitz-rnn", "lru", "nystromformer", "pit", "s4d", "transformer", "trellisnet"] {
+            assert!(models.contains(&model), "{model} has a row: {models:?}");
+        }
+        let md = std::fs::read_to_string(tmp.path().join("out/results.md")).unwrap();
+        let row = |name: &str| md.lines().find(|l| l.contains(&format!("| {name} |"))).unwrap().to_string();
+        let fnet_row = row("fnet-lra");
+        assert!(fnet_row.contains("| 38.67% | 46.02% | 41.00% | 99.6 of 199.1 epochs |"), "{fnet_row}");
+        let weights = results.join("long/checkpoints/best").display().to_string();
+        assert!(fnet_row.ends_with(&format!("| `{weights}` |")), "{fnet_row}");
+        assert!(row("transformer-lra").contains("| 42.44% | — | no run yet |"), "{md}");
+        assert!(row("pit-paper").contains("| 85.10% (on CIFAR-100) | 42.16% |"), "{md}");
+        let all_runs = md.split("Every recorded run").nth(1).unwrap();
+        assert_eq!(all_runs.matches("| fnet-lra |").count(), 3, "every run stays in the second table");
+    }
+
+    /// A folder found by the search whose records cannot be read is skipped with a note; a run
+    /// named on the command line is not; a report never writes into a run folder.
+    #[test]
+    fn an_unreadable_run_is_skipped_and_a_run_folder_is_no_output() {
+        let tmp = tempfile::tempdir().unwrap();
+        let results = fake_results(tmp.path());
+        std::fs::write(results.join("run-b/result.json"), "{ not json").unwrap();
+        let report = generate(std::slice::from_ref(&results), &tmp.path().join("out"), &[]).unwrap();
+        assert_eq!(report.runs.len(), 1);
+        let named = results.join("run-b");
+        let err = format!("{:#}", generate(&[named], &tmp.path().join("out"), &[]).err().unwrap());
+        assert!(err.starts_with("malformed JSON in "), "{err}");
+
+        let inside = results.join("lra/run-a/plots");
+        let err = format!("{:#}", generate(std::slice::from_ref(&results), &inside, &[]).err().unwrap());
+        assert!(err.contains("is inside the run directory") && !err.contains('\n'), "{err}");
+        assert!(!inside.exists());
+    }
+
+    /// Numbers no run could have are skipped as absurd, not printed with hundreds of digits.
+    #[test]
+    fn huge_numbers_are_absurd() {
+        let tmp = tempfile::tempdir().unwrap();
+        let results = tmp.path().join("results");
+        let huge = RunRecord {
+            wall_s: 1e308,
+            ..record("s4d-lra", "lra-image", None, 0.7, 100.0)
+        };
+        write_run(&results.join("huge"), Some(&huge), &metrics(2, 0.5), None, task("name = \"lra-image\""));
+        write_run(
+            &results.join("fine"),
+            Some(&record("s4d-lra", "lra-image", None, 0.7, 100.0)),
+            &metrics(2, 0.5),
+            None,
+            task("name = \"lra-image\""),
+        );
+        let report = generate(&[results], &tmp.path().join("out"), &[]).unwrap();
+        assert_eq!(report.runs.len(), 1);
+        let md = std::fs::read_to_string(tmp.path().join("out/results.md")).unwrap();
+        assert!(md.lines().all(|l| l.len() < 2000), "{md}");
     }
 
     #[test]

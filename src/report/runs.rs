@@ -8,9 +8,18 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::bench::Record;
-use crate::config::Paper;
+use crate::config::{Paper, MAX_EPOCHS};
 use crate::files;
 use crate::train::records::{Metrics, RunRecord};
+
+/// Training images per second no device reaches.
+const MAX_IMG_PER_S: f64 = 1e9;
+/// Seconds no run lasts (about 32 years).
+const MAX_WALL_S: f64 = 1e9;
+/// A loss no run reports (a uniform guess over 10 classes costs 2.3).
+const MAX_LOSS: f64 = 1e6;
+/// Parameters no model of the zoo has.
+const MAX_PARAMS: f64 = 1e12;
 
 /// One finished run, read from its directory.
 pub struct Run {
@@ -22,6 +31,8 @@ pub struct Run {
     pub paper: Option<Paper>,
     /// `task.permute` of `config.toml`: the seed of the fixed pixel permutation, if any.
     pub permute: Option<u64>,
+    /// `train.max_minutes` of `config.toml`: the run's wall-clock budget, if it had one.
+    pub max_minutes: Option<f64>,
     /// Name in plot legends: the preset (else the model), with the directory name where two
     /// runs would share it.
     pub label: String,
@@ -33,6 +44,13 @@ pub struct Run {
 struct ConfigView {
     paper: Option<Paper>,
     task: TaskView,
+    #[serde(default)]
+    train: TrainView,
+}
+
+#[derive(Deserialize, Default)]
+struct TrainView {
+    max_minutes: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -44,11 +62,6 @@ struct TaskView {
 /// `config.toml` or `metrics.jsonl`) or a folder searched recursively; the search skips
 /// unfinished runs (no `result.json`) with a note.
 pub fn find_runs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    fn is_run(dir: &Path) -> bool {
-        ["result.json", "config.toml", "metrics.jsonl"]
-            .iter()
-            .any(|f| dir.join(f).is_file())
-    }
     fn search(dir: &Path, found: &mut Vec<PathBuf>) -> Result<()> {
         for e in files::sorted_entries(dir)? {
             if !e.file_type()?.is_dir() {
@@ -90,6 +103,13 @@ pub fn find_runs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(found)
 }
 
+/// Whether `dir` holds a run: its `result.json`, `config.toml` or `metrics.jsonl`.
+pub(super) fn is_run(dir: &Path) -> bool {
+    ["result.json", "config.toml", "metrics.jsonl"]
+        .iter()
+        .any(|f| dir.join(f).is_file())
+}
+
 /// Reads `result.json`, `metrics.jsonl` and `config.toml` of one run directory.
 pub fn read_run(dir: &Path) -> Result<Run> {
     let record: RunRecord = read_json(&dir.join("result.json"))?;
@@ -118,6 +138,7 @@ pub fn read_run(dir: &Path) -> Result<Run> {
         metrics,
         paper: config.paper,
         permute: config.task.permute,
+        max_minutes: config.train.max_minutes,
     })
 }
 
@@ -136,7 +157,9 @@ pub fn read_bench(path: &Path) -> Result<Vec<Record>> {
                 ("infer_img_per_s", e.infer_img_per_s),
                 ("peak_mem_mb", e.peak_mem_mb),
             ];
-            let bad = figures.iter().find(|(_, v)| v.is_some_and(|v| !(v.is_finite() && v >= 0.0)));
+            let bad = figures
+                .iter()
+                .find(|(_, v)| v.is_some_and(|v| !(v.is_finite() && (0.0..=MAX_IMG_PER_S).contains(&v))));
             if let Some((key, v)) = bad {
                 eprintln!(
                     "skipping a record of `{}` ({} {} L={}): {key} = {}",
@@ -197,16 +220,17 @@ impl Run {
         let pretraining = r.pretrain.is_some();
         // A pretraining run has no accuracies (`null`); its figures are reconstruction losses.
         let accuracy = |v: f64| pretraining || (0.0..=1.0).contains(&v);
-        let amount = |v: f64| v.is_finite() && v >= 0.0;
+        // Amounts beyond these are no run's: a number past them would print hundreds of digits.
+        let amount = |v: f64, max: f64| v.is_finite() && (0.0..=max).contains(&v);
         let val_loss = r.pretrain.as_ref().map_or(0.0, |p| p.best_val_loss);
         for (key, v, ok) in [
             ("best_val_acc", r.best_val_acc, accuracy(r.best_val_acc)),
             ("test_acc", r.test_acc, accuracy(r.test_acc)),
-            ("pretrain.best_val_loss", val_loss, amount(val_loss)),
-            ("img_per_s", r.img_per_s, amount(r.img_per_s)),
-            ("wall_s", r.wall_s, amount(r.wall_s)),
-            ("epochs", r.epochs, amount(r.epochs)),
-            ("params", r.params as f64, r.params >= 0),
+            ("pretrain.best_val_loss", val_loss, amount(val_loss, MAX_LOSS)),
+            ("img_per_s", r.img_per_s, amount(r.img_per_s, MAX_IMG_PER_S)),
+            ("wall_s", r.wall_s, amount(r.wall_s, MAX_WALL_S)),
+            ("epochs", r.epochs, amount(r.epochs, MAX_EPOCHS as f64)),
+            ("params", r.params as f64, amount(r.params as f64, MAX_PARAMS)),
         ] {
             if !ok {
                 return Some(format!("result.json has {key} = {v}"));
@@ -215,8 +239,8 @@ impl Run {
         for (i, m) in self.metrics.iter().enumerate() {
             for (key, v, ok) in [
                 ("val_acc", m.val_acc, accuracy(m.val_acc)),
-                ("epoch", m.epoch, amount(m.epoch)),
-                ("wall_s", m.wall_s, amount(m.wall_s)),
+                ("epoch", m.epoch, amount(m.epoch, MAX_EPOCHS as f64)),
+                ("wall_s", m.wall_s, amount(m.wall_s, MAX_WALL_S)),
             ] {
                 if !ok {
                     return Some(format!("metrics.jsonl line {} has {key} = {v}", i + 1));

@@ -2,17 +2,17 @@
 //! configuration.
 
 use super::format::{cell, duration, thousands};
-use super::{spt, Report};
+use super::{headline, spt, Report};
 use crate::bench::Record;
 
 impl Report {
     /// The results table, a note on what the numbers are, and the plots as images whose paths
     /// start with `prefix` (empty, or a relative folder ending in `/`).
     pub fn markdown(&self, prefix: &str) -> String {
-        let mut s = String::from(
-            "| Model | Preset | Task | Paper | Paper setting | Best val | Test | Test − paper | Parameters | Train img/s | Device | Wall time | Date | Commit |\n\
-             |---|---|---|---:|---|---:|---:|---:|---:|---:|---|---:|---|---|\n",
-        );
+        let mut s = headline::markdown(&self.headline, &self.runs);
+        s += "Every recorded run:\n\n";
+        s += "| Model | Preset | Task | Paper | Paper setting | Best val | Test | Test − paper | Parameters | Train img/s | Device | Wall time | Date | Commit |\n\
+              |---|---|---|---:|---|---:|---:|---:|---:|---:|---|---:|---|---|\n";
         for r in &self.runs {
             let rec = &r.record;
             let pct = |v: f64| format!("{v:.2}%");

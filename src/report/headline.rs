@@ -1,0 +1,181 @@
+//! The table a user reads first: one row per model, for the best recorded run of a preset that
+//! reproduces its paper's setting, beside the paper's figure and the founding Python project's.
+//!
+//! A model's paper presets are the shipped presets of that model whose `[paper]` table has a
+//! figure. A run counts for its model's row when it claims that figure (so it ran on the preset's
+//! own task: a run moved to another task drops the claim) and covered at least
+//! [`MIN_COVERAGE`] of the preset's recipe; the row shows the one with the best test accuracy.
+//! Shorter runs, runs on another task and runs of other presets stay in the table of all runs.
+//! A model with no such run keeps its row, which says so.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use super::format::{cell, duration};
+use super::Run;
+use crate::config::{self, Paper, RunConfig};
+
+/// The share of a preset's recipe (in training images) a run must cover to stand for its model.
+pub const MIN_COVERAGE: f64 = 0.25;
+
+/// A shipped preset with a paper figure.
+pub struct PaperPreset {
+    pub name: String,
+    /// `model.name`.
+    pub model: String,
+    pub paper: Paper,
+    /// `train.max_steps`, else `None` (the recipe is `epochs`).
+    max_steps: Option<u64>,
+    epochs: u64,
+}
+
+impl PaperPreset {
+    /// Every shipped preset that has a paper figure, in name order.
+    pub fn shipped() -> Result<Vec<PaperPreset>> {
+        let mut found = Vec::new();
+        for name in config::preset_names()? {
+            let cfg = RunConfig::load(Some(&name), None, &[])?;
+            let Some(paper) = cfg.paper.filter(|p| p.figure.is_some()) else { continue };
+            found.push(PaperPreset {
+                model: cfg.model.name().to_string(),
+                name,
+                paper,
+                max_steps: cfg.train.max_steps,
+                epochs: cfg.train.epochs,
+            });
+        }
+        Ok(found)
+    }
+
+    /// The recipe's length in epochs, with the run's images per step where the recipe counts
+    /// steps (`None` when the run made none).
+    fn recipe_epochs(&self, run: &Run) -> Option<f64> {
+        match self.max_steps {
+            Some(steps) if run.record.steps > 0 => Some(steps as f64 * run.record.epochs / run.record.steps as f64),
+            Some(_) => None,
+            None => Some(self.epochs as f64),
+        }
+    }
+}
+
+/// One model's row.
+pub struct Row {
+    /// The preset the row stands for: its best run's, else the model's headline preset.
+    pub preset: PaperPreset,
+    /// Index into the report's runs.
+    pub run: Option<usize>,
+    /// Epochs of the run against the recipe's.
+    coverage: Option<(f64, f64)>,
+}
+
+/// One row per model that has a paper preset, in model-name order.
+pub fn rows(presets: Vec<PaperPreset>, runs: &[Run]) -> Vec<Row> {
+    let mut models: Vec<String> = presets.iter().map(|p| p.model.clone()).collect();
+    models.sort();
+    models.dedup();
+    let mut by_model: Vec<Vec<PaperPreset>> = models.iter().map(|_| Vec::new()).collect();
+    for p in presets {
+        let i = models.iter().position(|m| *m == p.model).expect("every preset's model is listed");
+        by_model[i].push(p);
+    }
+    by_model
+        .into_iter()
+        .map(|mut candidates| {
+            let best = runs
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.record.paper_figure.is_some() && r.record.pretrain.is_none())
+                .filter_map(|(i, r)| {
+                    let p = candidates.iter().position(|p| r.record.preset.as_deref() == Some(&p.name))?;
+                    let recipe = candidates[p].recipe_epochs(r)?;
+                    (recipe > 0.0 && r.record.epochs >= MIN_COVERAGE * recipe).then_some((i, p, recipe))
+                })
+                .max_by(|a, b| runs[a.0].record.test_acc.total_cmp(&runs[b.0].record.test_acc));
+            match best {
+                Some((i, p, recipe)) => Row {
+                    coverage: Some((runs[i].record.epochs, recipe)),
+                    preset: candidates.swap_remove(p),
+                    run: Some(i),
+                },
+                None => {
+                    // The headline preset: the one the founding project is compared on, else the
+                    // highest paper figure, then the name.
+                    candidates.sort_by(|a, b| {
+                        (b.paper.founding.is_some(), b.paper.figure.unwrap_or(0.0))
+                            .partial_cmp(&(a.paper.founding.is_some(), a.paper.figure.unwrap_or(0.0)))
+                            .unwrap_or(std::cmp::Ordering::Equal)
+                            .then(a.name.cmp(&b.name))
+                    });
+                    Row {
+                        preset: candidates.swap_remove(0),
+                        run: None,
+                        coverage: None,
+                    }
+                }
+            }
+        })
+        .collect()
+}
+
+/// The published best checkpoint of a run, if its folder keeps one.
+pub fn published_weights(run: &Run) -> Option<PathBuf> {
+    let best = run.dir.join("checkpoints").join("best");
+    best.join(crate::train::checkpoint::WEIGHTS).is_file().then_some(best)
+}
+
+/// The table and the note under it.
+pub fn markdown(rows: &[Row], runs: &[Run]) -> String {
+    let pct = |v: f64| format!("{v:.2}%");
+    let mut s = String::from(
+        "| Model | Preset | Paper | Founding project | pixelseq (test) | Recipe covered | Device | Wall time | Weights |\n\
+         |---|---|---:|---:|---:|---|---|---:|---|\n",
+    );
+    for row in rows {
+        let p = &row.preset;
+        let paper = match (&p.paper.figure_on, p.paper.figure) {
+            (Some(on), Some(f)) => format!("{} (on {})", pct(f), cell(on)),
+            (None, Some(f)) => pct(f),
+            (_, None) => "—".into(),
+        };
+        let founding = p.paper.founding.map_or("—".into(), pct);
+        let mut cells = vec![cell(&p.paper.model), cell(&p.name), paper, founding];
+        match row.run.map(|i| &runs[i]) {
+            Some(r) => {
+                let (done, recipe) = row.coverage.unwrap_or_default();
+                let mut covered = format!("{} of {} epochs", epochs(done), epochs(recipe));
+                if let Some(m) = r.max_minutes {
+                    covered += &format!(", time-boxed to {}", duration(60.0 * m));
+                }
+                cells.extend([
+                    pct(100.0 * r.record.test_acc),
+                    covered,
+                    cell(&r.record.device),
+                    duration(r.record.wall_s),
+                    published_weights(r).map_or("not kept".into(), |w| format!("`{}`", cell(&w.display().to_string()))),
+                ]);
+            }
+            None => cells.extend(["no run yet".into(), "—".into(), "—".into(), "—".into(), "—".into()]),
+        }
+        s += &format!("| {} |\n", cells.join(" | "));
+    }
+    s += &format!(
+        "\nOne row per model: its best run of a preset that reproduces the paper's setting (on the preset's own \
+         task) and covered at least {:.0}% of the preset's recipe. Paper: the figure the paper reports for that \
+         setting. Founding project: the figure of the Python project pixelseq replaces. pixelseq (test): the CIFAR-10 \
+         test split scored with the checkpoint of best validation accuracy. Weights: the published best checkpoint \
+         (`pixelseq eval --run <run folder> --split test` re-scores it). Every other run is in the table of all runs \
+         below.\n\n",
+        100.0 * MIN_COVERAGE
+    );
+    s
+}
+
+/// Epochs for reading: whole numbers as such, the rest to one decimal.
+fn epochs(e: f64) -> String {
+    if (e - e.round()).abs() < 0.05 {
+        format!("{:.0}", e.round())
+    } else {
+        format!("{e:.1}")
+    }
+}
