@@ -1,6 +1,7 @@
 //! The carry-and-run path of a GPU run, exercised on CPU with a tiny budget: `scripts/gpu-pack`
 //! assembles the folder (and the sCIFAR cache in parts beside it), its `run` script joins the
-//! parts, trains from the folder and leaves one archive of text records per preset.
+//! parts, trains from the folder and leaves one archive of text records per preset; `run plan`
+//! starts, resumes and skips the plan's run folders and brings each back whole.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -82,6 +83,7 @@ fn pack_and_run_on_cpu() {
     );
 
     let out = tmp.path().join("out");
+    let path = format!("{}:{}", repo.join(".venv/bin").display(), std::env::var("PATH").unwrap_or_default());
     let rgb = run(
         repo,
         &pack,
@@ -155,8 +157,71 @@ fn pack_and_run_on_cpu() {
     assert!(tuned["init"].as_str().unwrap().ends_with("transformer-spt/pretrain"), "{tuned}");
     assert_eq!(tuned["steps"], scratch["steps"]);
 
+    // `run plan MINUTES`: the GPU items of results/PLAN.md, read from the working directory.
+    let checkout = tmp.path().join("checkout");
+    std::fs::create_dir_all(checkout.join("results")).unwrap();
+    let tiny = "--set model.d_model=8 --set model.n_layers=1 --set train.batch_size=8 --set train.max_steps=4 \
+                --set train.eval_every=2 --set train.eval_batches=1 --set train.eval_batch_size=500";
+    std::fs::write(
+        checkout.join("results/PLAN.md"),
+        format!(
+            "# Plan\n\n```gpu-plan\n# COMMAND PRESET FOLDER FLAGS\ntrain s4d-small results/gpu/first {tiny}\n\n\
+             train s4d-small results/gpu/second {tiny}  # the second item\n```\n"
+        ),
+    )
+    .unwrap();
+    let plan_out = tmp.path().join("plan-out");
+    let window = || {
+        let output = Command::new(pack.join("run"))
+            .args(["plan", "30"])
+            .current_dir(&checkout)
+            .env("PATH", &path)
+            .env("OUT", &plan_out)
+            .env("PIXELSEQ_DEVICE", "cpu")
+            .env("PIXELSEQ_TRAIN_ARGS", "--threads 2")
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{log}");
+        log
+    };
+    let result = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(checkout.join("results/gpu").join(name).join("result.json")).unwrap())
+            .unwrap()
+    };
+    window();
+    for name in ["first", "second"] {
+        let r = result(name);
+        assert!(r["steps"] == 4 && r["planned_steps"] == 4, "{r}");
+        let listing = Command::new("tar")
+            .arg("tzf")
+            .arg(plan_out.join(format!("{name}.tar.gz")))
+            .output()
+            .unwrap();
+        let names = String::from_utf8_lossy(&listing.stdout).into_owned();
+        for f in ["checkpoints/best/model.safetensors", "checkpoints/last/optim.safetensors", "result.json", "train.log"] {
+            assert!(names.contains(&format!("{name}/{f}")), "{f} missing: {names}");
+        }
+        assert!(!names.contains(".lock"), "{names}");
+    }
+    // The second item's recipe outgrows the first window: the next window skips the finished
+    // first item and resumes the second from its last checkpoint.
+    let second = checkout.join("results/gpu/second");
+    let config = std::fs::read_to_string(second.join("config.toml")).unwrap();
+    std::fs::write(second.join("config.toml"), config.replace("max_steps = 4", "max_steps = 8")).unwrap();
+    std::fs::remove_file(second.join("result.json")).unwrap();
+    let log = window();
+    assert!(log.contains("results/gpu/first: finished; skipped"), "{log}");
+    assert!(log.contains("results/gpu/second: resuming"), "{log}");
+    assert_eq!(result("second")["steps"], 8);
+    let steps: Vec<u64> = std::fs::read_to_string(second.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [2, 4, 6, 8]);
+
     // `run bench`: both implementations from the carried references, JSON and profiles back.
-    let path = format!("{}:{}", repo.join(".venv/bin").display(), std::env::var("PATH").unwrap_or_default());
     let args = "bench --preset fnet-lra --seq-len 64 --batch 2 --steps 1 --warmup 0 --threads 2 \
                 --set model.d_emb=16 --set model.d_model=16 --set model.d_ff=16";
     let bench = Command::new(pack.join("run"))

@@ -1,5 +1,6 @@
 //! End-to-end training on real CIFAR-10 images (the shared read-only copy): the trainer learns,
-//! and a run killed with SIGKILL and resumed ends with the same weights as one never interrupted.
+//! and a run killed with SIGKILL, moved and resumed ends with the same weights as one never
+//! interrupted.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -134,8 +135,10 @@ fn weights(run: &Path) -> Vec<(String, Tensor)> {
     w
 }
 
+/// A run killed with SIGKILL, moved to another folder (as a run committed under `results/` and
+/// cloned elsewhere is) and resumed there ends with the weights of a run never interrupted.
 #[test]
-fn resume_after_kill_is_exact() {
+fn resume_after_kill_in_a_moved_folder_is_exact() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("tiny.toml");
     std::fs::write(&config, TINY).unwrap();
@@ -154,6 +157,10 @@ fn resume_after_kill_is_exact() {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert!(!cut.join("result.json").exists());
+    let moved = dir.path().join("elsewhere").join("moved");
+    std::fs::create_dir_all(moved.parent().unwrap()).unwrap();
+    std::fs::rename(&cut, &moved).unwrap();
+    let cut = moved;
 
     let mut resume = Command::new(env!("CARGO_BIN_EXE_pixelseq"));
     resume

@@ -177,6 +177,7 @@ mod tests {
             test_loss: 0.5,
             params: 1_234_567,
             steps: 400,
+            planned_steps: 400,
             epochs: 4.0,
             img_per_s,
             device: "cuda:0".into(),

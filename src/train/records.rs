@@ -50,6 +50,11 @@ pub struct RunRecord {
     pub test_loss: f64,
     pub params: i64,
     pub steps: u64,
+    /// The steps the run was planned for (`train.max_steps`, else the epochs' steps): `steps`
+    /// short of it means the time budget stopped the run, which `--resume` with a larger
+    /// `--max-minutes` continues. 0 in records written before it was kept.
+    #[serde(default)]
+    pub planned_steps: u64,
     #[serde(deserialize_with = "f64_or_nan")]
     pub epochs: f64,
     #[serde(deserialize_with = "f64_or_nan")]

@@ -511,6 +511,7 @@ impl<'a> Trainer<'a> {
             test_loss,
             params: param_count(&self.vs),
             steps: state.step,
+            planned_steps: self.plan.total,
             epochs: self.plan.epoch(state.step),
             img_per_s: state.throughput(self.plan.batch_size),
             device: device::name(opts.device),
