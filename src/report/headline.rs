@@ -6,15 +6,17 @@
 //! own task: a run moved to another task drops the claim) and covered at least
 //! [`MIN_COVERAGE`] of the preset's recipe; the row shows the one with the best test accuracy.
 //! Shorter runs, runs on another task and runs of other presets stay in the table of all runs.
-//! A model with no such run keeps its row, which says so.
+//! A model with no such run keeps its row, which says so, or names the run in progress toward it
+//! (an unfinished run folder of one of its paper presets).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
 use super::format::{cell, duration};
 use super::Run;
 use crate::config::{self, Paper, RunConfig};
+use crate::train::records::Metrics;
 
 /// The share of a preset's recipe (in training images) a run must cover to stand for its model.
 pub const MIN_COVERAGE: f64 = 0.25;
@@ -48,11 +50,11 @@ impl PaperPreset {
         Ok(found)
     }
 
-    /// The recipe's length in epochs, with the run's images per step where the recipe counts
-    /// steps (`None` when the run made none).
-    fn recipe_epochs(&self, run: &Run) -> Option<f64> {
+    /// The recipe's length in epochs, with a run's images per step (`epochs` after `steps`)
+    /// where the recipe counts steps (`None` when the run made none).
+    fn recipe_epochs(&self, steps: u64, epochs: f64) -> Option<f64> {
         match self.max_steps {
-            Some(steps) if run.record.steps > 0 => Some(steps as f64 * run.record.epochs / run.record.steps as f64),
+            Some(max) if steps > 0 => Some(max as f64 * epochs / steps as f64),
             Some(_) => None,
             None => Some(self.epochs as f64),
         }
@@ -67,10 +69,28 @@ pub struct Row {
     pub run: Option<usize>,
     /// Epochs of the run against the recipe's.
     coverage: Option<(f64, f64)>,
+    /// Without a finished run: an unfinished run of one of the model's paper presets, with its
+    /// epochs so far against the recipe's.
+    in_progress: Option<(PathBuf, Option<(f64, f64)>)>,
 }
 
-/// One row per model that has a paper preset, in model-name order.
-pub fn rows(presets: Vec<PaperPreset>, runs: &[Run]) -> Vec<Row> {
+/// An unfinished run's preset (its `preset` file) and its last evaluation's step and epoch.
+fn progress(dir: &Path) -> Option<(String, Option<(u64, f64)>)> {
+    let preset = std::fs::read_to_string(dir.join("preset")).ok()?.trim().to_string();
+    let last = std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .ok()
+        .and_then(|text| text.lines().rev().find_map(|l| serde_json::from_str::<Metrics>(l).ok()))
+        .map(|m| (m.step, m.epoch));
+    Some((preset, last))
+}
+
+/// One row per model that has a paper preset, in model-name order; `unfinished` are run folders
+/// without a result, named in the row of a model that has no finished run.
+pub fn rows(presets: Vec<PaperPreset>, runs: &[Run], unfinished: &[PathBuf]) -> Vec<Row> {
+    let unfinished: Vec<(&PathBuf, String, Option<(u64, f64)>)> = unfinished
+        .iter()
+        .filter_map(|d| progress(d).map(|(preset, last)| (d, preset, last)))
+        .collect();
     let mut models: Vec<String> = presets.iter().map(|p| p.model.clone()).collect();
     models.sort();
     models.dedup();
@@ -88,7 +108,7 @@ pub fn rows(presets: Vec<PaperPreset>, runs: &[Run]) -> Vec<Row> {
                 .filter(|(_, r)| r.record.paper_figure.is_some() && r.record.pretrain.is_none())
                 .filter_map(|(i, r)| {
                     let p = candidates.iter().position(|p| r.record.preset.as_deref() == Some(&p.name))?;
-                    let recipe = candidates[p].recipe_epochs(r)?;
+                    let recipe = candidates[p].recipe_epochs(r.record.steps, r.record.epochs)?;
                     (recipe > 0.0 && r.record.epochs >= MIN_COVERAGE * recipe).then_some((i, p, recipe))
                 })
                 .max_by(|a, b| runs[a.0].record.test_acc.total_cmp(&runs[b.0].record.test_acc));
@@ -97,6 +117,7 @@ pub fn rows(presets: Vec<PaperPreset>, runs: &[Run]) -> Vec<Row> {
                     coverage: Some((runs[i].record.epochs, recipe)),
                     preset: candidates.swap_remove(p),
                     run: Some(i),
+                    in_progress: None,
                 },
                 None => {
                     // The headline preset: the one the founding project is compared on, else the
@@ -107,10 +128,22 @@ pub fn rows(presets: Vec<PaperPreset>, runs: &[Run]) -> Vec<Row> {
                             .unwrap_or(std::cmp::Ordering::Equal)
                             .then(a.name.cmp(&b.name))
                     });
+                    let going = unfinished.iter().find_map(|(dir, preset, last)| {
+                        let p = candidates.iter().position(|c| c.name == *preset)?;
+                        let covered = last.and_then(|(step, epoch)| {
+                            Some((epoch, candidates[p].recipe_epochs(step, epoch)?))
+                        });
+                        Some((p, ((*dir).clone(), covered)))
+                    });
+                    let (p, in_progress) = match going {
+                        Some((p, found)) => (p, Some(found)),
+                        None => (0, None),
+                    };
                     Row {
-                        preset: candidates.swap_remove(0),
+                        preset: candidates.swap_remove(p),
                         run: None,
                         coverage: None,
+                        in_progress,
                     }
                 }
             }
@@ -155,7 +188,22 @@ pub fn markdown(rows: &[Row], runs: &[Run]) -> String {
                     published_weights(r).map_or("not kept".into(), |w| format!("`{}`", cell(&w.display().to_string()))),
                 ]);
             }
-            None => cells.extend(["no run yet".into(), "—".into(), "—".into(), "—".into(), "—".into()]),
+            None => match &row.in_progress {
+                Some((dir, covered)) => cells.extend([
+                    "in progress".into(),
+                    covered.map_or("—".into(), |(done, recipe)| format!("{} of {} epochs so far", epochs(done), epochs(recipe))),
+                    "—".into(),
+                    "—".into(),
+                    {
+                        let best = dir.join("checkpoints").join("best");
+                        match best.join(crate::train::checkpoint::WEIGHTS).is_file() {
+                            true => format!("`{}` (best so far)", cell(&best.display().to_string())),
+                            false => "—".into(),
+                        }
+                    },
+                ]),
+                None => cells.extend(["no run yet".into(), "—".into(), "—".into(), "—".into(), "—".into()]),
+            },
         }
         s += &format!("| {} |\n", cells.join(" | "));
     }

@@ -79,7 +79,8 @@ pub fn generate(inputs: &[PathBuf], out: &Path, bench: &[PathBuf]) -> Result<Rep
         );
     }
     let (mut runs, mut pretraining) = (Vec::new(), Vec::new());
-    for dir in find_runs(inputs)? {
+    let (finished, unfinished) = find_runs(inputs)?;
+    for dir in finished {
         // A run named on the command line must be readable; one found by a search is skipped
         // with a note, so that one damaged folder does not hide every other result.
         let run = match read_run(&dir) {
@@ -108,7 +109,7 @@ pub fn generate(inputs: &[PathBuf], out: &Path, bench: &[PathBuf]) -> Result<Rep
         ))
     });
     runs::assign_labels(&mut runs);
-    let headline = headline::rows(headline::PaperPreset::shipped()?, &runs);
+    let headline = headline::rows(headline::PaperPreset::shipped()?, &runs, &unfinished);
 
     std::fs::create_dir_all(out).with_context(|| format!("failed to create `{}`", out.display()))?;
     let mut plots = vec![
@@ -689,6 +690,17 @@ mod tests {
         std::fs::write(results.join("long/checkpoints/best/model.safetensors"), b"weights").unwrap();
         write_run(&results.join("short"), Some(&fnet(0.45, 8_000, Some(38.67))), &metrics(2, 0.4), None, lra());
         write_run(&results.join("other-task"), Some(&fnet(0.5, 35_000, None)), &metrics(2, 0.4), None, lra());
+        // transformer-lra (35,000 steps of 256) in progress, one evaluation at step 175.
+        let going = results.join("going");
+        write_run(&going, None, &metrics(1, 0.3), None, lra());
+        std::fs::write(going.join("preset"), "transformer-lra\n").unwrap();
+        let line = serde_json::to_string(&Metrics {
+            step: 175,
+            epoch: 175.0 * 256.0 / 45_000.0,
+            ..metrics(1, 0.3)[0].clone()
+        })
+        .unwrap();
+        std::fs::write(going.join("metrics.jsonl"), line + "\n").unwrap();
         let report = generate(std::slice::from_ref(&results), &tmp.path().join("out"), &[]).unwrap();
 
         let models: Vec<&str> = report.headline.iter().map(|r| r.preset.model.as_str()).collect();
@@ -704,7 +716,11 @@ mod tests {
         assert!(fnet_row.contains("| 38.67% | 46.02% | 41.00% | 99.6 of 199.1 epochs |"), "{fnet_row}");
         let weights = results.join("long/checkpoints/best").display().to_string();
         assert!(fnet_row.ends_with(&format!("| `{weights}` |")), "{fnet_row}");
-        assert!(row("transformer-lra").contains("| 42.44% | — | no run yet |"), "{md}");
+        assert!(row("lru-scifar").contains("| 89.00% | — | no run yet |"), "{md}");
+        assert!(
+            row("transformer-lra").contains("| 42.44% | — | in progress | 1 of 199.1 epochs so far |"),
+            "{md}"
+        );
         assert!(row("pit-paper").contains("| 85.10% (on CIFAR-100) | 42.16% |"), "{md}");
         let all_runs = md.split("Every recorded run").nth(1).unwrap();
         assert_eq!(all_runs.matches("| fnet-lra |").count(), 3, "every run stays in the second table");

@@ -59,26 +59,27 @@ struct TaskView {
 }
 
 /// Run directories named by `inputs`: each is a run directory itself (it holds `result.json`,
-/// `config.toml` or `metrics.jsonl`) or a folder searched recursively; the search skips
-/// unfinished runs (no `result.json`) with a note.
-pub fn find_runs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    fn search(dir: &Path, found: &mut Vec<PathBuf>) -> Result<()> {
+/// `config.toml` or `metrics.jsonl`) or a folder searched recursively; the search sets
+/// unfinished runs (no `result.json`) aside, with a note, as the second list.
+pub fn find_runs(inputs: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    fn search(dir: &Path, found: &mut Vec<PathBuf>, unfinished: &mut Vec<PathBuf>) -> Result<()> {
         for e in files::sorted_entries(dir)? {
             if !e.file_type()?.is_dir() {
                 continue;
             }
             let sub = e.path();
             if !is_run(&sub) {
-                search(&sub, found)?;
+                search(&sub, found, unfinished)?;
             } else if sub.join("result.json").is_file() {
                 found.push(sub);
             } else {
                 eprintln!("skipping unfinished run {} (no result.json)", sub.display());
+                unfinished.push(sub);
             }
         }
         Ok(())
     }
-    let mut found = Vec::new();
+    let (mut found, mut unfinished) = (Vec::new(), Vec::new());
     for input in inputs {
         if !input.exists() {
             bail!("`{}` not found", input.display());
@@ -92,15 +93,15 @@ pub fn find_runs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         if is_run(input) {
             found.push(input.clone());
         } else {
-            let before = found.len();
-            search(input, &mut found)?;
-            if found.len() == before {
+            let before = found.len() + unfinished.len();
+            search(input, &mut found, &mut unfinished)?;
+            if found.len() + unfinished.len() == before {
                 bail!("no finished runs (folders with result.json) under `{}`", input.display());
             }
         }
     }
     found.dedup();
-    Ok(found)
+    Ok((found, unfinished))
 }
 
 /// Whether `dir` holds a run: its `result.json`, `config.toml` or `metrics.jsonl`.
