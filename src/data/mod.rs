@@ -72,12 +72,12 @@ pub mod source;
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 pub use batch::{batch_input, permutation};
-pub use gray::gray_pixel;
+pub use gray::{gray_pixel, Gray};
 
 use cifar::{Images, ALL_IMAGES, TRAIN_IMAGES};
 use source::Source;
@@ -142,9 +142,24 @@ pub struct TaskConfig {
     /// Random horizontal flip, training only.
     #[serde(default)]
     pub flip: bool,
+    /// The RGB → grey conversion of `lra-image`: `"tf"` (TensorFlow's, LRA's; the default) or
+    /// `"pil"` (PIL's, as torchvision's `Grayscale()`; see [`gray`]).
+    #[serde(default, skip_serializing_if = "Gray::is_tf")]
+    pub gray: Gray,
 }
 
 impl TaskConfig {
+    /// Refuses a grey conversion for a task that has no grey images.
+    pub fn validate(&self) -> Result<()> {
+        if self.gray != Gray::Tf && self.name.channels() != 1 {
+            bail!(
+                "key `task.gray` = \"pil\": task `{}` is RGB; only lra-image converts to grey",
+                self.name
+            );
+        }
+        Ok(())
+    }
+
     /// What the models receive: (B, 1024, channels).
     pub fn input_spec(&self) -> InputSpec {
         InputSpec {
@@ -235,6 +250,20 @@ pub fn load(data: Option<&Path>, task: TaskName) -> Result<Dataset> {
     Ok(Dataset::from_images(&load_images(data, task)?))
 }
 
+/// [`load`] for a run's `[task]`: with `gray = "pil"` the RGB images (official files or the
+/// `scifar` prepared cache) are converted by PIL's formula, since the `lra-image` cache holds
+/// TensorFlow's grey values.
+pub fn load_task(data: Option<&Path>, task: &TaskConfig) -> Result<Dataset> {
+    task.validate()?;
+    match task.gray {
+        Gray::Tf => load(data, task.name),
+        Gray::Pil => {
+            let rgb = load_images(data, TaskName::Scifar).context("task.gray = \"pil\" converts the RGB images itself")?;
+            Ok(Dataset::from_images(&rgb.to_gray_by(Gray::Pil)))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,7 +329,8 @@ mod tests {
                 name: TaskName::LraImage,
                 permute: None,
                 crop: false,
-                flip: false
+                flip: false,
+                gray: Gray::Tf,
             }
         );
         assert_eq!(

@@ -22,7 +22,7 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Reduction, Tensor};
 
-use super::common::normalise;
+use super::common::{normalise, torch_linear, InputMode};
 use super::{Backbone, Input, ModelConfig, Objective};
 use crate::data::InputSpec;
 
@@ -48,6 +48,47 @@ impl std::fmt::Display for Loss {
     }
 }
 
+/// How the masked positions of an image are drawn (`objective = "masked"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MaskDraw {
+    /// Exactly `round(mask_ratio · L)` positions of each image, uniformly (MAE's shuffle).
+    Exact,
+    /// Each position on its own with probability `mask_ratio`, so the count varies from image to
+    /// image: `torch.rand_like(x) < mlm_prob` in IdoAmos/not-from-scratch
+    /// `src/dataloaders/base.py` (`MaskedSequenceDatasetWrapper.mask`).
+    Bernoulli,
+}
+
+/// Initialisation of the reconstruction head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HeadInit {
+    /// tch's default: Kaiming-uniform weights (bound √(6/d), 0.31 at d = 64), bias U(±1/√d).
+    Kaiming,
+    /// PyTorch's `nn.Linear` default, weights and bias U(±1/√d) (0.125 at d = 64): the SPT
+    /// code's decoder (`SequenceDecoder.output_transform`, `src/tasks/decoders.py`).
+    Pytorch,
+}
+
+/// What a masked position feeds the backbone (`objective = "masked"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MaskInput {
+    /// A learned vector N(0, 0.02) in place of the pixel's input vector (BERT's and MAE's mask
+    /// token); any model.
+    Token,
+    /// The SPT code's float input: the normalised value is zeroed and a mask-indicator channel
+    /// appended, so the encoder is Linear(C + 1 → d) (`MaskedSequenceDatasetWrapper.mask`,
+    /// `src/dataloaders/base.py`; `d_input` 2 for grey in `CIFAR10LM`, `src/dataloaders/basic.py`).
+    /// Here the extra column is `pretrain.mask_column` (d) beside the model's Linear(C → d): a
+    /// masked position gets bias + column, as Linear(C + 1) gives [0, 1]; both columns and the
+    /// bias start as PyTorch's Linear(C + 1) does, U(±1/√(C + 1)). Fine-tuning drops the column,
+    /// as the SPT code's `load_pretrained_model` (`train.py`) drops it. Models whose pixels
+    /// enter through a Linear encoder (`model.input = "linear"`): Transformer, Nyströmformer.
+    Channel,
+}
+
 /// The `[pretrain]` table of a self-pretraining config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -55,7 +96,13 @@ pub struct Config {
     pub objective: Objective,
     /// Share of each image's positions that are masked (`masked` only). Paper: 0.5.
     pub mask_ratio: f64,
+    /// Exactly the ratio of each image, or each position with that probability (the paper's code).
+    pub mask: MaskDraw,
+    /// A learned mask vector, or the SPT code's zeroed value with a mask channel.
+    pub mask_input: MaskInput,
     pub loss: Loss,
+    /// The reconstruction head's initialisation.
+    pub head_init: HeadInit,
 }
 
 impl Default for Config {
@@ -63,7 +110,10 @@ impl Default for Config {
         Config {
             objective: Objective::Masked,
             mask_ratio: 0.5,
+            mask: MaskDraw::Exact,
+            mask_input: MaskInput::Token,
             loss: Loss::L1,
+            head_init: HeadInit::Kaiming,
         }
     }
 }
@@ -80,6 +130,25 @@ impl Config {
                 self.mask_ratio,
                 input.seq_len
             );
+        }
+        if self.mask_input == MaskInput::Channel {
+            if self.objective != Objective::Masked {
+                bail!(
+                    "key `pretrain.mask_input` = \"channel\" marks masked positions; objective `{}` masks none",
+                    self.objective
+                );
+            }
+            let linear = match model {
+                ModelConfig::Transformer(c) => c.input == InputMode::Linear,
+                ModelConfig::Nystromformer(c) => c.input == InputMode::Linear,
+                _ => false,
+            };
+            if !linear {
+                bail!(
+                    "key `pretrain.mask_input` = \"channel\" needs a transformer or nystromformer with model.input = \"linear\"; use \"token\" for model `{}` as configured",
+                    model.name()
+                );
+            }
         }
         let supported = model.objectives();
         if supported.is_empty() {
@@ -101,9 +170,10 @@ impl Config {
     }
 }
 
-/// A backbone with the mask vector and the reconstruction head.
+/// A backbone with the mask vector (or mask column) and the reconstruction head.
 pub struct Pretrainer {
     pub backbone: Box<dyn Backbone>,
+    /// `token`: the mask vector; `channel`: the mask column of the input encoder.
     mask_token: Tensor,
     head: nn::Linear,
     cfg: Config,
@@ -124,23 +194,53 @@ impl Pretrainer {
             Loss::L1 | Loss::L2 => input.channels,
             Loss::Ce => LEVELS * input.channels,
         };
-        Ok(Pretrainer {
-            mask_token: q
+        let mask_token = match cfg.mask_input {
+            MaskInput::Token => q
                 .set_group(super::NO_DECAY)
                 .var("mask_token", &[d], nn::Init::Randn { mean: 0.0, stdev: 0.02 }),
-            head: nn::linear(&q / "head", d, outputs, Default::default()),
+            MaskInput::Channel => {
+                let Some(encoder) = backbone.input_linear() else {
+                    bail!(
+                        "key `pretrain.mask_input` = \"channel\": model `{}` has no linear input encoder",
+                        model.name()
+                    );
+                };
+                // PyTorch's Linear(C + 1 → d): every weight column and the bias U(±1/√(C + 1)).
+                let bound = 1.0 / ((input.channels + 1) as f64).sqrt();
+                tch::no_grad(|| {
+                    let _ = encoder.ws.shallow_clone().uniform_(-bound, bound);
+                    if let Some(b) = &encoder.bs {
+                        let _ = b.shallow_clone().uniform_(-bound, bound);
+                    }
+                });
+                q.set_group(super::NO_DECAY)
+                    .var("mask_column", &[d], nn::Init::Uniform { lo: -bound, up: bound })
+            }
+        };
+        Ok(Pretrainer {
+            mask_token,
+            head: match cfg.head_init {
+                HeadInit::Kaiming => nn::linear(&q / "head", d, outputs, Default::default()),
+                HeadInit::Pytorch => torch_linear(&q / "head", d, outputs),
+            },
             backbone,
             cfg: cfg.clone(),
             channels: input.channels,
         })
     }
 
-    /// Positions to mask (B, L) bool: `round(mask_ratio · L)` per image, uniform, from torch's
-    /// generator (seeded per step by the trainer, so a resumed run masks alike).
+    /// Positions to mask (B, L) bool, from torch's generator (seeded per step by the trainer, so
+    /// a resumed run masks alike): `round(mask_ratio · L)` per image, uniform (`exact`), or each
+    /// position with probability `mask_ratio` (`bernoulli`).
     pub fn draw_mask(&self, b: i64, l: i64, device: tch::Device) -> Tensor {
-        let k = (self.cfg.mask_ratio * l as f64).round() as i64;
-        let ranks = Tensor::rand([b, l], (Kind::Float, device)).argsort(-1, false).argsort(-1, false); // (B, L)
-        ranks.lt(k) // (B, L)
+        let u = Tensor::rand([b, l], (Kind::Float, device)); // (B, L)
+        match self.cfg.mask {
+            MaskDraw::Exact => {
+                let k = (self.cfg.mask_ratio * l as f64).round() as i64;
+                u.argsort(-1, false).argsort(-1, false).lt(k) // (B, L)
+            }
+            MaskDraw::Bernoulli => u.lt(self.cfg.mask_ratio), // (B, L)
+        }
     }
 
     /// Mean reconstruction loss of raw pixels `xs` (B, L, C) over the positions the objective
@@ -157,8 +257,9 @@ impl Pretrainer {
                         &drawn
                     }
                 };
+                let fill = self.mask_fill(); // (d)
                 let input = Input {
-                    masked: Some((mask, &self.mask_token)),
+                    masked: Some((mask, &fill)),
                     causal: false,
                 };
                 let predicted = self.backbone.features(xs, input, train).apply(&self.head); // (B, L, out)
@@ -176,6 +277,18 @@ impl Pretrainer {
                 let next = xs.narrow(1, 1, l - 1).reshape([b * (l - 1), c]); // (B·(L−1), C)
                 self.score(&before, &next) // ()
             }
+        }
+    }
+
+    /// The input vector (d) of a masked position: the mask vector (`token`), or what the
+    /// encoder Linear(C + 1) gives the input [0, …, 0, 1]: its bias plus the mask column (`channel`).
+    fn mask_fill(&self) -> Tensor {
+        match self.cfg.mask_input {
+            MaskInput::Token => self.mask_token.shallow_clone(),
+            MaskInput::Channel => match self.backbone.input_linear().and_then(|l| l.bs.as_ref()) {
+                Some(bias) => bias + &self.mask_token, // (d)
+                None => self.mask_token.shallow_clone(),
+            },
         }
     }
 
@@ -345,5 +458,130 @@ mod tests {
         let lru: ModelConfig = toml::from_str("name = \"lru\"").unwrap();
         let err = Config::default().validate(&lru, &INPUT).unwrap_err().to_string();
         assert!(err.contains("lru") && err.contains("no self-pretraining form"), "{err}");
+    }
+
+    /// `mask = "bernoulli"` (the SPT code's `rand_like(x) < mlm_prob`): the count varies from
+    /// image to image, and the share masked over many positions is the ratio.
+    #[test]
+    fn the_bernoulli_mask_varies_its_count_around_the_ratio() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = Config {
+            mask: MaskDraw::Bernoulli,
+            ..Config::default()
+        };
+        let p = Pretrainer::new(&vs.root(), &transformer(), &cfg, &INPUT).unwrap();
+        tch::manual_seed(5);
+        let (b, l) = (64, 1024);
+        let mask = p.draw_mask(b, l, Device::Cpu); // (B, L)
+        let per_image = Vec::<i64>::try_from(mask.sum_dim_intlist(1, false, Kind::Int64)).unwrap();
+        let distinct: std::collections::BTreeSet<i64> = per_image.iter().copied().collect();
+        assert!(distinct.len() > 10, "counts {per_image:?} hardly vary");
+        let share = mask.to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
+        let sd = (0.25 / (b * l) as f64).sqrt();
+        assert!((share - 0.5).abs() < 4.0 * sd, "share {share} masked at ratio 0.5");
+        // Per image the count spreads as Binomial(1024, 0.5): standard deviation 16.
+        let counts = Tensor::from_slice(&per_image).to_kind(Kind::Double);
+        let spread = counts.std(true).double_value(&[]);
+        assert!((8.0..32.0).contains(&spread), "per-image spread {spread}, expected about 16");
+        // `exact` (the default) keeps its fixed count under the same seed.
+        let exact = Pretrainer::new(&(vs.root() / "exact"), &transformer(), &Config::default(), &INPUT).unwrap();
+        let counts = exact.draw_mask(8, l, Device::Cpu).sum_dim_intlist(1, false, Kind::Int64);
+        assert_eq!(Vec::<i64>::try_from(counts).unwrap(), [512; 8]);
+    }
+
+    fn linear_transformer() -> ModelConfig {
+        toml::from_str(
+            "name = \"transformer\"\ninput = \"linear\"\nd_model = 16\nn_heads = 2\nqkv_dim = 16\nmlp_dim = 16\ndropout = 0.0\nattn_dropout = 0.0\npool = \"mean\"\nmask_black_pixels = false\ninit = \"pytorch\"",
+        )
+        .unwrap()
+    }
+
+    /// `mask_input = "channel"` computes what the SPT code's encoder Linear(C + 1 → d) computes on
+    /// [x·(1 − m), m]: the model's own Linear(C → d) where m = 0, bias + mask column where m = 1;
+    /// the encoder and the column start as PyTorch's Linear(2 → d), U(±1/√2).
+    #[test]
+    fn the_mask_channel_is_a_linear_encoder_with_one_more_input() {
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = Config {
+            mask_input: MaskInput::Channel,
+            ..Config::default()
+        };
+        let p = Pretrainer::new(&vs.root(), &linear_transformer(), &cfg, &INPUT).unwrap();
+        let vars = vs.variables();
+        assert!(!vars.contains_key("pretrain.mask_token"));
+        let (w, b, column) = (&vars["embed.weight"], &vars["embed.bias"], &vars["pretrain.mask_column"]);
+        assert_eq!((w.size(), column.size()), (vec![16, 1], vec![16]));
+        for t in [w, b, column] {
+            let top = t.abs().max().double_value(&[]);
+            assert!(top <= 1.0 / 2f64.sqrt() && top > 0.5, "max |x| = {top}: expected U(±1/√2)");
+        }
+        // The SPT code's encoder as one Linear(2 → d), applied to its own input.
+        let xs = random_pixels(2, &INPUT); // (B, L, 1)
+        let mask = p.draw_mask(2, 64, Device::Cpu); // (B, L)
+        let m = mask.to_kind(Kind::Float).unsqueeze(-1); // (B, L, 1)
+        let spt_input = Tensor::cat(&[normalise(&xs) * (1.0 - &m), m.shallow_clone()], -1); // (B, L, 2)
+        let spt_weight = Tensor::cat(&[w.shallow_clone(), column.unsqueeze(1)], 1); // (d, 2)
+        let expected = tch::no_grad(|| spt_input.linear(&spt_weight, Some(b))); // (B, L, d)
+        let fill = tch::no_grad(|| p.mask_fill());
+        let ours = tch::no_grad(|| {
+            let hs = normalise(&xs).linear(w, Some(b)); // (B, L, d): what the backbone's encoder gives
+            super::super::common::mask_inputs(&hs, &mask, &fill)
+        });
+        assert!(ours.allclose(&expected, 1e-6, 1e-6, false));
+        // The loss trains the column (and the bias through it).
+        let loss = p.loss(&xs, Some(&mask), true);
+        let grads = Tensor::run_backward(&[loss], &[column, b], false, false);
+        assert!(grads.iter().all(|g| g.abs().sum(Kind::Float).double_value(&[]) > 0.0));
+
+        // A model without a linear encoder, or the causal objective, is refused naming the key.
+        let err = cfg.validate(&transformer(), &INPUT).unwrap_err().to_string();
+        assert!(err.contains("pretrain.mask_input") && err.contains("model.input"), "{err}");
+        let causal = Config {
+            objective: Objective::Causal,
+            ..cfg
+        };
+        let err = causal.validate(&linear_transformer(), &INPUT).unwrap_err().to_string();
+        assert!(err.contains("pretrain.mask_input") && err.contains("causal"), "{err}");
+    }
+
+    /// `head_init = "pytorch"`: the reconstruction head is U(±1/√d) like the SPT code's
+    /// `nn.Linear`, where tch's default (`kaiming`) draws weights √6 = 2.45 times wider.
+    #[test]
+    fn the_head_init_follows_the_setting() {
+        let d = 64;
+        let model: ModelConfig = toml::from_str("name = \"transformer\"\nd_model = 64\nn_heads = 4\nqkv_dim = 64").unwrap();
+        let widest = |head_init| {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let cfg = Config {
+                head_init,
+                ..Config::default()
+            };
+            let _p = Pretrainer::new(&vs.root(), &model, &cfg, &INPUT).unwrap();
+            let vars = vs.variables();
+            let bias = vars["pretrain.head.bias"].abs().max().double_value(&[]);
+            (vars["pretrain.head.weight"].abs().max().double_value(&[]), bias)
+        };
+        let bound = 1.0 / (d as f64).sqrt();
+        let (w, b) = widest(HeadInit::Pytorch);
+        assert!(w <= bound && w > 0.8 * bound && b <= bound && b > 0.0, "pytorch: {w}, {b}");
+        let (w, b) = widest(HeadInit::Kaiming);
+        assert!(w > bound * 1.5 && w <= (6.0 / d as f64).sqrt() && b <= bound, "kaiming: {w}, {b}");
+    }
+
+    /// The faithful preset's pretraining model has the SPT code's parameters: encoder Linear(2, 64)
+    /// 192, three blocks 100,416, final norm 128, head Linear(64, 1) 65; 100,801 trained. The
+    /// backbone also holds the classifier (4,810, `head.*`), built but unused until fine-tuning.
+    #[test]
+    fn the_spt_preset_pretrains_the_reference_count() {
+        let cfg = crate::config::RunConfig::load(Some("transformer-spt"), None, &[]).unwrap();
+        let method = cfg.pretrain.clone().unwrap().method();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _p = Pretrainer::new(&vs.root(), &cfg.model, &method, &cfg.task.input_spec()).unwrap();
+        let count =
+            |keep: &dyn Fn(&str) -> bool| -> i64 { vs.variables().iter().filter(|(n, _)| keep(n)).map(|(_, t)| t.numel() as i64).sum() };
+        assert_eq!(count(&|n| !n.starts_with("head.")), 100_801);
+        assert_eq!(count(&|n| n.starts_with("head.")), 4_810);
+        assert_eq!(super::super::param_count(&vs), 105_611);
     }
 }
