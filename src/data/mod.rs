@@ -301,6 +301,49 @@ mod tests {
         assert_eq!(ds.train.images.int64_value(&[0, 0, 0, 7]), i64::from(gray_pixel(r, g, b)));
     }
 
+    /// `task.gray = "pil"` loads the RGB images and converts them with PIL's formula, also where
+    /// the folder holds the `lra-image` cache of TensorFlow's grey values; an RGB task refuses it.
+    #[test]
+    fn pil_gray_task_converts_the_rgb_images() {
+        let task: TaskConfig = toml::from_str("name = \"lra-image\"\ngray = \"pil\"").unwrap();
+        // The official files, beside an `lra-image` cache that would fail to read if it were read.
+        let dir = tempfile::tempdir().unwrap();
+        for (name, _) in cifar::FILES {
+            std::os::unix::fs::symlink(shared_cifar_dir().join(name), dir.path().join(name)).unwrap();
+        }
+        std::fs::write(dir.path().join(source::prepared_name(TaskName::LraImage)), prepared::MAGIC).unwrap();
+        let rgb = cifar::tests::shared_rgb();
+        let ds = load_task(Some(dir.path()), &task).unwrap();
+        assert_eq!(ds.train.images.size(), [45_000, 1, 32, 32]);
+        let ours = Vec::<u8>::try_from(ds.test.images.get(3).view([-1])).unwrap();
+        let image = 50_003 * 3072;
+        let (r, g, b) = (
+            &rgb.pixels[image..image + 1024],
+            &rgb.pixels[image + 1024..image + 2048],
+            &rgb.pixels[image + 2048..image + 3072],
+        );
+        let expected: Vec<u8> = (0..1024).map(|k| gray::pil_gray_pixel(r[k], g[k], b[k])).collect();
+        assert_eq!(ours, expected);
+        let tf = Dataset::from_images(&rgb.to_gray());
+        let differ = tf
+            .test
+            .images
+            .ne_tensor(&ds.test.images)
+            .to_kind(Kind::Double)
+            .mean(Kind::Double)
+            .double_value(&[]);
+        assert!(
+            (0.2..0.3).contains(&differ),
+            "{differ} of the test pixels differ between PIL and TensorFlow"
+        );
+        let rgb_task = TaskConfig {
+            name: TaskName::Scifar,
+            ..task
+        };
+        let err = load_task(Some(dir.path()), &rgb_task).unwrap_err().to_string();
+        assert!(err.contains("task.gray") && err.contains("scifar"), "{err}");
+    }
+
     #[test]
     fn prepared_cache_loads_like_the_files() {
         let dir = tempfile::tempdir().unwrap();

@@ -3,20 +3,70 @@
 //! 2310.02980; code IdoAmos/not-from-scratch). A backbone ([`super::Backbone`]) learns to
 //! reconstruct pixels, then a classifier is fine-tuned from it (`pixelseq train --init`).
 //!
-//! - **masked** ([`Objective::Masked`]): a share `mask_ratio` of each image's positions, drawn
-//!   uniformly per image, get a learned mask vector instead of their pixel's input vector, and
-//!   the loss is taken at those positions only. The paper's Image recipe masks 50% and regresses
-//!   the pixels with an L1 loss (`configs/experiment/lra/transformer-lra-cifar-mlm.yaml`).
-//!   Deviation: the paper's code feeds float models a mask value and a mask channel; here every
-//!   model gets the learned vector after its input encoder (BERT's and MAE's mask token), so the
-//!   encoder has the same shape in pretraining and fine-tuning and loads whole.
+//! - **masked** ([`Objective::Masked`]): a share `mask_ratio` of each image's positions are
+//!   masked and the loss is taken at those positions only. The paper's Image recipe masks 50% and
+//!   regresses the pixels with an L1 loss (`configs/experiment/lra/transformer-lra-cifar-mlm.yaml`).
+//!   How many are masked is [`MaskDraw`]: exactly `round(ratio · L)` per image, or each position
+//!   with probability `ratio` (the code's). What a masked position feeds the model is
+//!   [`MaskInput`]: a learned vector after the input encoder (BERT's and MAE's mask token; any
+//!   model, and the encoder keeps its shape between the stages), or the code's zeroed value with a
+//!   mask-indicator channel (models with a Linear pixel encoder).
 //! - **causal** ([`Objective::Causal`]): every position predicts the next pixel from the pixels
 //!   up to it (the paper's autoregressive variant, which works about as well).
 //!
 //! Losses: `l1` and `l2` on the pixel values normalised as the models normalise their inputs
 //! (per-channel mean and standard deviation), `ce` a 256-way classification of each channel's
-//! grey level. The reconstruction head Linear(d → C, or 256·C for `ce`) and the mask vector live
-//! under `pretrain.` and are dropped at fine-tuning.
+//! grey level. The reconstruction head Linear(d → C, or 256·C for `ce`), initialised as
+//! [`HeadInit`] says, and the mask vector or column live under `pretrain.` and are dropped at
+//! fine-tuning.
+//!
+//! # The SPT code, point by point (issue 27)
+//! `presets/transformer-spt.toml` (masked) and `transformer-spt-causal.toml` are the code's LRA
+//! Image recipe. Besides what they share with it (the 50% ratio, masking whole grey pixels before
+//! the positions are added, L1 on the normalised value at masked positions only, the 3 × 64 pre-LN
+//! model, AdamW lr 1e-3 without weight decay, constant schedules with 2,500 and 2,000 warm-up
+//! steps, batches of 32 and 50, 50 and 200 epochs, no clipping), ten points were checked against
+//! the code (paths in IdoAmos/not-from-scratch):
+//! 1. Mask count, reproduced: `pretrain.mask = "bernoulli"` draws each pixel with probability 0.5,
+//!    `torch.rand_like(x) < mlm_prob` in `src/dataloaders/base.py`; `"exact"` (the default, every
+//!    other preset) masks `round(0.5 · 1024) = 512` of every image.
+//! 2. A masked pixel's input, reproduced: `pretrain.mask_input = "channel"`. The code feeds
+//!    `cat(x·(1 − m), m)` to the encoder Linear(2, 64) (`base.py`; `d_input` 2 in `CIFAR10LM`,
+//!    `src/dataloaders/basic.py`), i.e. W·x + b unmasked and b + w_m masked; here w_m is
+//!    `pretrain.mask_column` beside the model's Linear(1, 64), all three drawn U(±1/√2) as
+//!    PyTorch's Linear(2, 64) is, and fine-tuning leaves the column behind as `train.py`'s
+//!    `load_pretrained_model` drops it. `"token"` (the default) is the learned N(0, 0.02) vector.
+//! 3. Reconstruction head init, reproduced: `pretrain.head_init = "pytorch"`, U(±1/√64) = ±0.125
+//!    as the code's `nn.Linear` (`SequenceDecoder`, `src/tasks/decoders.py`); `"kaiming"` (the
+//!    default) is tch's, weights √6 = 2.45 times wider.
+//! 4. Positions, reproduced: `model.pos = "sinusoidal"` in the Transformer, fixed sines and cosines
+//!    (`PositionalEncoder`, `src/tasks/encoders.py`; `configs/model/transformer.yaml`: encoder
+//!    position): 65,536 parameters fewer than learned positions.
+//! 5. Fine-tuning classifier, reproduced: `model.head_dim = 64`, Linear(64, 64)–ReLU–Linear(64, 10)
+//!    (`NoneLinearSequenceDecoder`, `decoders.py`); the Transformer's default stays `mlp_dim`.
+//! 6. Attention init, reproduced: `model.attn_init = "cloned"`, q, k, v and the output projection
+//!    start as one draw copied (`clones(nn.Linear(d, d), 4)` deep-copies, `MultiheadAttentionFlash`
+//!    in `src/models/sequence/mha.py`).
+//! 7. Grayscale, reproduced: `task.gray = "pil"`, torchvision's `Grayscale()` on PIL images
+//!    (`basic.py`), PIL's rounded integer formula (`crate::data::gray`); one grey level apart from
+//!    TensorFlow's truncated conversion (LRA's, the default) on 25.5% of CIFAR-10's pixels.
+//! 8. Validation split, documented: the code takes a `random_split` of 10% with seed 42; pixelseq
+//!    keeps LRA's split (the last 5,000 training images) so that the figures compare with the rest
+//!    of the LRA table.
+//! 9. Pretraining validation, documented: the code validates twice an epoch
+//!    (`val_check_interval: 0.5`, `configs/pipeline/cifar-lm.yaml`) on masks drawn afresh in each
+//!    pass (the dataset masks in `__getitem__`); pixelseq validates at `train.eval_every` on masks
+//!    fixed by a seed (`train::eval`), so successive validation losses score the same pixels.
+//!    Either picks a best checkpoint as well; the fixed masks make the comparison less noisy.
+//! 10. The fine-tuned checkpoint, both: `train --init RUN` takes the best (lowest validation L1;
+//!     the paper's appendix C.1 fine-tunes the best), `--init RUN --last` the last
+//!     (`train.init_checkpoint`); the code writes both (`manual_checkpointing`, `train.py`) and
+//!     `train.pretrained_model_path` takes either.
+//!
+//! With these the fine-tuned model has the code's 105,482 parameters, and pretraining trains its
+//! 100,801 (the pixelseq pretraining run also holds the unused classifier, 4,810 more). Left as
+//! the code's configs have them, against the paper's text: the paper's Table 4 lists max pooling
+//! for Image, the configs mean pooling (followed).
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};

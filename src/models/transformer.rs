@@ -17,6 +17,13 @@
 //! the embedding, blocks, final norm, pooling and head, is shared with [`super::nystromformer`], which
 //! plugs its own attention into [`Encoder`] through [`Mixer`].
 //!
+//! Three settings serve the self-pretraining code of Amos et al. (IdoAmos/not-from-scratch;
+//! preset `transformer-spt`, see [`super::pretrain`]): `pos = "sinusoidal"` (fixed positions, its
+//! `PositionalEncoder`), `head_dim` (its classifier Linear(d, d)–ReLU–Linear(d, 10)) and
+//! `attn_init = "cloned"` (q, k, v and the output projection start as copies of one draw, its
+//! `clones` of one `nn.Linear`). Their defaults (learned, `mlp_dim`, independent) leave the other
+//! presets as they were.
+//!
 //! **Black pixels are padding** (`mask_black_pixels`, on by default as in both references): the
 //! LRA code builds its padding mask as `inputs > 0` and the Nyström port as `id != 0`, so a pixel of
 //! value 0 can never be attended to; whatever is written at a black pixel cannot reach the
