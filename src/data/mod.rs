@@ -305,7 +305,7 @@ mod tests {
     /// the folder holds the `lra-image` cache of TensorFlow's grey values; an RGB task refuses it.
     #[test]
     fn pil_gray_task_converts_the_rgb_images() {
-        let task: TaskConfig = toml::from_str("name = \"lra-image\"\ngray = \"pil\"").unwrap();
+        let task = pil_task();
         // The official files, beside an `lra-image` cache that would fail to read if it were read.
         let dir = tempfile::tempdir().unwrap();
         for (name, _) in cifar::FILES {
@@ -342,6 +342,18 @@ mod tests {
         };
         let err = load_task(Some(dir.path()), &rgb_task).unwrap_err().to_string();
         assert!(err.contains("task.gray") && err.contains("scifar"), "{err}");
+        // A folder with only the TensorFlow-grey cache cannot give PIL's grey: the error says so.
+        let only_cache = tempfile::tempdir().unwrap();
+        std::fs::write(only_cache.path().join(source::prepared_name(TaskName::LraImage)), prepared::MAGIC).unwrap();
+        let err = format!("{:#}", load_task(Some(only_cache.path()), &pil_task()).unwrap_err());
+        assert!(
+            err.contains("task.gray = \"pil\" converts the RGB images") && err.contains("only the prepared cache of `lra-image`"),
+            "{err}"
+        );
+    }
+
+    fn pil_task() -> TaskConfig {
+        toml::from_str("name = \"lra-image\"\ngray = \"pil\"").unwrap()
     }
 
     #[test]
