@@ -633,5 +633,15 @@ mod tests {
         assert_eq!(count(&|n| !n.starts_with("head.")), 100_801);
         assert_eq!(count(&|n| n.starts_with("head.")), 4_810);
         assert_eq!(super::super::param_count(&vs), 105_611);
+        // The causal preset masks nothing: no mask column, but the (unused) mask vector of the
+        // same size; the trained part is 100,801 − 64.
+        let cfg = crate::config::RunConfig::load(Some("transformer-spt-causal"), None, &[]).unwrap();
+        let stage = cfg.for_pretraining().unwrap();
+        let method = stage.pretrain.clone().unwrap().method();
+        assert_eq!((method.objective, method.head_init), (Objective::Causal, HeadInit::Pytorch));
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _p = Pretrainer::new(&vs.root(), &stage.model, &method, &stage.task.input_spec()).unwrap();
+        assert_eq!(super::super::param_count(&vs), 105_611);
+        assert!(!vs.variables().contains_key("pretrain.mask_column"));
     }
 }
