@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::amp::Precision;
 use crate::data::TaskConfig;
 use crate::dist::Backend;
-use crate::models::pretrain::{self, Loss};
+use crate::models::pretrain::{self, HeadInit, Loss, MaskDraw, MaskInput};
 use crate::models::{ModelConfig, Objective};
 
 /// The largest training or evaluation batch: far beyond any that fits in memory; it keeps
@@ -119,10 +119,14 @@ impl Default for Schedule {
 #[serde(deny_unknown_fields, default)]
 pub struct Train {
     pub batch_size: i64,
-    /// A pretraining run directory (`pixelseq pretrain`) whose best checkpoint initialises the
-    /// model's backbone (`train --init`); `None`: from scratch.
+    /// A pretraining run directory (`pixelseq pretrain`) whose best checkpoint (or last, with
+    /// `init_checkpoint`) initialises the model's backbone (`train --init`); `None`: from scratch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub init: Option<String>,
+    /// Which checkpoint of the `init` run: `"best"` (lowest validation loss) or `"last"`
+    /// (`train --init RUN --last`).
+    #[serde(skip_serializing_if = "InitCheckpoint::is_best")]
+    pub init_checkpoint: InitCheckpoint,
     /// Budget in epochs (ignored when `max_steps` is set).
     pub epochs: u64,
     /// Budget in optimizer steps; overrides `epochs`.
@@ -153,6 +157,31 @@ pub struct Train {
     /// Data-parallel runs (`--nproc`, torchrun, srun): the c10d backend of the gradient
     /// all-reduce, `"auto"` (NCCL on CUDA, Gloo on the CPU), `"nccl"` or `"gloo"`.
     pub backend: Backend,
+}
+
+/// `train.init_checkpoint`: which checkpoint of the pretraining run fine-tuning starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InitCheckpoint {
+    /// The checkpoint of the lowest validation reconstruction loss.
+    #[default]
+    Best,
+    /// The checkpoint written at the end of the run (the SPT code's `last.ckpt` is as easy to
+    /// pass as its best one: `train.pretrained_model_path` takes either).
+    Last,
+}
+
+impl InitCheckpoint {
+    fn is_best(&self) -> bool {
+        *self == InitCheckpoint::Best
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InitCheckpoint::Best => "best",
+            InitCheckpoint::Last => "last",
+        }
+    }
 }
 
 /// `train.micro_batch`: `"auto"` or a number of images.
@@ -203,6 +232,7 @@ impl Default for Train {
         Train {
             batch_size: 64,
             init: None,
+            init_checkpoint: InitCheckpoint::Best,
             epochs: 10,
             max_steps: None,
             max_minutes: None,
@@ -248,7 +278,14 @@ pub struct Pretrain {
     pub objective: Objective,
     /// Share of each image's positions masked (`objective = "masked"`).
     pub mask_ratio: f64,
+    /// `"exact"`: that share of every image; `"bernoulli"`: each position with that probability.
+    pub mask: MaskDraw,
+    /// What a masked position feeds the model: `"token"` (a learned vector) or `"channel"` (a
+    /// zeroed value and a mask-indicator input channel, the SPT code's).
+    pub mask_input: MaskInput,
     pub loss: Loss,
+    /// The reconstruction head's initialisation: `"kaiming"` (tch's default) or `"pytorch"`.
+    pub head_init: HeadInit,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub optim: Option<Optim>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -263,7 +300,10 @@ impl Default for Pretrain {
         Pretrain {
             objective: method.objective,
             mask_ratio: method.mask_ratio,
+            mask: method.mask,
+            mask_input: method.mask_input,
             loss: method.loss,
+            head_init: method.head_init,
             optim: None,
             schedule: None,
             train: None,
@@ -277,7 +317,10 @@ impl Pretrain {
         pretrain::Config {
             objective: self.objective,
             mask_ratio: self.mask_ratio,
+            mask: self.mask,
+            mask_input: self.mask_input,
             loss: self.loss,
+            head_init: self.head_init,
         }
     }
 }
@@ -424,6 +467,7 @@ impl RunConfig {
     /// and budget bounded (see the `MAX_*` constants), before any tensor exists.
     pub fn validate(&self) -> Result<()> {
         let o = &self.optim;
+        self.task.validate()?;
         let t = &self.train;
         let s = &self.schedule;
         let positive = |v: f64, key: &str| {
@@ -517,6 +561,12 @@ impl RunConfig {
             if !(1..=MAX_BATCH).contains(&n) {
                 bail!("key `train.micro_batch` = {n}: must be \"auto\" or a number from 1 to {MAX_BATCH}");
             }
+        }
+        if t.init.is_none() && t.init_checkpoint != InitCheckpoint::Best {
+            bail!(
+                "key `train.init_checkpoint` = \"{}\" needs `train.init` (the pretraining run to fine-tune from)",
+                t.init_checkpoint.as_str()
+            );
         }
         self.model.validate(&self.task.input_spec())?;
         if let Some(p) = &self.pretrain {

@@ -22,7 +22,7 @@ use image::RgbImage;
 use tch::{nn::ModuleT, Device, Kind, Tensor};
 
 use crate::amp::{self, Precision};
-use crate::data::{batch_input, cifar::CLASSES, gray_pixel, TaskConfig};
+use crate::data::{batch_input, cifar::CLASSES, Gray, TaskConfig};
 use crate::files;
 
 /// Side of a CIFAR-10 image.
@@ -103,8 +103,9 @@ pub fn fit(img: RgbImage) -> RgbImage {
 }
 
 /// A batch of 32×32 images as the data pipeline holds CIFAR-10: `Uint8` (B, C, 32, 32), with
-/// C = 3 (RGB) or C = 1 (TensorFlow-exact grayscale, as LRA Image).
-pub fn pixels(images: &[RgbImage], channels: i64) -> Tensor {
+/// C = 3 (RGB) or C = 1 (grayscale by the task's conversion `gray`: TensorFlow-exact as LRA Image,
+/// or PIL's).
+pub fn pixels(images: &[RgbImage], channels: i64, gray: Gray) -> Tensor {
     let n = (SIDE * SIDE) as usize;
     let mut data = vec![0u8; images.len() * channels as usize * n];
     for (img, out) in images.iter().zip(data.chunks_mut(channels as usize * n)) {
@@ -112,7 +113,7 @@ pub fn pixels(images: &[RgbImage], channels: i64) -> Tensor {
         for (i, p) in img.pixels().enumerate() {
             let [r, g, b] = p.0;
             if channels == 1 {
-                out[i] = gray_pixel(r, g, b);
+                out[i] = gray.pixel(r, g, b);
             } else {
                 (out[i], out[n + i], out[2 * n + i]) = (r, g, b);
             }
@@ -230,7 +231,7 @@ mod tests {
     #[test]
     fn rgb_input_is_raw_pixels_in_raster_order() {
         let img = gradient();
-        let images = pixels(std::slice::from_ref(&img), 3);
+        let images = pixels(std::slice::from_ref(&img), 3, Gray::Tf);
         assert_eq!(images.size(), [1, 3, 32, 32]);
         let xs = batch_input(&images, &task("name = \"scifar\""), false);
         assert_eq!((xs.size(), xs.kind()), (vec![1, 1024, 3], Kind::Uint8));
@@ -248,13 +249,25 @@ mod tests {
     #[test]
     fn grayscale_input_is_tensorflow_exact() {
         let img = gradient();
-        let images = pixels(&[img.clone(), img.clone()], 1);
+        let images = pixels(&[img.clone(), img.clone()], 1, Gray::Tf);
         assert_eq!(images.size(), [2, 1, 32, 32]);
         let xs = batch_input(&images, &task("name = \"lra-image\""), false);
         assert_eq!(xs.size(), [2, 1024, 1]);
         let values = Vec::<u8>::try_from(&xs.get(1).flatten(0, -1)).unwrap();
-        let expected: Vec<u8> = img.pixels().map(|p| gray_pixel(p.0[0], p.0[1], p.0[2])).collect();
+        let expected: Vec<u8> = img.pixels().map(|p| crate::data::gray_pixel(p.0[0], p.0[1], p.0[2])).collect();
         assert_eq!(values, expected);
+        // A run of `task.gray = "pil"` reads image files with PIL's conversion, as it was trained.
+        let pil = pixels(std::slice::from_ref(&img), 1, Gray::Pil);
+        let expected: Vec<u8> = img
+            .pixels()
+            .map(|p| crate::data::gray::pil_gray_pixel(p.0[0], p.0[1], p.0[2]))
+            .collect();
+        assert_eq!(Vec::<u8>::try_from(&pil.flatten(0, -1)).unwrap(), expected);
+        assert_ne!(
+            Vec::<u8>::try_from(&images.get(0).flatten(0, -1)).unwrap(),
+            expected,
+            "the gradient has pixels where the two differ"
+        );
     }
 
     #[test]
@@ -348,7 +361,7 @@ mod tests {
         }
         let probs = probabilities(
             &model,
-            &pixels(&images, 3),
+            &pixels(&images, 3, Gray::Tf),
             &task("name = \"scifar\""),
             Device::Cpu,
             Precision::Fp32,

@@ -49,6 +49,38 @@ fn config_errors_name_the_key() {
     assert_clear_error(&["train", "--preset", "transformer-lra", "--device", "tpu"], "tpu");
 }
 
+/// The settings of issue 27 refuse bad values naming the key, and `--last` needs `--init`.
+#[test]
+fn self_pretraining_settings_name_the_key() {
+    let spt = ["pretrain", "--preset", "transformer-spt", "--device", "cpu", "--set"];
+    for (set, needle) in [
+        ("pretrain.mask=\"sometimes\"", "pretrain.mask"),
+        ("pretrain.mask_input=\"zero\"", "pretrain.mask_input"),
+        ("pretrain.head_init=\"xavier\"", "pretrain.head_init"),
+        // Inside the internally tagged `[model]` the path stops at `model`: the value and the
+        // choices name the field.
+        ("model.pos=\"rotary\"", "`rotary`, expected `learned` or `sinusoidal`"),
+        ("model.attn_init=\"shared\"", "`shared`, expected `independent` or `cloned`"),
+        ("model.head_dim=0", "model.head_dim"),
+        ("task.gray=\"srgb\"", "task.gray"),
+        ("task.name=\"scifar\"", "task.gray"),
+        ("pretrain.objective=\"causal\"", "pretrain.mask_input"),
+    ] {
+        assert_clear_error(&[&spt[..], &[set]].concat(), needle);
+    }
+    let train = ["train", "--preset", "transformer-spt", "--device", "cpu"];
+    assert_clear_error(&[&train[..], &["--last"]].concat(), "--last");
+    assert_clear_error(
+        &[&train[..], &["--set", "train.init_checkpoint=\"last\""]].concat(),
+        "train.init_checkpoint",
+    );
+    assert_clear_error(
+        &[&train[..], &["--set", "train.init_checkpoint=\"first\""]].concat(),
+        "train.init_checkpoint",
+    );
+    assert_clear_error(&["pretrain", "--preset", "transformer-spt", "--last"], "--last");
+}
+
 /// Values that used to hang the trainer (an infinite mixup α spun in the Beta sampler) or reach
 /// libtorch are refused up front, naming the key; so are preset names that are paths.
 #[test]
@@ -147,6 +179,16 @@ fn every_preset_loads_and_builds() {
     assert!(
         text.contains("174986"),
         "transformer-small has the reference's 174,986 parameters:\n{text}"
+    );
+    let spt = text.lines().find(|l| l.starts_with("transformer-spt ")).unwrap_or_default();
+    assert!(
+        spt.contains("105482"),
+        "transformer-spt has the SPT code's 105,482 parameters:\n{text}"
+    );
+    let causal = text.lines().find(|l| l.starts_with("transformer-spt-causal")).unwrap_or_default();
+    assert!(
+        causal.contains("105482") && causal.contains("76"),
+        "transformer-spt-causal:\n{text}"
     );
 }
 

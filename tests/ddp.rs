@@ -27,6 +27,7 @@ fn ranks_share_the_single_process_batch_and_draw_their_own_masks() {
         permute: None,
         crop: true,
         flip: true,
+        gray: Default::default(),
     };
     let sampler = || Sampler::new(5, 8, 3, 0.4, 0.0);
     let one = sampler().batch(4, &train, &task);

@@ -409,7 +409,7 @@ fn exports_score_as_the_run_does() {
         ])
     };
     assert_eq!(predict(&hf), predict(&run));
-    let batch = pixels(&[load_image(&img).unwrap(), load_image(&img).unwrap()], 3);
+    let batch = pixels(&[load_image(&img).unwrap(), load_image(&img).unwrap()], 3, data::Gray::Tf);
     let probs = |what: &Path| {
         let o = open_run(what, Which::Best, Device::Cpu).unwrap();
         Tensor::from_slice(&probabilities(

@@ -57,7 +57,7 @@ pub fn exec(a: EvalArgs) -> Result<()> {
         }
         None => None,
     };
-    let dataset = data::load(a.data.as_deref(), run.config.task.name)?;
+    let dataset = data::load_task(a.data.as_deref(), &run.config.task)?;
     let split = match a.split.as_str() {
         "test" => &dataset.test,
         "val" => &dataset.val,

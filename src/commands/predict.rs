@@ -67,7 +67,7 @@ pub fn exec(a: PredictArgs) -> Result<()> {
     let batch_size = memory::eval_batch(&run.model, &run.vs, cfg.task.input_spec(), EVAL_BATCH, device, run.precision)? as usize;
     let model = run.model.classifier().expect("open_run builds a classifier");
     for (paths, batch) in files.chunks(batch_size).zip(images.chunks(batch_size)) {
-        let probs = probabilities(model, &pixels(batch, channels), &cfg.task, device, run.precision);
+        let probs = probabilities(model, &pixels(batch, channels, cfg.task.gray), &cfg.task, device, run.precision);
         for (path, row) in paths.iter().zip(probs.chunks(CLASSES.len())) {
             predictions.push(Prediction {
                 path: path.clone(),

@@ -66,6 +66,10 @@ pub struct TrainArgs {
     /// (`pixelseq pretrain`); the classifier starts fresh (train.init).
     #[arg(long, value_name = "PRETRAIN_RUN_DIR", conflicts_with = "resume")]
     pub init: Option<PathBuf>,
+    /// With --init: start from the pretraining run's last checkpoint instead of its best
+    /// (train.init_checkpoint = "last").
+    #[arg(long)]
+    pub last: bool,
     /// Data-parallel training in N worker processes on this machine, one per GPU (cuda:0 …
     /// cuda:N-1) or N CPU workers sharing the cores; train.batch_size stays the global batch.
     /// Under torchrun or srun leave it out: the workers are already there.
@@ -96,6 +100,7 @@ impl TrainArgs {
             ("train.seed", self.seed.map(|v| v.to_string())),
             ("train.precision", self.precision.map(|p| format!("\"{p}\""))),
             ("train.init", self.init.as_ref().map(|p| format!("{:?}", p.display().to_string()))),
+            ("train.init_checkpoint", self.last.then(|| "\"last\"".to_string())),
         ];
         for (key, value) in flags {
             if let Some(v) = value {
@@ -109,6 +114,9 @@ impl TrainArgs {
 /// `pixelseq train` (`pretrain` false) or `pixelseq pretrain` (true; the same arguments: the
 /// run's config is the pretraining stage of the preset, see [`RunConfig::for_pretraining`]).
 pub fn exec(a: TrainArgs, pretrain: bool) -> Result<()> {
+    if a.last && a.init.is_none() {
+        bail!("--last picks the last checkpoint of the pretraining run given by --init; pass --init PRETRAIN_RUN_DIR too");
+    }
     if pretrain && a.init.is_some() {
         bail!("--init fine-tunes from a pretraining run; `pixelseq pretrain` starts from scratch");
     }
@@ -172,7 +180,7 @@ pub fn exec(a: TrainArgs, pretrain: bool) -> Result<()> {
             data::source::download(&root)?;
         }
     }
-    let dataset = data::load(a.data.as_deref(), cfg.task.name)?.to_device(device);
+    let dataset = data::load_task(a.data.as_deref(), &cfg.task)?.to_device(device);
     if let Some(minutes) = a.fit_minutes {
         fit(&mut cfg, &dataset, device, minutes, world.as_ref().map_or(1, |w| w.size))?;
     }
@@ -268,7 +276,7 @@ fn follow(a: &TrainArgs, world: World, pretrain: bool) -> Result<()> {
         .context("rank 0 stopped before the run began (its error is above)")?;
     let start: Start = serde_json::from_slice(&start).context("rank 0 sent an unreadable run description")?;
     let cfg = RunConfig::from_toml_str(&start.config, "rank 0's config")?;
-    let dataset = data::load(a.data.as_deref(), cfg.task.name)?.to_device(device);
+    let dataset = data::load_task(a.data.as_deref(), &cfg.task)?.to_device(device);
     let dist = Dist::new(world, store, cfg.train.backend, device)?;
     if start.pretrain != pretrain {
         bail!(

@@ -77,7 +77,13 @@ mod tests {
     use super::*;
 
     fn task(name: TaskName, permute: Option<u64>, crop: bool, flip: bool) -> TaskConfig {
-        TaskConfig { name, permute, crop, flip }
+        TaskConfig {
+            name,
+            permute,
+            crop,
+            flip,
+            gray: Default::default(),
+        }
     }
 
     fn random_images(b: i64, c: i64) -> Tensor {

@@ -5,6 +5,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
+use super::Gray;
+
 /// Bytes of one record: a label byte, then the 1,024 red, 1,024 green and 1,024 blue bytes.
 pub const RECORD_BYTES: usize = 1 + 3 * PIXELS;
 /// Pixels of one 32×32 image.
@@ -78,8 +80,13 @@ pub struct Images {
 
 impl Images {
     /// The grayscale version (`channels == 1`) of RGB images, pixel by pixel with
-    /// [`super::gray_pixel`]; images are spread over threads.
+    /// [`super::gray_pixel`] (TensorFlow's conversion, LRA's); images are spread over threads.
     pub fn to_gray(&self) -> Images {
+        self.to_gray_by(Gray::Tf)
+    }
+
+    /// The grayscale version of RGB images by the conversion `gray`.
+    pub fn to_gray_by(&self, gray: Gray) -> Images {
         assert_eq!(self.channels, 3, "to_gray needs RGB images");
         let n = self.labels.len();
         let mut pixels = vec![0u8; n * PIXELS];
@@ -96,7 +103,7 @@ impl Images {
                         let (r, rest) = img.split_at(PIXELS);
                         let (g, b) = rest.split_at(PIXELS);
                         for (k, y) in out.iter_mut().enumerate() {
-                            *y = super::gray_pixel(r[k], g[k], b[k]);
+                            *y = gray.pixel(r[k], g[k], b[k]);
                         }
                     }
                 });

@@ -72,12 +72,12 @@ pub mod source;
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 pub use batch::{batch_input, permutation};
-pub use gray::gray_pixel;
+pub use gray::{gray_pixel, Gray};
 
 use cifar::{Images, ALL_IMAGES, TRAIN_IMAGES};
 use source::Source;
@@ -142,9 +142,24 @@ pub struct TaskConfig {
     /// Random horizontal flip, training only.
     #[serde(default)]
     pub flip: bool,
+    /// The RGB → grey conversion of `lra-image`: `"tf"` (TensorFlow's, LRA's; the default) or
+    /// `"pil"` (PIL's, as torchvision's `Grayscale()`; see [`gray`]).
+    #[serde(default, skip_serializing_if = "Gray::is_tf")]
+    pub gray: Gray,
 }
 
 impl TaskConfig {
+    /// Refuses a grey conversion for a task that has no grey images.
+    pub fn validate(&self) -> Result<()> {
+        if self.gray != Gray::Tf && self.name.channels() != 1 {
+            bail!(
+                "key `task.gray` = \"pil\": task `{}` is RGB; only lra-image converts to grey",
+                self.name
+            );
+        }
+        Ok(())
+    }
+
     /// What the models receive: (B, 1024, channels).
     pub fn input_spec(&self) -> InputSpec {
         InputSpec {
@@ -235,6 +250,20 @@ pub fn load(data: Option<&Path>, task: TaskName) -> Result<Dataset> {
     Ok(Dataset::from_images(&load_images(data, task)?))
 }
 
+/// [`load`] for a run's `[task]`: with `gray = "pil"` the RGB images (official files or the
+/// `scifar` prepared cache) are converted by PIL's formula, since the `lra-image` cache holds
+/// TensorFlow's grey values.
+pub fn load_task(data: Option<&Path>, task: &TaskConfig) -> Result<Dataset> {
+    task.validate()?;
+    match task.gray {
+        Gray::Tf => load(data, task.name),
+        Gray::Pil => {
+            let rgb = load_images(data, TaskName::Scifar).context("task.gray = \"pil\" converts the RGB images itself")?;
+            Ok(Dataset::from_images(&rgb.to_gray_by(Gray::Pil)))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,6 +301,61 @@ mod tests {
         assert_eq!(ds.train.images.int64_value(&[0, 0, 0, 7]), i64::from(gray_pixel(r, g, b)));
     }
 
+    /// `task.gray = "pil"` loads the RGB images and converts them with PIL's formula, also where
+    /// the folder holds the `lra-image` cache of TensorFlow's grey values; an RGB task refuses it.
+    #[test]
+    fn pil_gray_task_converts_the_rgb_images() {
+        let task = pil_task();
+        // The official files, beside an `lra-image` cache that would fail to read if it were read.
+        let dir = tempfile::tempdir().unwrap();
+        for (name, _) in cifar::FILES {
+            std::os::unix::fs::symlink(shared_cifar_dir().join(name), dir.path().join(name)).unwrap();
+        }
+        std::fs::write(dir.path().join(source::prepared_name(TaskName::LraImage)), prepared::MAGIC).unwrap();
+        let rgb = cifar::tests::shared_rgb();
+        let ds = load_task(Some(dir.path()), &task).unwrap();
+        assert_eq!(ds.train.images.size(), [45_000, 1, 32, 32]);
+        let ours = Vec::<u8>::try_from(ds.test.images.get(3).view([-1])).unwrap();
+        let image = 50_003 * 3072;
+        let (r, g, b) = (
+            &rgb.pixels[image..image + 1024],
+            &rgb.pixels[image + 1024..image + 2048],
+            &rgb.pixels[image + 2048..image + 3072],
+        );
+        let expected: Vec<u8> = (0..1024).map(|k| gray::pil_gray_pixel(r[k], g[k], b[k])).collect();
+        assert_eq!(ours, expected);
+        let tf = Dataset::from_images(&rgb.to_gray());
+        let differ = tf
+            .test
+            .images
+            .ne_tensor(&ds.test.images)
+            .to_kind(Kind::Double)
+            .mean(Kind::Double)
+            .double_value(&[]);
+        assert!(
+            (0.2..0.3).contains(&differ),
+            "{differ} of the test pixels differ between PIL and TensorFlow"
+        );
+        let rgb_task = TaskConfig {
+            name: TaskName::Scifar,
+            ..task
+        };
+        let err = load_task(Some(dir.path()), &rgb_task).unwrap_err().to_string();
+        assert!(err.contains("task.gray") && err.contains("scifar"), "{err}");
+        // A folder with only the TensorFlow-grey cache cannot give PIL's grey: the error says so.
+        let only_cache = tempfile::tempdir().unwrap();
+        std::fs::write(only_cache.path().join(source::prepared_name(TaskName::LraImage)), prepared::MAGIC).unwrap();
+        let err = format!("{:#}", load_task(Some(only_cache.path()), &pil_task()).unwrap_err());
+        assert!(
+            err.contains("task.gray = \"pil\" converts the RGB images") && err.contains("only the prepared cache of `lra-image`"),
+            "{err}"
+        );
+    }
+
+    fn pil_task() -> TaskConfig {
+        toml::from_str("name = \"lra-image\"\ngray = \"pil\"").unwrap()
+    }
+
     #[test]
     fn prepared_cache_loads_like_the_files() {
         let dir = tempfile::tempdir().unwrap();
@@ -300,7 +384,8 @@ mod tests {
                 name: TaskName::LraImage,
                 permute: None,
                 crop: false,
-                flip: false
+                flip: false,
+                gray: Gray::Tf,
             }
         );
         assert_eq!(

@@ -3,7 +3,7 @@
 
 use crate::config::RunConfig;
 use crate::data::cifar::CLASSES;
-use crate::data::TaskName;
+use crate::data::{Gray, TaskName};
 use crate::train::checkpoint::State;
 use crate::train::exported::input_shape;
 use crate::train::records::RunRecord;
@@ -81,11 +81,14 @@ pub fn card(cfg: &RunConfig, record: &RunRecord, state: &State, preset: Option<&
         String::new(),
         "## Data".into(),
         String::new(),
-        match task.name {
-            TaskName::LraImage => "- Task `lra-image` (LRA Image): grayscale CIFAR-10, TensorFlow's `rgb_to_grayscale` of the \
+        match (task.name, task.gray) {
+            (TaskName::LraImage, Gray::Tf) => "- Task `lra-image` (LRA Image): grayscale CIFAR-10, TensorFlow's `rgb_to_grayscale` of the \
                                    RGB images as the Long Range Arena made them, 1,024 steps of one value 0–255."
                 .into(),
-            TaskName::Scifar => "- Task `scifar` (sequential CIFAR-10): 1,024 steps of the (R, G, B) values 0–255 of one pixel.".into(),
+            (TaskName::LraImage, Gray::Pil) => "- Task `lra-image` (LRA Image) with `gray = \"pil\"`: grayscale CIFAR-10, PIL's \
+                                   `convert(\"L\")` of the RGB images (rounded; torchvision's `Grayscale()`), 1,024 steps of one value 0–255."
+                .into(),
+            (TaskName::Scifar, _) => "- Task `scifar` (sequential CIFAR-10): 1,024 steps of the (R, G, B) values 0–255 of one pixel.".into(),
         },
         "- Pixels in raster order (step = 32·row + column).".into(),
     ]);

@@ -92,6 +92,11 @@ pub trait Backbone: nn::ModuleT {
     fn features(&self, xs: &Tensor, input: Input, train: bool) -> Tensor;
     /// The feature width d.
     fn width(&self) -> i64;
+    /// The Linear(C → d) input encoder of normalised pixels, where the backbone exposes one: the
+    /// `channel` mask input of self-pretraining sets a mask column beside it.
+    fn input_linear(&self) -> Option<&nn::Linear> {
+        None
+    }
 }
 
 /// One model of the zoo with its hyperparameters; `name` selects it in TOML.

@@ -129,6 +129,7 @@ impl Config {
             gelu: Gelu::Exact,
             layer_norm_eps: 1e-5,
             mask_black_pixels: self.mask_black_pixels,
+            ..Default::default()
         }
     }
 
@@ -293,6 +294,10 @@ impl Backbone for Nystromformer {
 
     fn width(&self) -> i64 {
         self.body.width()
+    }
+
+    fn input_linear(&self) -> Option<&nn::Linear> {
+        self.body.input_linear()
     }
 }
 

@@ -17,6 +17,13 @@
 //! the embedding, blocks, final norm, pooling and head, is shared with [`super::nystromformer`], which
 //! plugs its own attention into [`Encoder`] through [`Mixer`].
 //!
+//! Three settings serve the self-pretraining code of Amos et al. (IdoAmos/not-from-scratch;
+//! preset `transformer-spt`, see [`super::pretrain`]): `pos = "sinusoidal"` (fixed positions, its
+//! `PositionalEncoder`), `head_dim` (its classifier Linear(d, d)–ReLU–Linear(d, 10)) and
+//! `attn_init = "cloned"` (q, k, v and the output projection start as copies of one draw, its
+//! `clones` of one `nn.Linear`). Their defaults (learned, `mlp_dim`, independent) leave the other
+//! presets as they were.
+//!
 //! **Black pixels are padding** (`mask_black_pixels`, on by default as in both references): the
 //! LRA code builds its padding mask as `inputs > 0` and the Nyström port as `id != 0`, so a pixel of
 //! value 0 can never be attended to; whatever is written at a black pixel cannot reach the
@@ -82,6 +89,30 @@ impl Gelu {
     }
 }
 
+/// Position information added to the embedded pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Positions {
+    /// A learned (1, L', d) table, N(0, 0.02) (LRA, Nyströmformer's code).
+    Learned,
+    /// Fixed sines and cosines, no parameters: PE(t, 2i) = sin(t / 10000^(2i/d)),
+    /// PE(t, 2i+1) = cos(t / 10000^(2i/d)), as `PositionalEncoder` in IdoAmos/not-from-scratch
+    /// `src/tasks/encoders.py` (after PyTorch's word_language_model), computed in float32 alike.
+    Sinusoidal,
+}
+
+/// How the four projections of each attention layer start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttnInit {
+    /// q, k, v and the output projection each drawn on their own.
+    Independent,
+    /// One projection drawn, the other three start as copies of it: `clones(nn.Linear(d, d), 4)`
+    /// (a deepcopy) in IdoAmos/not-from-scratch `src/models/sequence/mha.py`
+    /// (`MultiheadAttentionFlash`). Needs `qkv_dim = d_model`.
+    Cloned,
+}
+
 /// Hyperparameters. `Default` is the LRA paper's Image setting (`transformer_base.py`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -121,6 +152,14 @@ pub struct Config {
     pub layer_norm_eps: f64,
     /// Black pixels (value 0) are padding: never attended to (LRA `inputs > 0`).
     pub mask_black_pixels: bool,
+    /// Learned positions (LRA, Nyströmformer) or fixed sinusoidal ones (the SPT code).
+    pub pos: Positions,
+    /// Hidden width of the classifier; `None`: `mlp_dim` (LRA and Nyströmformer use the same
+    /// number). The SPT code's decoder is Linear(d, d)–ReLU–Linear(d, 10) (`head_dim = d_model`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<i64>,
+    /// Independent or cloned (the SPT code) initial attention projections.
+    pub attn_init: AttnInit,
 }
 
 impl Default for Config {
@@ -142,6 +181,9 @@ impl Default for Config {
             gelu: Gelu::Tanh,
             layer_norm_eps: 1e-6,
             mask_black_pixels: true,
+            pos: Positions::Learned,
+            head_dim: None,
+            attn_init: AttnInit::Independent,
         }
     }
 }
@@ -157,6 +199,7 @@ impl Config {
             ("n_heads", self.n_heads),
             ("qkv_dim", self.qkv_dim),
             ("mlp_dim", self.mlp_dim),
+            ("head_dim", self.head_hidden()),
         ])?;
         if self.qkv_dim % self.n_heads != 0 {
             bail!(
@@ -165,10 +208,38 @@ impl Config {
                 self.n_heads
             );
         }
+        if self.attn_init == AttnInit::Cloned && self.qkv_dim != self.d_model {
+            bail!(
+                "model.attn_init = \"cloned\" needs model.qkv_dim = model.d_model (the four projections share one shape); got {} and {}",
+                self.qkv_dim,
+                self.d_model
+            );
+        }
+        if self.pos == Positions::Sinusoidal && self.d_model % 2 != 0 {
+            bail!(
+                "model.pos = \"sinusoidal\" needs an even model.d_model (sine, cosine pairs); got {}",
+                self.d_model
+            );
+        }
         check_rates(&[("dropout", self.dropout), ("attn_dropout", self.attn_dropout)])?;
         check_positive(&[("token_init_std", self.token_init_std), ("layer_norm_eps", self.layer_norm_eps)])?;
         Ok(())
     }
+
+    /// Hidden width of the classifier.
+    pub fn head_hidden(&self) -> i64 {
+        self.head_dim.unwrap_or(self.mlp_dim)
+    }
+}
+
+/// Fixed sinusoidal positions (1, L, d) float32 on `device`, in the SPT code's float32 order:
+/// `div = exp(−ln(10000) · 2i / d)`, `pe[t, 2i] = sin(t · div)`, `pe[t, 2i+1] = cos(t · div)`.
+pub fn sinusoidal_positions(l: i64, d: i64, device: tch::Device) -> Tensor {
+    let opts = (Kind::Float, device);
+    let t = Tensor::arange(l, opts).unsqueeze(1); // (L, 1)
+    let div = (Tensor::arange_start_step(0, d, 2, opts) * (-(10000f64.ln()) / d as f64)).exp(); // (d/2)
+    let angles = t * div; // (L, d/2)
+    Tensor::stack(&[angles.sin(), angles.cos()], -1).view([1, l, d]) // (1, L, d): sin, cos interleaved
 }
 
 fn uniform(bound: f64) -> Init {
@@ -265,14 +336,26 @@ struct SelfAttention<M> {
 impl<M: Mixer> SelfAttention<M> {
     fn new(p: &nn::Path, cfg: &Config, mixer: M) -> Self {
         let (d, e) = (cfg.d_model, cfg.qkv_dim);
-        SelfAttention {
+        let attn = SelfAttention {
             q: dense(&(p / "q"), d, e, cfg.attn_bias, cfg.init),
             k: dense(&(p / "k"), d, e, cfg.attn_bias, cfg.init),
             v: dense(&(p / "v"), d, e, cfg.attn_bias, cfg.init),
             out: dense(&(p / "out"), e, d, cfg.attn_bias, cfg.init),
             mixer,
             n_heads: cfg.n_heads,
+        };
+        if cfg.attn_init == AttnInit::Cloned {
+            // The SPT code deep-copies one freshly initialised Linear(d, d) four times.
+            tch::no_grad(|| {
+                for other in [&attn.k, &attn.v, &attn.out] {
+                    other.ws.shallow_clone().copy_(&attn.q.ws);
+                    if let (Some(b), Some(q)) = (&other.bs, &attn.q.bs) {
+                        b.shallow_clone().copy_(q);
+                    }
+                }
+            });
         }
+        attn
     }
 
     fn forward_t(&self, xs: &Tensor, keep: Option<&Tensor>, causal: bool, train: bool) -> Tensor {
@@ -323,8 +406,8 @@ impl<M: Mixer> Block<M> {
     }
 }
 
-/// The shared body: pixel embedding (+ CLS) + learned positions, blocks, final LayerNorm, pooling
-/// and the classifier Linear(d, mlp_dim)–ReLU–Linear(mlp_dim, 10).
+/// The shared body: pixel embedding (+ CLS) + positions (learned or sinusoidal), blocks, final
+/// LayerNorm, pooling and the classifier Linear(d, head)–ReLU–Linear(head, 10).
 #[derive(Debug)]
 pub(crate) struct Encoder<M> {
     embed: InputEncoder,
@@ -354,7 +437,10 @@ impl<M: Mixer> Encoder<M> {
         let with_cls = cfg.pool == Pool::Cls;
         let cls = with_cls.then(|| emb.zeros("cls", &[1, 1, d])); // (1, 1, d)
         let positions = input.seq_len + i64::from(with_cls);
-        let pos = emb.var("pos", &[1, positions, d], normal(0.02)); // (1, L', d)
+        let pos = match cfg.pos {
+            Positions::Learned => emb.var("pos", &[1, positions, d], normal(0.02)), // (1, L', d)
+            Positions::Sinusoidal => sinusoidal_positions(positions, d, p.device()), // (1, L', d), fixed
+        };
         let blocks = (0..cfg.n_layers)
             .map(|i| {
                 let bp = p / "blocks" / i;
@@ -372,8 +458,8 @@ impl<M: Mixer> Encoder<M> {
             pos,
             blocks,
             norm: nn::layer_norm(p / "norm", vec![d], ln),
-            head_hidden: head_dense(&(p / "head" / "hidden"), d, cfg.mlp_dim, cfg.init),
-            head_out: head_dense(&(p / "head" / "out"), cfg.mlp_dim, NUM_CLASSES, cfg.init),
+            head_hidden: head_dense(&(p / "head" / "hidden"), d, cfg.head_hidden(), cfg.init),
+            head_out: head_dense(&(p / "head" / "out"), cfg.head_hidden(), NUM_CLASSES, cfg.init),
             dropout: cfg.dropout,
             pool: cfg.pool,
             mask_black_pixels: cfg.mask_black_pixels,
@@ -421,6 +507,14 @@ impl<M: Mixer> Encoder<M> {
     pub(crate) fn width(&self) -> i64 {
         self.pos.size()[2]
     }
+
+    /// The Linear(C → d) pixel encoder (`input = "linear"`).
+    pub(crate) fn input_linear(&self) -> Option<&nn::Linear> {
+        match &self.embed {
+            InputEncoder::Linear(l) => Some(l),
+            InputEncoder::Embed(_) => None,
+        }
+    }
 }
 
 impl<M: Mixer> ModuleT for Encoder<M> {
@@ -465,6 +559,10 @@ impl Backbone for Transformer {
 
     fn width(&self) -> i64 {
         self.body.width()
+    }
+
+    fn input_linear(&self) -> Option<&nn::Linear> {
+        self.body.input_linear()
     }
 }
 
@@ -515,6 +613,113 @@ pub(crate) mod tests {
         // = 98,304; block: 2 LN 256 + q,k,v,out 4·(64·64+64) + FFN 64·128+128 + 128·64+64 = 33,472
         // (×2); final LN 128; head 64·128+128 + 128·10+10 = 9,610. Total 174,986.
         assert_eq!(built_params(&preset_model("transformer-small"), &LRA_IMAGE), 174_986);
+        // transformer-spt, the SPT code's model fine-tuned (IdoAmos/not-from-scratch): encoder
+        // Linear(1, 64) 128, no position parameters (sinusoidal); block: 2 LN 256 + q,k,v,out
+        // 4·(64·64+64) + FFN 64·128+128 + 128·64+64 = 33,472 (×3); final LN 128; classifier
+        // 64·64+64 + 64·10+10 = 4,810. Total 105,482, the reference's count.
+        assert_eq!(built_params(&preset_model("transformer-spt"), &LRA_IMAGE), 105_482);
+        assert_eq!(built_params(&preset_model("transformer-spt-causal"), &LRA_IMAGE), 105_482);
+    }
+
+    fn spt() -> Config {
+        match preset_model("transformer-spt") {
+            ModelConfig::Transformer(c) => c,
+            other => panic!("transformer-spt builds {}", other.name()),
+        }
+    }
+
+    /// `pos = "sinusoidal"`: the positions added to the embedded pixels are PE(t, 2i) =
+    /// sin(t / 10000^(2i/d)), PE(t, 2i+1) = cos(t / 10000^(2i/d)) (the SPT code's
+    /// `PositionalEncoder`), computed here in double precision, and they are no parameter.
+    #[test]
+    fn sinusoidal_positions_are_the_formula_and_no_parameter() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Transformer::new(&vs.root(), &spt(), &LRA_IMAGE);
+        assert!(!vs.variables().contains_key("pos"), "sinusoidal positions must not be a variable");
+        let d = 64;
+        let mut expected = vec![0f64; 1024 * d];
+        for t in 0..1024 {
+            for i in 0..d / 2 {
+                let angle = t as f64 / 10000f64.powf(2.0 * i as f64 / d as f64);
+                expected[t * d + 2 * i] = angle.sin();
+                expected[t * d + 2 * i + 1] = angle.cos();
+            }
+        }
+        let expected = Tensor::from_slice(&expected).view([1, 1024, d as i64]).to_kind(Kind::Float);
+        // float32 arguments up to 1,023 rad carry ~6e-5 of rounding, as in PyTorch.
+        assert!(model.body.pos.allclose(&expected, 0.0, 2e-4, false));
+        assert!(!model.body.pos.requires_grad());
+        // The embedded sequence is the pixel encoding plus these values.
+        let xs = random_pixels(2, &LRA_IMAGE);
+        let (hs, _) = tch::no_grad(|| model.body.embed(&xs, Input::plain(), false)); // (B, L, d)
+        let encoded = tch::no_grad(|| model.body.embed.forward(&xs)); // (B, L, d)
+        assert!((hs - encoded).allclose(&expected.expand([2, 1024, d as i64], false), 0.0, 2e-4, false));
+        // Odd widths have no sine/cosine pairs: refused.
+        let odd = Config {
+            d_model: 63,
+            qkv_dim: 63,
+            n_heads: 3,
+            ..spt()
+        };
+        let err = odd.validate(&LRA_IMAGE).unwrap_err().to_string();
+        assert!(err.starts_with("model.pos = \"sinusoidal\""), "{err}");
+    }
+
+    /// `head_dim` sets the classifier's hidden width (the SPT code's Linear(64, 64)); without it
+    /// the classifier keeps `mlp_dim` (LRA, Nyströmformer).
+    #[test]
+    fn the_classifier_has_the_configured_hidden_width() {
+        let shapes = |cfg: &Config| {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let _model = Transformer::new(&vs.root(), cfg, &LRA_IMAGE);
+            let vars = vs.variables();
+            (vars["head.hidden.weight"].size(), vars["head.out.weight"].size())
+        };
+        assert_eq!(shapes(&spt()), (vec![64, 64], vec![10, 64]));
+        assert_eq!(shapes(&Config { head_dim: None, ..spt() }), (vec![128, 64], vec![10, 128]));
+        assert_eq!(shapes(&Config::default()), (vec![128, 128], vec![10, 128]));
+        let err = Config {
+            head_dim: Some(0),
+            ..spt()
+        }
+        .validate(&LRA_IMAGE)
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("model.head_dim = 0"), "{err}");
+    }
+
+    /// `attn_init = "cloned"`: q, k, v and the output projection of each layer start equal (the
+    /// SPT code deep-copies one Linear), and train apart; independent draws differ.
+    #[test]
+    fn cloned_attention_projections_start_equal() {
+        let projections = |cfg: &Config, layer: usize| {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let _model = Transformer::new(&vs.root(), cfg, &LRA_IMAGE);
+            let vars = vs.variables();
+            ["q", "k", "v", "out"].map(|n| {
+                (
+                    vars[&format!("blocks.{layer}.attn.{n}.weight")].copy(),
+                    vars[&format!("blocks.{layer}.attn.{n}.bias")].copy(),
+                )
+            })
+        };
+        for layer in 0..3 {
+            let [q, k, v, out] = projections(&spt(), layer);
+            for other in [&k, &v, &out] {
+                assert!(q.0.equal(&other.0) && q.1.equal(&other.1), "layer {layer}: projections differ");
+            }
+        }
+        let a = projections(&spt(), 0)[0].0.shallow_clone();
+        let b = projections(&spt(), 1)[0].0.shallow_clone();
+        assert!(!a.equal(&b), "each layer draws its own");
+        let independent = Config {
+            attn_init: AttnInit::Independent,
+            ..spt()
+        };
+        let [q, k, _, _] = projections(&independent, 0);
+        assert!(!q.0.equal(&k.0));
+        let err = Config { qkv_dim: 32, ..spt() }.validate(&LRA_IMAGE).unwrap_err().to_string();
+        assert!(err.starts_with("model.attn_init = \"cloned\""), "{err}");
     }
 
     #[test]

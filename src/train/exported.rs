@@ -20,7 +20,7 @@ use super::run_dir::{OpenRun, Which};
 use crate::amp;
 use crate::config::RunConfig;
 use crate::data::cifar::CLASSES;
-use crate::data::TaskConfig;
+use crate::data::{Gray, TaskConfig};
 
 pub const WEIGHTS: &str = "model.safetensors";
 pub const CONFIG: &str = "config.json";
@@ -66,8 +66,9 @@ pub struct Input {
 
 impl Extras {
     pub fn new(task: &TaskConfig, checkpoint: State) -> Extras {
-        let values = match task.input_spec().channels {
-            1 => "grayscale 0..255 (TensorFlow's tf.image.rgb_to_grayscale of the RGB image, truncated)",
+        let values = match (task.input_spec().channels, task.gray) {
+            (1, Gray::Tf) => "grayscale 0..255 (TensorFlow's tf.image.rgb_to_grayscale of the RGB image, truncated)",
+            (1, Gray::Pil) => "grayscale 0..255 (PIL's Image.convert(\"L\") of the RGB image, rounded)",
             _ => "R, G, B values 0..255",
         };
         let order = match task.permute {

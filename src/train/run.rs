@@ -23,7 +23,7 @@ use super::sampler::Sampler;
 use super::schedule;
 use super::step::{train_step_synced, LossScaler, Settings};
 use crate::amp::{self, Precision};
-use crate::config::RunConfig;
+use crate::config::{InitCheckpoint, RunConfig};
 use crate::data::Dataset;
 use crate::dist::Dist;
 use crate::models::pretrain::Pretrainer;
@@ -195,7 +195,7 @@ impl<'a> Trainer<'a> {
         };
         // Rank 0 reads the pretraining run; the others receive its weights below.
         if let (Some(init), false, Learner::Classifier(_), true) = (&cfg.train.init, opts.resume, &learner, main) {
-            init_backbone(&mut vs, Path::new(init), &cfg.model)?;
+            init_backbone(&mut vs, Path::new(init), cfg.train.init_checkpoint, &cfg.model)?;
         }
         let mut opt = AdamW::new(&vs, &cfg.optim)?;
         let mut scaler = LossScaler::new(precision);
@@ -564,13 +564,17 @@ fn open_dir(dir: &RunDir, cfg: &RunConfig, opts: &Options) -> Result<RunLock> {
     Ok(lock)
 }
 
-/// Loads the backbone of the pretraining run in `dir` (its best checkpoint, verified) into the
-/// classifier's variables `vs`: every tensor whose name and shape match; the classifier
+/// Loads the backbone of the pretraining run in `dir` (its best or last checkpoint, `which`,
+/// verified) into the classifier's variables `vs`: every tensor whose name and shape match; the classifier
 /// (`model.classifier()`) and what only pretraining has (`pretrain.*`) are left out, and a tensor
 /// of the model whose shape differs is an error naming it. The log lists what was loaded.
-fn init_backbone(vs: &mut nn::VarStore, dir: &Path, model: &ModelConfig) -> Result<()> {
+fn init_backbone(vs: &mut nn::VarStore, dir: &Path, which: InitCheckpoint, model: &ModelConfig) -> Result<()> {
     let run = RunDir::new(dir);
-    let (state, tensors) = checkpoint::weights(&run.best()).with_context(|| format!("--init `{}`", dir.display()))?;
+    let folder = match which {
+        InitCheckpoint::Best => run.best(),
+        InitCheckpoint::Last => run.last(),
+    };
+    let (state, tensors) = checkpoint::weights(&folder).with_context(|| format!("--init `{}`", dir.display()))?;
     if state.best_val_loss.is_none() {
         bail!(
             "--init `{}` is not a self-pretraining run (`pixelseq pretrain`); its checkpoints hold a trained classifier",
@@ -606,8 +610,9 @@ fn init_backbone(vs: &mut nn::VarStore, dir: &Path, model: &ModelConfig) -> Resu
     fresh.sort();
     not_loaded.sort();
     eprintln!(
-        "initialised from `{}` (best checkpoint, step {}): {} tensors loaded ({scalars} scalars); not loaded: {}; initialised fresh: {}",
+        "initialised from `{}` ({} checkpoint, step {}): {} tensors loaded ({scalars} scalars); not loaded: {}; initialised fresh: {}",
         dir.display(),
+        which.as_str(),
         state.step,
         loaded.len(),
         not_loaded.join(", "),
@@ -817,7 +822,7 @@ seed = 7
         let cfg = tiny(&[]);
         let _model = cfg.model.build(&vs.root(), &cfg.task.input_spec()).unwrap();
         let before: std::collections::HashMap<String, Tensor> = vs.variables().into_iter().map(|(n, t)| (n, t.copy())).collect();
-        init_backbone(&mut vs, &dir.path().join("pre"), &cfg.model).unwrap();
+        init_backbone(&mut vs, &dir.path().join("pre"), InitCheckpoint::Best, &cfg.model).unwrap();
         for (name, t) in vs.variables() {
             if name.starts_with("head.") {
                 assert!(t.equal(&before[&name]), "{name}: the classifier must start fresh");
@@ -829,7 +834,7 @@ seed = 7
         let wider = tiny(&["model.d_model=32", "model.qkv_dim=32"]);
         let mut vs = nn::VarStore::new(Device::Cpu);
         let _model = wider.model.build(&vs.root(), &wider.task.input_spec()).unwrap();
-        let err = init_backbone(&mut vs, &dir.path().join("pre"), &wider.model)
+        let err = init_backbone(&mut vs, &dir.path().join("pre"), InitCheckpoint::Best, &wider.model)
             .unwrap_err()
             .to_string();
         assert!(
@@ -842,7 +847,9 @@ seed = 7
         run(&tiny(&[]), &data, &options(&classifier, false)).unwrap();
         let mut vs = nn::VarStore::new(Device::Cpu);
         let _model = cfg.model.build(&vs.root(), &cfg.task.input_spec()).unwrap();
-        let err = init_backbone(&mut vs, &classifier, &cfg.model).unwrap_err().to_string();
+        let err = init_backbone(&mut vs, &classifier, InitCheckpoint::Best, &cfg.model)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a self-pretraining run"), "{err}");
         let init = dir.path().join("pre").display().to_string();
         let tuned = tiny(&[&format!("train.init={init:?}")]);
@@ -851,5 +858,51 @@ seed = 7
         assert!(std::fs::read_to_string(dir.path().join("tuned/config.toml"))
             .unwrap()
             .contains("init = "));
+    }
+
+    /// `train.init_checkpoint = "last"` (`train --init RUN --last`) loads the pretraining run's
+    /// last checkpoint and the default its best, here two checkpoints of different weights; the
+    /// choice is refused without `train.init` and written to the fine-tuned run's config.
+    #[test]
+    fn init_last_loads_the_last_checkpoint_not_the_best() {
+        let dir = tempfile::tempdir().unwrap();
+        let pre = RunDir::new(dir.path().join("pre"));
+        let cfg = tiny(&["train.mixup=0.0"]);
+        let stage = cfg.for_pretraining().unwrap();
+        let method = stage.pretrain.clone().unwrap().method();
+        let input = cfg.task.input_spec();
+        let mut state = State::new(&LossScaler::new(Precision::Fp32));
+        state.best_val_loss = Some(0.5);
+        let mut saved = Vec::new();
+        for (seed, folder) in [(1, pre.best()), (2, pre.last())] {
+            tch::manual_seed(seed);
+            let vs = nn::VarStore::new(Device::Cpu);
+            let _p = Pretrainer::new(&vs.root(), &cfg.model, &method, &input).unwrap();
+            checkpoint::save(&folder, &vs, None, &state).unwrap();
+            saved.push(vs.variables()["blocks.0.attn.q.weight"].copy());
+        }
+        assert!(!saved[0].equal(&saved[1]));
+        for (which, expected) in [(InitCheckpoint::Best, &saved[0]), (InitCheckpoint::Last, &saved[1])] {
+            let mut vs = nn::VarStore::new(Device::Cpu);
+            let _model = cfg.model.build(&vs.root(), &input).unwrap();
+            init_backbone(&mut vs, &pre.root, which, &cfg.model).unwrap();
+            assert!(
+                vs.variables()["blocks.0.attn.q.weight"].equal(expected),
+                "{which:?} loaded the other checkpoint"
+            );
+        }
+
+        let mut table: toml::Table = TINY.parse().unwrap();
+        crate::config::apply_override(&mut table, "train.init_checkpoint=\"last\"").unwrap();
+        let err = RunConfig::from_table(table, "test").unwrap_err().to_string();
+        assert!(err.contains("train.init_checkpoint") && err.contains("train.init"), "{err}");
+        let init = pre.root.display().to_string();
+        let tuned = tiny(&[&format!("train.init={init:?}"), "train.init_checkpoint=\"last\""]);
+        let record = run(&tuned, &tiny_data(), &options(&dir.path().join("tuned"), false)).unwrap();
+        assert_eq!(record.init.as_deref(), Some(init.as_str()));
+        let written = std::fs::read_to_string(dir.path().join("tuned/config.toml")).unwrap();
+        assert!(written.contains("init_checkpoint = \"last\""), "{written}");
+        // The default (best) leaves the config as it was before the choice existed.
+        assert!(!tiny(&[&format!("train.init={init:?}")]).to_toml().contains("init_checkpoint"));
     }
 }
