@@ -2,7 +2,8 @@
 //! reproduces its paper's setting, beside the paper's figure and the founding Python project's.
 //!
 //! A model's paper presets are the shipped presets of that model whose `[paper]` table has a
-//! figure. A run counts for its model's row when it claims that figure (so it ran on the preset's
+//! figure, except self-pretraining presets (their figure is for another method, and the
+//! self-pretraining table shows them). A run counts for its model's row when it claims that figure (so it ran on the preset's
 //! own task: a run moved to another task drops the claim) and covered at least
 //! [`MIN_COVERAGE`] of the preset's recipe; the row shows the one with the best test accuracy.
 //! Shorter runs, runs on another task and runs of other presets stay in the table of all runs.
@@ -21,7 +22,7 @@ use crate::train::records::Metrics;
 /// The share of a preset's recipe (in training images) a run must cover to stand for its model.
 pub const MIN_COVERAGE: f64 = 0.25;
 
-/// A shipped preset with a paper figure.
+/// A shipped preset with a paper figure (self-pretraining presets aside).
 pub struct PaperPreset {
     pub name: String,
     /// `model.name`.
@@ -38,6 +39,11 @@ impl PaperPreset {
         let mut found = Vec::new();
         for name in config::preset_names()? {
             let cfg = RunConfig::load(Some(&name), None, &[])?;
+            // A self-pretraining preset's figure is for pretraining then fine-tuning, another
+            // method than the paper's model trained from scratch: its own table shows it.
+            if cfg.pretrain.is_some() {
+                continue;
+            }
             let Some(paper) = cfg.paper.filter(|p| p.figure.is_some()) else { continue };
             found.push(PaperPreset {
                 model: cfg.model.name().to_string(),
