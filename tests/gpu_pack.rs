@@ -186,8 +186,7 @@ fn pack_and_run_on_cpu() {
         log
     };
     let result = |name: &str| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(checkout.join("results/gpu").join(name).join("result.json")).unwrap())
-            .unwrap()
+        serde_json::from_str(&std::fs::read_to_string(checkout.join("results/gpu").join(name).join("result.json")).unwrap()).unwrap()
     };
     window();
     for name in ["first", "second"] {
@@ -199,7 +198,12 @@ fn pack_and_run_on_cpu() {
             .output()
             .unwrap();
         let names = String::from_utf8_lossy(&listing.stdout).into_owned();
-        for f in ["checkpoints/best/model.safetensors", "checkpoints/last/optim.safetensors", "result.json", "train.log"] {
+        for f in [
+            "checkpoints/best/model.safetensors",
+            "checkpoints/last/optim.safetensors",
+            "result.json",
+            "train.log",
+        ] {
             assert!(names.contains(&format!("{name}/{f}")), "{f} missing: {names}");
         }
         assert!(!names.contains(".lock"), "{names}");

@@ -67,7 +67,10 @@ fn published_runs_keep_what_they_promise() {
         assert!(!best.join("optim.safetensors").exists(), "{name}: best holds optimizer moments");
         let last = run.join("checkpoints/last");
         if !last.exists() {
-            assert!(run.join("result.json").is_file(), "{name} has neither a result nor a last checkpoint");
+            assert!(
+                run.join("result.json").is_file(),
+                "{name} has neither a result nor a last checkpoint"
+            );
             let moments: Vec<_> = files_under(&run.join("checkpoints"))
                 .into_iter()
                 .filter(|f| f.file_name().is_some_and(|n| n == "optim.safetensors"))
@@ -105,10 +108,16 @@ fn the_smallest_published_run_rescores_to_its_record() {
     // A finished run is scored on the test split against result.json; a run in progress on the
     // validation split against the best checkpoint's own record.
     let (split, recorded) = match std::fs::read_to_string(run.join("result.json")) {
-        Ok(text) => ("test", serde_json::from_str::<serde_json::Value>(&text).unwrap()["test_acc"].as_f64()),
+        Ok(text) => (
+            "test",
+            serde_json::from_str::<serde_json::Value>(&text).unwrap()["test_acc"].as_f64(),
+        ),
         Err(_) => {
             let state = std::fs::read_to_string(run.join("checkpoints/best/state.json")).unwrap();
-            ("val", serde_json::from_str::<serde_json::Value>(&state).unwrap()["best_val_acc"].as_f64())
+            (
+                "val",
+                serde_json::from_str::<serde_json::Value>(&state).unwrap()["best_val_acc"].as_f64(),
+            )
         }
     };
     let recorded = recorded.unwrap();

@@ -44,7 +44,9 @@ impl PaperPreset {
             if cfg.pretrain.is_some() {
                 continue;
             }
-            let Some(paper) = cfg.paper.filter(|p| p.figure.is_some()) else { continue };
+            let Some(paper) = cfg.paper.filter(|p| p.figure.is_some()) else {
+                continue;
+            };
             found.push(PaperPreset {
                 model: cfg.model.name().to_string(),
                 name,
@@ -80,23 +82,29 @@ pub struct Row {
     in_progress: Option<(PathBuf, Option<(f64, f64)>)>,
 }
 
-/// An unfinished run's preset (its `preset` file) and its last evaluation's step and epoch.
-fn progress(dir: &Path) -> Option<(String, Option<(u64, f64)>)> {
-    let preset = std::fs::read_to_string(dir.join("preset")).ok()?.trim().to_string();
-    let last = std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .ok()
-        .and_then(|text| text.lines().rev().find_map(|l| serde_json::from_str::<Metrics>(l).ok()))
-        .map(|m| (m.step, m.epoch));
-    Some((preset, last))
+/// An unfinished run: its folder, its preset (the `preset` file) and its last evaluation's step
+/// and epoch.
+struct Unfinished<'a> {
+    dir: &'a Path,
+    preset: String,
+    last: Option<(u64, f64)>,
+}
+
+impl Unfinished<'_> {
+    fn read(dir: &Path) -> Option<Unfinished<'_>> {
+        let preset = std::fs::read_to_string(dir.join("preset")).ok()?.trim().to_string();
+        let last = std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .ok()
+            .and_then(|text| text.lines().rev().find_map(|l| serde_json::from_str::<Metrics>(l).ok()))
+            .map(|m| (m.step, m.epoch));
+        Some(Unfinished { dir, preset, last })
+    }
 }
 
 /// One row per model that has a paper preset, in model-name order; `unfinished` are run folders
 /// without a result, named in the row of a model that has no finished run.
 pub fn rows(presets: Vec<PaperPreset>, runs: &[Run], unfinished: &[PathBuf]) -> Vec<Row> {
-    let unfinished: Vec<(&PathBuf, String, Option<(u64, f64)>)> = unfinished
-        .iter()
-        .filter_map(|d| progress(d).map(|(preset, last)| (d, preset, last)))
-        .collect();
+    let unfinished: Vec<Unfinished> = unfinished.iter().filter_map(|d| Unfinished::read(d)).collect();
     let mut models: Vec<String> = presets.iter().map(|p| p.model.clone()).collect();
     models.sort();
     models.dedup();
@@ -134,12 +142,12 @@ pub fn rows(presets: Vec<PaperPreset>, runs: &[Run], unfinished: &[PathBuf]) -> 
                             .unwrap_or(std::cmp::Ordering::Equal)
                             .then(a.name.cmp(&b.name))
                     });
-                    let going = unfinished.iter().find_map(|(dir, preset, last)| {
-                        let p = candidates.iter().position(|c| c.name == *preset)?;
-                        let covered = last.and_then(|(step, epoch)| {
-                            Some((epoch, candidates[p].recipe_epochs(step, epoch)?))
-                        });
-                        Some((p, ((*dir).clone(), covered)))
+                    let going = unfinished.iter().find_map(|u| {
+                        let p = candidates.iter().position(|c| c.name == u.preset)?;
+                        let covered = u
+                            .last
+                            .and_then(|(step, epoch)| Some((epoch, candidates[p].recipe_epochs(step, epoch)?)));
+                        Some((p, (u.dir.to_path_buf(), covered)))
                     });
                     let (p, in_progress) = match going {
                         Some((p, found)) => (p, Some(found)),
@@ -197,7 +205,9 @@ pub fn markdown(rows: &[Row], runs: &[Run]) -> String {
             None => match &row.in_progress {
                 Some((dir, covered)) => cells.extend([
                     "in progress".into(),
-                    covered.map_or("—".into(), |(done, recipe)| format!("{} of {} epochs so far", epochs(done), epochs(recipe))),
+                    covered.map_or("—".into(), |(done, recipe)| {
+                        format!("{} of {} epochs so far", epochs(done), epochs(recipe))
+                    }),
                     "—".into(),
                     "—".into(),
                     {

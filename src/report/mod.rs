@@ -685,11 +685,29 @@ mod tests {
             ..record("fnet-lra", "lra-image", figure, test_acc, 150.0)
         };
         let lra = || task("name = \"lra-image\"");
-        write_run(&results.join("long"), Some(&fnet(0.41, 17_500, Some(38.67))), &metrics(2, 0.4), None, lra());
+        write_run(
+            &results.join("long"),
+            Some(&fnet(0.41, 17_500, Some(38.67))),
+            &metrics(2, 0.4),
+            None,
+            lra(),
+        );
         std::fs::create_dir_all(results.join("long/checkpoints/best")).unwrap();
         std::fs::write(results.join("long/checkpoints/best/model.safetensors"), b"weights").unwrap();
-        write_run(&results.join("short"), Some(&fnet(0.45, 8_000, Some(38.67))), &metrics(2, 0.4), None, lra());
-        write_run(&results.join("other-task"), Some(&fnet(0.5, 35_000, None)), &metrics(2, 0.4), None, lra());
+        write_run(
+            &results.join("short"),
+            Some(&fnet(0.45, 8_000, Some(38.67))),
+            &metrics(2, 0.4),
+            None,
+            lra(),
+        );
+        write_run(
+            &results.join("other-task"),
+            Some(&fnet(0.5, 35_000, None)),
+            &metrics(2, 0.4),
+            None,
+            lra(),
+        );
         // transformer-lra (35,000 steps of 256) in progress, one evaluation at step 175.
         let going = results.join("going");
         write_run(&going, None, &metrics(1, 0.3), None, lra());
@@ -707,13 +725,25 @@ mod tests {
         let mut expected = models.clone();
         expected.dedup();
         assert_eq!(models, expected, "one row per model");
-        for model in ["fnet", "lipschitz-rnn", "lru", "nystromformer", "pit", "s4d", "transformer", "trellisnet"] {
+        for model in [
+            "fnet",
+            "lipschitz-rnn",
+            "lru",
+            "nystromformer",
+            "pit",
+            "s4d",
+            "transformer",
+            "trellisnet",
+        ] {
             assert!(models.contains(&model), "{model} has a row: {models:?}");
         }
         let md = std::fs::read_to_string(tmp.path().join("out/results.md")).unwrap();
         let row = |name: &str| md.lines().find(|l| l.contains(&format!("| {name} |"))).unwrap().to_string();
         let fnet_row = row("fnet-lra");
-        assert!(fnet_row.contains("| 38.67% | 46.02% | 41.00% | 99.6 of 199.1 epochs |"), "{fnet_row}");
+        assert!(
+            fnet_row.contains("| 38.67% | 46.02% | 41.00% | 99.6 of 199.1 epochs |"),
+            "{fnet_row}"
+        );
         let weights = results.join("long/checkpoints/best").display().to_string();
         assert!(fnet_row.ends_with(&format!("| `{weights}` |")), "{fnet_row}");
         assert!(row("lru-scifar").contains("| 89.00% | — | no run yet |"), "{md}");
@@ -754,7 +784,13 @@ mod tests {
             wall_s: 1e308,
             ..record("s4d-lra", "lra-image", None, 0.7, 100.0)
         };
-        write_run(&results.join("huge"), Some(&huge), &metrics(2, 0.5), None, task("name = \"lra-image\""));
+        write_run(
+            &results.join("huge"),
+            Some(&huge),
+            &metrics(2, 0.5),
+            None,
+            task("name = \"lra-image\""),
+        );
         write_run(
             &results.join("fine"),
             Some(&record("s4d-lra", "lra-image", None, 0.7, 100.0)),
