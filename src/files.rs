@@ -9,6 +9,7 @@
 //! every temporary folder ([`temp_dir_beside`]) first clears its folder of such leftovers.
 
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -137,6 +138,38 @@ pub fn check_writable(dest: &Path, what: &str) -> Result<()> {
         .tempfile_in(dir)
         .map(drop)
         .with_context(|| format!("{what} `{}`: cannot create files in folder `{}`", dest.display(), dir.display()))
+}
+
+/// Refuses a path that is not a regular file (a FIFO, a device, a folder) before it is opened:
+/// opening a FIFO to read waits for a writer forever. Symbolic links are followed.
+pub fn check_regular(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+    if !meta.is_file() {
+        let kind = if meta.is_dir() {
+            "a folder"
+        } else if meta.file_type().is_fifo() {
+            "a FIFO"
+        } else {
+            "a device or socket"
+        };
+        bail!(
+            "`{}` is {kind}, not a regular file; pixelseq reads only regular files there",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// The bytes of the regular file `path` ([`check_regular`] first).
+pub fn read_regular(path: &Path) -> Result<Vec<u8>> {
+    check_regular(path)?;
+    std::fs::read(path).with_context(|| format!("failed to read `{}`", path.display()))
+}
+
+/// The text of the regular file `path` ([`check_regular`] first).
+pub fn read_regular_to_string(path: &Path) -> Result<String> {
+    check_regular(path)?;
+    std::fs::read_to_string(path).with_context(|| format!("failed to read `{}`", path.display()))
 }
 
 /// [`write_atomic`] of a byte string.

@@ -843,6 +843,48 @@ seed = 7
         assert!(!tuned.exists());
     }
 
+    /// A FIFO in place of a file a run reads back (a checkpoint's tensor file or state, the
+    /// config, an events file) is refused by its type before it is opened, instead of waiting
+    /// forever for a writer.
+    #[test]
+    fn a_fifo_in_place_of_a_run_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let run_dir = dir.path().join("run");
+        let data = tiny_data();
+        run(&tiny(&[]), &data, &options(&run_dir, false)).unwrap();
+        let files = RunDir::new(&run_dir);
+        let fifo_in_place = |path: &std::path::Path| {
+            let saved = path.with_extension("saved");
+            std::fs::rename(path, &saved).unwrap();
+            assert!(std::process::Command::new("mkfifo").arg(path).status().unwrap().success());
+            move |path: &std::path::Path| {
+                std::fs::remove_file(path).unwrap();
+                std::fs::rename(&saved, path).unwrap();
+            }
+        };
+        for path in [files.last().join(checkpoint::WEIGHTS), files.last().join(checkpoint::STATE)] {
+            let restore = fifo_in_place(&path);
+            let err = format!(
+                "{:#}",
+                run(&tiny(&["train.max_steps=6"]), &data, &options(&run_dir, true)).unwrap_err()
+            );
+            assert!(err.contains("is a FIFO, not a regular file"), "{}: {err}", path.display());
+            restore(&path);
+        }
+        let events = crate::tensorboard::event_files(&run_dir).unwrap().remove(0);
+        let restore = fifo_in_place(&events);
+        let err = format!(
+            "{:#}",
+            run(&tiny(&["train.max_steps=6"]), &data, &options(&run_dir, true)).unwrap_err()
+        );
+        assert!(err.contains("is a FIFO, not a regular file"), "{err}");
+        restore(&events);
+        let restore = fifo_in_place(&files.config());
+        let err = format!("{:#}", files.load_config().unwrap_err());
+        assert!(err.contains("is a FIFO, not a regular file"), "{err}");
+        restore(&files.config());
+    }
+
     /// The loop's update is exactly `step::train_step` (the step `bench` times) on the sampler's
     /// batches at the schedule's learning rates: driving the step by hand from the same seed ends
     /// with the weights the trainer saved.

@@ -128,12 +128,17 @@ impl RunDir {
 
     /// The run's resolved config.
     pub fn load_config(&self) -> Result<RunConfig> {
+        if self.config().exists() {
+            crate::files::check_regular(&self.config())?;
+        }
         RunConfig::load(None, Some(&self.config()), &[]).with_context(|| format!("`{}` is not a run directory", self.root.display()))
     }
 
     /// The preset the run was started from, if any.
     pub fn preset_name(&self) -> Option<String> {
-        std::fs::read_to_string(self.preset()).ok().map(|s| s.trim().to_string())
+        crate::files::read_regular_to_string(&self.preset())
+            .ok()
+            .map(|s| s.trim().to_string())
     }
 }
 
