@@ -4,9 +4,11 @@
 //! the old file or the new one. Special targets (a FIFO, a device, `/dev/stdout`) are written
 //! directly instead, and a symbolic link is followed: its target is replaced, the link stays.
 //!
-//! Temporary names are `.<name>.partial-<pid>-<random>`: a process killed while writing leaves
-//! one behind, which [`remove_stale_temps`] removes once that process is gone; every write and
-//! every temporary folder ([`temp_dir_beside`]) first clears its folder of such leftovers.
+//! Temporary names are `.<name>.partial-<pid>-px<suffix>` (the suffix letters and digits): a
+//! process killed while writing leaves one behind, which [`remove_stale_temps`] removes once that
+//! process is gone; every write and every temporary folder ([`temp_dir_beside`]) first clears its
+//! folder of such leftovers. Only that exact pattern is pixelseq's: a user's
+//! `.thesis.partial-99999-v2` or `.photos.partial-4000000-2024/` is never touched.
 
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileTypeExt;
@@ -16,6 +18,14 @@ use anyhow::{bail, Context, Result};
 
 /// The marker between a temporary file's destination name and its owner's process id.
 pub const PARTIAL: &str = ".partial-";
+/// What follows the owner's process id and a dash in every temporary name pixelseq writes.
+const TAG: &str = "px";
+
+/// The prefix of a temporary name for `name` owned by this process; a suffix of letters and
+/// digits completes it.
+pub fn temp_prefix(name: &str) -> String {
+    format!(".{name}{PARTIAL}{}-{TAG}", std::process::id())
+}
 
 /// Where writing `dest` really goes: the end of its chain of symbolic links (relative targets are
 /// resolved against the link's folder), else `dest` itself.
@@ -89,7 +99,7 @@ fn temp_file_beside(dest: &Path, target: &Path) -> Result<tempfile::NamedTempFil
     };
     remove_stale_temps(&dir);
     let name = target.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let prefix = format!(".{name}{PARTIAL}{}-", std::process::id());
+    let prefix = temp_prefix(&name);
     let mut builder = tempfile::Builder::new();
     builder.prefix(&prefix);
     #[cfg(unix)]
@@ -204,10 +214,25 @@ fn alive(pid: u32) -> bool {
     Path::new("/proc").join(pid.to_string()).exists()
 }
 
-/// The process id in a temporary name written by this module (`.<name>.partial-<pid>-<random>`).
+/// The process id in a temporary name written by this module (`.<name>.partial-<pid>-px<suffix>`,
+/// exactly: a dot, a non-empty name, the marker, digits, `-px`, then 1 to 20 letters and digits).
 fn owner(name: &str) -> Option<u32> {
-    let rest = &name[name.rfind(PARTIAL)? + PARTIAL.len()..];
-    rest.split('-').next()?.parse().ok()
+    let stem = name.strip_prefix('.')?;
+    let at = stem.rfind(PARTIAL).filter(|&at| at > 0)?;
+    let (pid, suffix) = stem[at + PARTIAL.len()..].split_once('-')?;
+    let suffix = suffix.strip_prefix(TAG)?;
+    let digits = !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit());
+    let tail = (1..=20).contains(&suffix.len()) && suffix.bytes().all(|b| b.is_ascii_alphanumeric());
+    if digits && tail {
+        pid.parse().ok()
+    } else {
+        None
+    }
+}
+
+/// Whether `name` is a temporary name that pixelseq writes ([`temp_prefix`]).
+pub fn is_temp_name(name: &str) -> bool {
+    owner(name).is_some()
 }
 
 /// Removes the temporary files and folders in `dir` left by pixelseq processes that are gone
@@ -217,7 +242,7 @@ pub fn remove_stale_temps(dir: &Path) -> usize {
     let mut removed = 0;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = owner(&name).filter(|_| name.starts_with('.')) else {
+        let Some(pid) = owner(&name) else {
             continue;
         };
         if pid == std::process::id() || alive(pid) {
@@ -246,7 +271,7 @@ pub fn temp_dir_beside(dest: &Path) -> PathBuf {
         remove_stale_temps(dir);
     }
     let name = dest.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    dest.with_file_name(format!(".{name}{PARTIAL}{}-{n}", std::process::id()))
+    dest.with_file_name(format!("{}{n}", temp_prefix(&name)))
 }
 
 /// Removes a temporary file or folder when dropped, unless [`TempGuard::keep`] was called.
@@ -374,11 +399,11 @@ mod tests {
     #[test]
     fn writing_removes_stale_temporaries() {
         let dir = tempfile::tempdir().unwrap();
-        let stale = dir.path().join(".gray.bin.partial-4999999-abc");
+        let stale = dir.path().join(".gray.bin.partial-4999999-pxabc");
         std::fs::write(&stale, vec![0u8; 4096]).unwrap();
         write_bytes(&dir.path().join("gray.bin"), b"new").unwrap();
         assert!(!stale.exists());
-        let folder = dir.path().join(".cifar-10-batches-bin.partial-4999999-0");
+        let folder = dir.path().join(".cifar-10-batches-bin.partial-4999999-px0");
         std::fs::create_dir(&folder).unwrap();
         temp_dir_beside(&dir.path().join("cifar-10-batches-bin"));
         assert!(!folder.exists());
@@ -388,9 +413,9 @@ mod tests {
     fn stale_temporaries_of_dead_processes_are_removed() {
         let dir = tempfile::tempdir().unwrap();
         // A pid above the kernel's maximum (4,194,304) never runs.
-        let dead = dir.path().join(".cifar.tar.gz.partial-4999999-abc");
-        let folder = dir.path().join(".cifar-10-batches-bin.partial-4999999-0");
-        let live = dir.path().join(format!(".x.partial-{}-1", std::process::id()));
+        let dead = dir.path().join(".cifar.tar.gz.partial-4999999-pxabc");
+        let folder = dir.path().join(".cifar-10-batches-bin.partial-4999999-px0");
+        let live = dir.path().join(format!(".x.partial-{}-px1", std::process::id()));
         let other = dir.path().join("notes.partial-4999999-1");
         for f in [&dead, &live, &other] {
             std::fs::write(f, b"").unwrap();
@@ -400,5 +425,35 @@ mod tests {
         assert_eq!(remove_stale_temps(dir.path()), 2);
         assert!(!dead.exists() && !folder.exists());
         assert!(live.exists() && other.exists());
+    }
+
+    /// Only the exact names pixelseq writes are its leftovers: a user's dot-names that merely
+    /// contain `.partial-<dead pid>-`, files or folders, are never removed or entered.
+    #[test]
+    fn a_users_partial_names_are_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let thesis = dir.path().join(".thesis.partial-99999-v2");
+        std::fs::write(&thesis, b"chapter 1").unwrap();
+        let photos = dir.path().join(".photos.partial-4000000-2024");
+        std::fs::create_dir(&photos).unwrap();
+        std::fs::write(photos.join("a.jpg"), b"x").unwrap();
+        let mut others = vec![thesis.clone(), photos.clone()];
+        for name in [
+            ".partial-4999999-px1",
+            ".x.partial-4999999-px",
+            ".x.partial-49x-px1",
+            ".x.partial-4999999-px1.bak",
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, b"mine").unwrap();
+            others.push(path);
+        }
+        write_bytes(&dir.path().join("x.csv"), b"new").unwrap();
+        assert_eq!(remove_stale_temps(dir.path()), 0);
+        for path in &others {
+            assert!(path.exists(), "{} was removed", path.display());
+        }
+        assert_eq!(std::fs::read(photos.join("a.jpg")).unwrap(), b"x");
+        assert!(is_temp_name(&format!("{}abc123", temp_prefix("x.csv"))));
     }
 }

@@ -37,18 +37,17 @@ pub fn export(run: &Path, out: &Path) -> Result<()> {
 
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("failed to create folder `{}`", parent.display()))?;
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}.partial-"))
-        .tempdir_in(parent)
-        .with_context(|| format!("failed to create a temporary folder beside `{}`", out.display()))?;
-    let weights = tmp.path().join(WEIGHTS);
+    let tmp = files::temp_dir_beside(out);
+    let guard = files::TempGuard::new(tmp.clone());
+    std::fs::create_dir(&tmp).with_context(|| format!("failed to create a temporary folder beside `{}`", out.display()))?;
+    let weights = tmp.join(WEIGHTS);
     let tensors: Vec<(String, tch::Tensor)> = opened.vs.variables().into_iter().collect();
     extras.weights_sha256 = Some(checkpoint::write_tensors(&weights, &tensors)?);
-    files::write_bytes(&tmp.path().join(CONFIG), config_json(&opened.config, &extras)?.as_bytes())?;
+    files::write_bytes(&tmp.join(CONFIG), config_json(&opened.config, &extras)?.as_bytes())?;
     let card = card(&opened.config, &record, &opened.state, dir.preset_name().as_deref());
-    files::write_bytes(&tmp.path().join(CARD), card.as_bytes())?;
-    std::fs::rename(tmp.path(), out).with_context(|| format!("failed to move the exported folder into `{}`", out.display()))?;
+    files::write_bytes(&tmp.join(CARD), card.as_bytes())?;
+    std::fs::rename(&tmp, out).with_context(|| format!("failed to move the exported folder into `{}`", out.display()))?;
+    guard.keep();
     Ok(())
 }
 

@@ -571,7 +571,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let last = dir.path().join("last");
         save(&last, &store(), None, &state(5)).unwrap();
-        let aside = dir.path().join(".last.partial-4999999-0");
+        let aside = dir.path().join(".last.partial-4999999-px0");
         std::fs::rename(&last, &aside).unwrap();
         assert_eq!(existing(&last), Some(aside.clone()));
         assert_eq!(load(&last, &mut store(), None).unwrap().step, 5);

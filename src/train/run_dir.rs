@@ -24,7 +24,6 @@ use super::checkpoint::State;
 use super::learner::Learner;
 use crate::amp::Precision;
 use crate::config::RunConfig;
-use crate::files::PARTIAL;
 
 /// The paths of one run directory.
 #[derive(Debug, Clone)]
@@ -82,7 +81,7 @@ impl RunDir {
             .flatten()
             .filter(|e| e.path() != lock)
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| !(n.starts_with('.') && n.contains(PARTIAL)))
+            .filter(|n| !crate::files::is_temp_name(n))
             .collect();
         names.sort();
         let d = self.root.display();
