@@ -126,9 +126,52 @@ fn persist(tmp: tempfile::NamedTempFile, dest: &Path, target: &Path) -> Result<(
     Ok(())
 }
 
-/// Checks, before any work, that `dest` can be written: not a folder, its folder exists and
-/// takes new files. Commands that write one output at the end call this first.
+/// The names a run folder (one holding `config.toml` and its lock, checkpoints or metrics) keeps its own files under, and those of an
+/// exported model folder (`config.json` beside `model.safetensors`); TensorBoard's events files
+/// (`events.out.tfevents.*`) are a run's too.
+const RUN_FILES: [&str; 6] = ["config.toml", "preset", "metrics.jsonl", "result.json", ".lock", "checkpoints"];
+const EXPORTED_FILES: [&str; 3] = ["model.safetensors", "config.json", "README.md"];
+
+/// Refuses an output path that is (or lies under) one of a run's or an exported folder's own
+/// files, links followed: `predict --csv RUN/config.toml` or `export --out
+/// RUN/checkpoints/best/model.safetensors` would replace what the run needs. A new file in a run
+/// folder (`RUN/predictions.csv`) is fine.
+pub fn check_not_a_run_file(dest: &Path, what: &str) -> Result<()> {
+    let absolute = std::path::absolute(dest).unwrap_or_else(|_| dest.to_path_buf());
+    let target = match std::fs::canonicalize(&absolute) {
+        Ok(t) => t,
+        Err(_) => match (absolute.parent().and_then(|p| std::fs::canonicalize(p).ok()), absolute.file_name()) {
+            (Some(parent), Some(name)) => parent.join(name),
+            _ => absolute,
+        },
+    };
+    for folder in target.ancestors().skip(1) {
+        let Some(first) = target.strip_prefix(folder).ok().and_then(|rel| rel.components().next()) else {
+            continue;
+        };
+        let first = first.as_os_str().to_string_lossy();
+        let is_run =
+            folder.join("config.toml").is_file() && [".lock", "checkpoints", "metrics.jsonl"].iter().any(|f| folder.join(f).exists());
+        let run = is_run && (RUN_FILES.contains(&first.as_ref()) || first.starts_with("events.out.tfevents."));
+        let exported =
+            folder.join("config.json").is_file() && folder.join("model.safetensors").is_file() && EXPORTED_FILES.contains(&first.as_ref());
+        if run || exported {
+            bail!(
+                "{what} `{}` would overwrite `{first}` of the {} `{}`; write it outside that folder's own files",
+                dest.display(),
+                if run { "run" } else { "exported model folder" },
+                folder.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Checks, before any work, that `dest` can be written: not a folder, not one of a run's own
+/// files ([`check_not_a_run_file`]), its folder exists and takes new files. Commands that write
+/// one output at the end call this first.
 pub fn check_writable(dest: &Path, what: &str) -> Result<()> {
+    check_not_a_run_file(dest, what)?;
     let target = resolve_links(dest);
     if target.is_dir() {
         bail!("{what} `{}` is a folder; name a file", dest.display());
@@ -425,6 +468,39 @@ mod tests {
         assert_eq!(remove_stale_temps(dir.path()), 2);
         assert!(!dead.exists() && !folder.exists());
         assert!(live.exists() && other.exists());
+    }
+
+    /// An output never replaces a run's or an exported folder's own files, also through a link;
+    /// a new file beside them is fine.
+    #[test]
+    fn outputs_never_overwrite_a_runs_own_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        std::fs::create_dir_all(run.join("checkpoints/best")).unwrap();
+        for f in ["config.toml", "checkpoints/best/model.safetensors", "events.out.tfevents.1.host"] {
+            std::fs::write(run.join(f), b"x").unwrap();
+        }
+        let hf = dir.path().join("hf");
+        std::fs::create_dir(&hf).unwrap();
+        for f in ["config.json", "model.safetensors"] {
+            std::fs::write(hf.join(f), b"x").unwrap();
+        }
+        let link = dir.path().join("out.csv");
+        std::os::unix::fs::symlink(run.join("config.toml"), &link).unwrap();
+        for dest in [
+            run.join("config.toml"),
+            run.join("result.json"),
+            run.join("checkpoints/best/model.safetensors"),
+            run.join("checkpoints/new.pt"),
+            run.join("events.out.tfevents.1.host"),
+            hf.join("model.safetensors"),
+            link,
+        ] {
+            let err = check_writable(&dest, "--csv").unwrap_err().to_string();
+            assert!(err.contains("would overwrite"), "{}: {err}", dest.display());
+        }
+        check_writable(&run.join("predictions.csv"), "--csv").unwrap();
+        check_writable(&hf.join("notes.txt"), "--csv").unwrap();
     }
 
     /// Only the exact names pixelseq writes are its leftovers: a user's dot-names that merely
