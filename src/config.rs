@@ -621,12 +621,6 @@ impl RunConfig {
         if let Some(t) = &p.train {
             cfg.train = t.clone();
         }
-        if cfg.train.mixup > 0.0 || cfg.train.cutmix > 0.0 {
-            bail!("key `train.mixup`/`train.cutmix`: self-pretraining reconstructs pixels and has no labels to mix; set them to 0 in [pretrain.train]");
-        }
-        if cfg.train.init.is_some() {
-            bail!("key `train.init`: a self-pretraining run starts from scratch");
-        }
         // The stage's sections are now the top-level ones: deriving the stage again is the identity.
         cfg.pretrain = Some(Pretrain {
             optim: None,
@@ -634,8 +628,23 @@ impl RunConfig {
             train: None,
             ..p
         });
+        cfg.check_pretraining_stage()?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Refuses what a pretraining stage (the config of `pixelseq pretrain`, overrides applied)
+    /// cannot do: mix labels it has not, or start from another pretraining run.
+    pub fn check_pretraining_stage(&self) -> Result<()> {
+        for (key, alpha) in [("train.mixup", self.train.mixup), ("train.cutmix", self.train.cutmix)] {
+            if alpha > 0.0 {
+                bail!("key `{key}` = {alpha}: self-pretraining reconstructs pixels and has no labels to mix; set it to 0 (in [pretrain.train], or --set {key}=0)");
+            }
+        }
+        if let Some(init) = &self.train.init {
+            bail!("key `train.init` = {init:?}: a self-pretraining run starts from scratch; --init belongs to `pixelseq train`");
+        }
+        Ok(())
     }
 
     /// This config with `--set` overrides applied (as [`RunConfig::load`] applies them to a file).

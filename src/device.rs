@@ -96,6 +96,40 @@ pub fn cpu_memory_available() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Memory a process may still take on `device`, bytes: `MemAvailable` on a CPU, free memory on a
+/// GPU.
+pub fn memory_available(device: Device) -> Result<f64> {
+    match device {
+        Device::Cuda(i) => Ok(CudaMemory::new(i)?.free()? as f64),
+        _ => match cpu_memory_available() {
+            Some(b) => Ok(b as f64),
+            None => bail!("cannot read MemAvailable from /proc/meminfo to check what fits in memory"),
+        },
+    }
+}
+
+/// Runs `f` with the caching CPU allocator refusing any large block that would take the memory
+/// in use more than `bytes` beyond what it is now (its own limit still holds): a measurement that
+/// would not fit ends in libtorch's out-of-memory error there instead of taking the memory.
+pub fn with_cpu_headroom<T>(bytes: f64, f: impl FnOnce() -> T) -> T {
+    struct Restore(u64);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CPU_LIMIT.store(self.0, Ordering::Relaxed);
+            configure_cpu_allocator();
+        }
+    }
+    if !caching_cpu_allocator() {
+        return f();
+    }
+    let own = CPU_LIMIT.load(Ordering::Relaxed);
+    let _restore = Restore(own);
+    let limit = cpu_allocator_stats().live.saturating_add(bytes.max(0.0) as u64);
+    CPU_LIMIT.store(if own == 0 { limit } else { limit.min(own) }, Ordering::Relaxed);
+    configure_cpu_allocator();
+    f()
+}
+
 /// What the caching CPU allocator holds, in bytes of large blocks, and how often it reused one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CpuAllocatorStats {
@@ -299,6 +333,39 @@ impl CudaMemory {
         }
         Ok((total - free) as u64)
     }
+}
+
+/// The first line of libtorch's message in a panic raised by tch (`… Torch("message…")`), if the
+/// panic is one.
+pub(crate) fn libtorch_message(panic: &str) -> Option<String> {
+    let start = panic.find("Torch(\"")? + "Torch(\"".len();
+    let body = &panic[start..];
+    // tch formats the message with `{:?}`: newlines and quotes are escaped.
+    let first = body.split("\\n").next().unwrap_or(body);
+    let first = first.strip_suffix("\")").unwrap_or(first);
+    Some(first.replace("\\\"", "\"").replace("\\\\", "\\").trim().to_string())
+}
+
+/// Whether libtorch's message says an allocation failed (CPU or CUDA).
+pub(crate) fn is_out_of_memory(msg: &str) -> bool {
+    [
+        "out of memory",
+        "not enough memory",
+        "DefaultCPUAllocator",
+        "CUDA error: out of memory",
+    ]
+    .iter()
+    .any(|m| msg.contains(m))
+}
+
+/// Whether a caught panic is libtorch's out-of-memory error (an allocation refused).
+pub(crate) fn is_out_of_memory_panic(payload: &(dyn std::any::Any + Send)) -> bool {
+    let text = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or_default();
+    libtorch_message(text).is_some_and(|m| is_out_of_memory(&m))
 }
 
 #[cfg(test)]

@@ -4,17 +4,28 @@
 //! the old file or the new one. Special targets (a FIFO, a device, `/dev/stdout`) are written
 //! directly instead, and a symbolic link is followed: its target is replaced, the link stays.
 //!
-//! Temporary names are `.<name>.partial-<pid>-<random>`: a process killed while writing leaves
-//! one behind, which [`remove_stale_temps`] removes once that process is gone; every write and
-//! every temporary folder ([`temp_dir_beside`]) first clears its folder of such leftovers.
+//! Temporary names are `.<name>.partial-<pid>-px<suffix>` (the suffix letters and digits): a
+//! process killed while writing leaves one behind, which [`remove_stale_temps`] removes once that
+//! process is gone; every write and every temporary folder ([`temp_dir_beside`]) first clears its
+//! folder of such leftovers. Only that exact pattern is pixelseq's: a user's
+//! `.thesis.partial-99999-v2` or `.photos.partial-4000000-2024/` is never touched.
 
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
 /// The marker between a temporary file's destination name and its owner's process id.
 pub const PARTIAL: &str = ".partial-";
+/// What follows the owner's process id and a dash in every temporary name pixelseq writes.
+const TAG: &str = "px";
+
+/// The prefix of a temporary name for `name` owned by this process; a suffix of letters and
+/// digits completes it.
+pub fn temp_prefix(name: &str) -> String {
+    format!(".{name}{PARTIAL}{}-{TAG}", std::process::id())
+}
 
 /// Where writing `dest` really goes: the end of its chain of symbolic links (relative targets are
 /// resolved against the link's folder), else `dest` itself.
@@ -88,7 +99,7 @@ fn temp_file_beside(dest: &Path, target: &Path) -> Result<tempfile::NamedTempFil
     };
     remove_stale_temps(&dir);
     let name = target.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let prefix = format!(".{name}{PARTIAL}{}-", std::process::id());
+    let prefix = temp_prefix(&name);
     let mut builder = tempfile::Builder::new();
     builder.prefix(&prefix);
     #[cfg(unix)]
@@ -115,9 +126,52 @@ fn persist(tmp: tempfile::NamedTempFile, dest: &Path, target: &Path) -> Result<(
     Ok(())
 }
 
-/// Checks, before any work, that `dest` can be written: not a folder, its folder exists and
-/// takes new files. Commands that write one output at the end call this first.
+/// The names a run folder (one holding `config.toml` and its lock, checkpoints or metrics) keeps its own files under, and those of an
+/// exported model folder (`config.json` beside `model.safetensors`); TensorBoard's events files
+/// (`events.out.tfevents.*`) are a run's too.
+const RUN_FILES: [&str; 6] = ["config.toml", "preset", "metrics.jsonl", "result.json", ".lock", "checkpoints"];
+const EXPORTED_FILES: [&str; 3] = ["model.safetensors", "config.json", "README.md"];
+
+/// Refuses an output path that is (or lies under) one of a run's or an exported folder's own
+/// files, links followed: `predict --csv RUN/config.toml` or `export --out
+/// RUN/checkpoints/best/model.safetensors` would replace what the run needs. A new file in a run
+/// folder (`RUN/predictions.csv`) is fine.
+pub fn check_not_a_run_file(dest: &Path, what: &str) -> Result<()> {
+    let absolute = std::path::absolute(dest).unwrap_or_else(|_| dest.to_path_buf());
+    let target = match std::fs::canonicalize(&absolute) {
+        Ok(t) => t,
+        Err(_) => match (absolute.parent().and_then(|p| std::fs::canonicalize(p).ok()), absolute.file_name()) {
+            (Some(parent), Some(name)) => parent.join(name),
+            _ => absolute,
+        },
+    };
+    for folder in target.ancestors().skip(1) {
+        let Some(first) = target.strip_prefix(folder).ok().and_then(|rel| rel.components().next()) else {
+            continue;
+        };
+        let first = first.as_os_str().to_string_lossy();
+        let is_run =
+            folder.join("config.toml").is_file() && [".lock", "checkpoints", "metrics.jsonl"].iter().any(|f| folder.join(f).exists());
+        let run = is_run && (RUN_FILES.contains(&first.as_ref()) || first.starts_with("events.out.tfevents."));
+        let exported =
+            folder.join("config.json").is_file() && folder.join("model.safetensors").is_file() && EXPORTED_FILES.contains(&first.as_ref());
+        if run || exported {
+            bail!(
+                "{what} `{}` would overwrite `{first}` of the {} `{}`; write it outside that folder's own files",
+                dest.display(),
+                if run { "run" } else { "exported model folder" },
+                folder.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Checks, before any work, that `dest` can be written: not a folder, not one of a run's own
+/// files ([`check_not_a_run_file`]), its folder exists and takes new files. Commands that write
+/// one output at the end call this first.
 pub fn check_writable(dest: &Path, what: &str) -> Result<()> {
+    check_not_a_run_file(dest, what)?;
     let target = resolve_links(dest);
     if target.is_dir() {
         bail!("{what} `{}` is a folder; name a file", dest.display());
@@ -137,6 +191,38 @@ pub fn check_writable(dest: &Path, what: &str) -> Result<()> {
         .tempfile_in(dir)
         .map(drop)
         .with_context(|| format!("{what} `{}`: cannot create files in folder `{}`", dest.display(), dir.display()))
+}
+
+/// Refuses a path that is not a regular file (a FIFO, a device, a folder) before it is opened:
+/// opening a FIFO to read waits for a writer forever. Symbolic links are followed.
+pub fn check_regular(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+    if !meta.is_file() {
+        let kind = if meta.is_dir() {
+            "a folder"
+        } else if meta.file_type().is_fifo() {
+            "a FIFO"
+        } else {
+            "a device or socket"
+        };
+        bail!(
+            "`{}` is {kind}, not a regular file; pixelseq reads only regular files there",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// The bytes of the regular file `path` ([`check_regular`] first).
+pub fn read_regular(path: &Path) -> Result<Vec<u8>> {
+    check_regular(path)?;
+    std::fs::read(path).with_context(|| format!("failed to read `{}`", path.display()))
+}
+
+/// The text of the regular file `path` ([`check_regular`] first).
+pub fn read_regular_to_string(path: &Path) -> Result<String> {
+    check_regular(path)?;
+    std::fs::read_to_string(path).with_context(|| format!("failed to read `{}`", path.display()))
 }
 
 /// [`write_atomic`] of a byte string.
@@ -171,10 +257,25 @@ fn alive(pid: u32) -> bool {
     Path::new("/proc").join(pid.to_string()).exists()
 }
 
-/// The process id in a temporary name written by this module (`.<name>.partial-<pid>-<random>`).
+/// The process id in a temporary name written by this module (`.<name>.partial-<pid>-px<suffix>`,
+/// exactly: a dot, a non-empty name, the marker, digits, `-px`, then 1 to 20 letters and digits).
 fn owner(name: &str) -> Option<u32> {
-    let rest = &name[name.rfind(PARTIAL)? + PARTIAL.len()..];
-    rest.split('-').next()?.parse().ok()
+    let stem = name.strip_prefix('.')?;
+    let at = stem.rfind(PARTIAL).filter(|&at| at > 0)?;
+    let (pid, suffix) = stem[at + PARTIAL.len()..].split_once('-')?;
+    let suffix = suffix.strip_prefix(TAG)?;
+    let digits = !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit());
+    let tail = (1..=20).contains(&suffix.len()) && suffix.bytes().all(|b| b.is_ascii_alphanumeric());
+    if digits && tail {
+        pid.parse().ok()
+    } else {
+        None
+    }
+}
+
+/// Whether `name` is a temporary name that pixelseq writes ([`temp_prefix`]).
+pub fn is_temp_name(name: &str) -> bool {
+    owner(name).is_some()
 }
 
 /// Removes the temporary files and folders in `dir` left by pixelseq processes that are gone
@@ -184,7 +285,7 @@ pub fn remove_stale_temps(dir: &Path) -> usize {
     let mut removed = 0;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = owner(&name).filter(|_| name.starts_with('.')) else {
+        let Some(pid) = owner(&name) else {
             continue;
         };
         if pid == std::process::id() || alive(pid) {
@@ -213,7 +314,7 @@ pub fn temp_dir_beside(dest: &Path) -> PathBuf {
         remove_stale_temps(dir);
     }
     let name = dest.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    dest.with_file_name(format!(".{name}{PARTIAL}{}-{n}", std::process::id()))
+    dest.with_file_name(format!("{}{n}", temp_prefix(&name)))
 }
 
 /// Removes a temporary file or folder when dropped, unless [`TempGuard::keep`] was called.
@@ -341,11 +442,11 @@ mod tests {
     #[test]
     fn writing_removes_stale_temporaries() {
         let dir = tempfile::tempdir().unwrap();
-        let stale = dir.path().join(".gray.bin.partial-4999999-abc");
+        let stale = dir.path().join(".gray.bin.partial-4999999-pxabc");
         std::fs::write(&stale, vec![0u8; 4096]).unwrap();
         write_bytes(&dir.path().join("gray.bin"), b"new").unwrap();
         assert!(!stale.exists());
-        let folder = dir.path().join(".cifar-10-batches-bin.partial-4999999-0");
+        let folder = dir.path().join(".cifar-10-batches-bin.partial-4999999-px0");
         std::fs::create_dir(&folder).unwrap();
         temp_dir_beside(&dir.path().join("cifar-10-batches-bin"));
         assert!(!folder.exists());
@@ -355,9 +456,9 @@ mod tests {
     fn stale_temporaries_of_dead_processes_are_removed() {
         let dir = tempfile::tempdir().unwrap();
         // A pid above the kernel's maximum (4,194,304) never runs.
-        let dead = dir.path().join(".cifar.tar.gz.partial-4999999-abc");
-        let folder = dir.path().join(".cifar-10-batches-bin.partial-4999999-0");
-        let live = dir.path().join(format!(".x.partial-{}-1", std::process::id()));
+        let dead = dir.path().join(".cifar.tar.gz.partial-4999999-pxabc");
+        let folder = dir.path().join(".cifar-10-batches-bin.partial-4999999-px0");
+        let live = dir.path().join(format!(".x.partial-{}-px1", std::process::id()));
         let other = dir.path().join("notes.partial-4999999-1");
         for f in [&dead, &live, &other] {
             std::fs::write(f, b"").unwrap();
@@ -367,5 +468,68 @@ mod tests {
         assert_eq!(remove_stale_temps(dir.path()), 2);
         assert!(!dead.exists() && !folder.exists());
         assert!(live.exists() && other.exists());
+    }
+
+    /// An output never replaces a run's or an exported folder's own files, also through a link;
+    /// a new file beside them is fine.
+    #[test]
+    fn outputs_never_overwrite_a_runs_own_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        std::fs::create_dir_all(run.join("checkpoints/best")).unwrap();
+        for f in ["config.toml", "checkpoints/best/model.safetensors", "events.out.tfevents.1.host"] {
+            std::fs::write(run.join(f), b"x").unwrap();
+        }
+        let hf = dir.path().join("hf");
+        std::fs::create_dir(&hf).unwrap();
+        for f in ["config.json", "model.safetensors"] {
+            std::fs::write(hf.join(f), b"x").unwrap();
+        }
+        let link = dir.path().join("out.csv");
+        std::os::unix::fs::symlink(run.join("config.toml"), &link).unwrap();
+        for dest in [
+            run.join("config.toml"),
+            run.join("result.json"),
+            run.join("checkpoints/best/model.safetensors"),
+            run.join("checkpoints/new.pt"),
+            run.join("events.out.tfevents.1.host"),
+            hf.join("model.safetensors"),
+            link,
+        ] {
+            let err = check_writable(&dest, "--csv").unwrap_err().to_string();
+            assert!(err.contains("would overwrite"), "{}: {err}", dest.display());
+        }
+        check_writable(&run.join("predictions.csv"), "--csv").unwrap();
+        check_writable(&hf.join("notes.txt"), "--csv").unwrap();
+    }
+
+    /// Only the exact names pixelseq writes are its leftovers: a user's dot-names that merely
+    /// contain `.partial-<dead pid>-`, files or folders, are never removed or entered.
+    #[test]
+    fn a_users_partial_names_are_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let thesis = dir.path().join(".thesis.partial-99999-v2");
+        std::fs::write(&thesis, b"chapter 1").unwrap();
+        let photos = dir.path().join(".photos.partial-4000000-2024");
+        std::fs::create_dir(&photos).unwrap();
+        std::fs::write(photos.join("a.jpg"), b"x").unwrap();
+        let mut others = vec![thesis.clone(), photos.clone()];
+        for name in [
+            ".partial-4999999-px1",
+            ".x.partial-4999999-px",
+            ".x.partial-49x-px1",
+            ".x.partial-4999999-px1.bak",
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, b"mine").unwrap();
+            others.push(path);
+        }
+        write_bytes(&dir.path().join("x.csv"), b"new").unwrap();
+        assert_eq!(remove_stale_temps(dir.path()), 0);
+        for path in &others {
+            assert!(path.exists(), "{} was removed", path.display());
+        }
+        assert_eq!(std::fs::read(photos.join("a.jpg")).unwrap(), b"x");
+        assert!(is_temp_name(&format!("{}abc123", temp_prefix("x.csv"))));
     }
 }

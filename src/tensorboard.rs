@@ -118,9 +118,19 @@ impl EventWriter {
 /// Keeps, in every events file of `dir`, only the events for which `keep(step, tags)` holds (each
 /// file rewritten atomically, a torn last record dropped). A run resumed from a checkpoint drops
 /// the points an interrupted run wrote after it before writing them again.
+/// A file damaged before its end (not the torn last record a killed run leaves) is left as it is,
+/// with a warning: rewriting it would drop the good points after the damage.
 pub fn retain(dir: &Path, keep: impl Fn(u64, &[String]) -> bool) -> Result<()> {
     for path in event_files(dir)? {
-        let bytes = std::fs::read(&path).with_context(|| format!("failed to read TensorBoard events file `{}`", path.display()))?;
+        let bytes = files::read_regular(&path).with_context(|| format!("failed to read TensorBoard events file `{}`", path.display()))?;
+        if let Some(at) = damaged_at(&bytes) {
+            eprintln!(
+                "warning: TensorBoard events file `{}` is damaged at byte {at} of {}; left as it is (TensorBoard reads it up to there)",
+                path.display(),
+                bytes.len()
+            );
+            continue;
+        }
         let records = records(&bytes);
         let kept: Vec<&[u8]> = records.iter().copied().filter(|e| keep(event_step(e), &event_tags(e))).collect();
         if records_len(&kept) < bytes.len() {
@@ -176,6 +186,26 @@ pub fn records(bytes: &[u8]) -> Vec<&[u8]> {
         rest = &rest[end..];
     }
     out
+}
+
+/// Where the records of `bytes` stop being readable, when that is damage: a record whose header
+/// or data fails its checksum though all its bytes are there. A torn last record (fewer bytes
+/// than its length says, or than a header) is no damage: a killed writer leaves one.
+pub fn damaged_at(bytes: &[u8]) -> Option<usize> {
+    let good: usize = records_len(&records(bytes));
+    let rest = &bytes[good..];
+    if rest.len() < 12 {
+        return None;
+    }
+    let len = u64::from_le_bytes(rest[..8].try_into().expect("8 bytes"));
+    if u32::from_le_bytes(rest[8..12].try_into().expect("4 bytes")) != masked_crc(&rest[..8]) {
+        return Some(good);
+    }
+    let complete = usize::try_from(len)
+        .ok()
+        .and_then(|l| l.checked_add(16))
+        .is_some_and(|e| e <= rest.len());
+    complete.then_some(good)
 }
 
 /// The `step` field of an encoded `Event` (0 when absent, as protocol buffers default).
@@ -338,6 +368,35 @@ mod tests {
         let mut bad = framed.clone();
         bad[13] ^= 1;
         assert!(records(&bad).is_empty());
+    }
+
+    /// A resumed run drops the points past its checkpoint from a file that a kill left torn, but
+    /// leaves a file damaged in its middle as it is: rewriting it kept only what came before the
+    /// damage.
+    #[test]
+    fn a_damaged_events_file_is_left_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = EventWriter::create(dir.path()).unwrap();
+        for step in 1..=4 {
+            w.scalars(step, &[("train/loss", 1.0)]).unwrap();
+        }
+        let path = w.path.clone();
+        drop(w);
+        let good = std::fs::read(&path).unwrap();
+        let mut damaged = good.clone();
+        let second = records(&good)[..2].iter().map(|r| r.len() + 16).sum::<usize>();
+        damaged[second + 14] ^= 1; // a data byte of the third record
+        assert_eq!(damaged_at(&damaged), Some(second));
+        std::fs::write(&path, &damaged).unwrap();
+        retain(dir.path(), |s, _| s <= 2).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), damaged, "a damaged file was rewritten");
+
+        let torn = &good[..good.len() - 3];
+        assert_eq!(damaged_at(torn), None);
+        std::fs::write(&path, torn).unwrap();
+        retain(dir.path(), |s, _| s <= 2).unwrap();
+        let steps: Vec<u64> = records(&std::fs::read(&path).unwrap()).iter().map(|e| event_step(e)).collect();
+        assert_eq!(steps, [0, 1, 2]);
     }
 
     #[test]

@@ -98,8 +98,10 @@ fn unbounded_values_and_paths_are_refused() {
     assert_clear_error(&["train", "--preset", "../Cargo"], "not a path");
 }
 
-/// An allocation libtorch cannot make (2 TiB of S4D state) ends `bench` with exit code 2 and
-/// libtorch's own first line, not a panic, a backtrace note or a silent exit 0.
+/// A model that cannot fit (2 TiB of S4D state) ends `bench` with exit code 2 and one line,
+/// refused from its config before libtorch is asked to allocate it (a failure inside libtorch is
+/// its own first line: `commands::tests::libtorch_panics_become_errors`), not a panic, a
+/// backtrace note or a silent exit 0.
 #[test]
 fn an_allocation_failure_is_a_one_line_error() {
     let huge = [
@@ -118,11 +120,11 @@ fn an_allocation_failure_is_a_one_line_error() {
         "--set",
         "model.d_state=1048576",
     ];
-    assert_clear_error(&[&["bench", "--one"][..], &huge].concat(), "out of memory");
+    assert_clear_error(&[&["bench", "--one"][..], &huge].concat(), "the model does not fit");
     let (code, err) = pixelseq(&[&["bench", "--no-reference"][..], &huge].concat());
     assert_eq!(code, 2, "{err}");
     assert!(
-        err.contains("error: no configuration could be measured") && err.contains("out of memory") && !err.contains("RUST_BACKTRACE"),
+        err.contains("error: no configuration could be measured") && err.contains("does not fit") && !err.contains("RUST_BACKTRACE"),
         "{err}"
     );
 }
@@ -277,4 +279,66 @@ fn a_run_has_one_writer_and_keeps_its_model() {
         &["train", "--resume", r, "--device", "cpu", "--data", d],
         "in use by another pixelseq command",
     );
+}
+
+/// A setting that a command would not apply is refused before anything runs: mixup and `init`
+/// under `pretrain` (also through `--set`), the `[pretrain.*]` tables under `pretrain` (its own
+/// settings are the top-level keys), `[pretrain]` under `train`, a mask that covers every
+/// position, and a new start (`train.init`) for a resumed run.
+#[test]
+fn settings_that_do_not_apply_are_refused() {
+    let pre = ["pretrain", "--preset", "transformer-spt", "--device", "cpu", "--set"];
+    for (set, needle) in [
+        ("train.mixup=0.2", "key `train.mixup` = 0.2"),
+        ("train.cutmix=1.0", "key `train.cutmix` = 1"),
+        ("train.init=\"runs/x\"", "starts from scratch"),
+        ("pretrain.train.batch_size=4", "pass --set train.batch_size=4"),
+        ("pretrain.optim.lr=0.1", "pass --set optim.lr=0.1"),
+        ("pretrain.mask_ratio=0.9999", "masks every position"),
+    ] {
+        assert_clear_error(&[&pre[..], &[set]].concat(), needle);
+    }
+    let train = ["train", "--preset", "transformer-spt", "--device", "cpu", "--set"];
+    assert_clear_error(&[&train[..], &["pretrain.mask_ratio=0.3"]].concat(), "does not read [pretrain]");
+
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    let cfg = RunConfig::load(Some("transformer-small"), None, &[]).unwrap();
+    std::fs::write(run.join("config.toml"), cfg.to_toml()).unwrap();
+    let r = run.to_str().unwrap();
+    assert_clear_error(
+        &["train", "--resume", r, "--device", "cpu", "--set", "train.init=\"runs/x\""],
+        "train.init",
+    );
+    assert_eq!(std::fs::read_to_string(run.join("config.toml")).unwrap(), cfg.to_toml());
+}
+
+/// What a run allocates is admitted before it is allocated: a model whose weights, gradients and
+/// AdamW moments cannot fit is refused from its config (no tensor of it made, no folder
+/// written), and `--nproc` beyond this machine's cores is refused before any worker starts.
+#[test]
+fn runs_that_cannot_fit_are_refused_before_they_allocate() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let data = shared_data();
+    let (o, d) = (out.to_str().unwrap(), data.to_str().unwrap());
+    for (cmd, preset, set) in [
+        ("train", "transformer-small", "model.n_layers=1000000"),
+        ("train", "s4d-small", "model.d_model=1048576"),
+        ("pretrain", "transformer-spt", "model.n_layers=1000000"),
+    ] {
+        let started = std::time::Instant::now();
+        let args = [cmd, "--preset", preset, "--device", "cpu", "--data", d, "--out", o, "--set", set];
+        assert_clear_error(&args, "the model does not fit");
+        assert!(started.elapsed().as_secs() < 60, "{args:?} took {:?}", started.elapsed());
+        assert!(!out.exists(), "{args:?} left its folder");
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let many = (cores + 1).to_string();
+    assert_clear_error(
+        &["train", "--preset", "s4d-small", "--device", "cpu", "--nproc", &many, "--out", o],
+        "CPU cores",
+    );
+    assert!(!out.exists());
 }

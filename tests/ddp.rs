@@ -323,12 +323,13 @@ fn a_store_nobody_runs_times_out_with_a_message() {
 #[test]
 fn a_batch_that_does_not_divide_among_the_ranks_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), TINY);
-    let out = train(&cfg, &dir.path().join("run"), 3).output().unwrap();
+    // Two processes (no more workers than a 2-core machine has cores): a batch of 7.
+    let cfg = config(dir.path(), &TINY.replace("batch_size = 8", "batch_size = 7"));
+    let out = train(&cfg, &dir.path().join("run"), 2).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("train.batch_size = 8 does not divide among 3 processes"), "{err}");
-    assert!(err.contains("of 3 failed with exit status"), "{err}");
+    assert!(err.contains("train.batch_size = 7 does not divide among 2 processes"), "{err}");
+    assert!(err.contains("of 2 failed with exit status"), "{err}");
 }
 
 /// Self-pretraining across two ranks, then fine-tuning from it across two ranks: rank 0 reads the

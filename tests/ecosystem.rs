@@ -288,17 +288,26 @@ fn exports_score_as_the_run_does() {
     let run = dir.path().join("run");
     assert!(train_cmd(&config, &run).status().unwrap().success());
     let (ts, hf) = (dir.path().join("model.pt"), dir.path().join("hf"));
+    // Nothing is written to $TMPDIR: a kill there would leave it behind.
+    let tmpdir = dir.path().join("tmpdir");
+    std::fs::create_dir(&tmpdir).unwrap();
     for (format, out) in [("torchscript", &ts), ("hf", &hf)] {
-        pixelseq(&[
-            "export".as_ref(),
-            "--run".as_ref(),
-            run.as_os_str(),
-            "--format".as_ref(),
-            format.as_ref(),
-            "--out".as_ref(),
-            out.as_os_str(),
-        ]);
+        let status = Command::new(env!("CARGO_BIN_EXE_pixelseq"))
+            .args([
+                "export".as_ref(),
+                "--run".as_ref(),
+                run.as_os_str(),
+                "--format".as_ref(),
+                format.as_ref(),
+                "--out".as_ref(),
+                out.as_os_str(),
+            ])
+            .env("TMPDIR", &tmpdir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "export --format {format}");
     }
+    assert_eq!(std::fs::read_dir(&tmpdir).unwrap().count(), 0, "export wrote into $TMPDIR");
 
     // TorchScript in plain PyTorch, against pixelseq's own pipeline.
     let test = data::load(Some(&shared_data()), TaskName::Scifar).unwrap().test;

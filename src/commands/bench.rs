@@ -81,7 +81,7 @@ pub fn exec(a: BenchArgs) -> Result<()> {
         bail!("--batch {b}: must be >= 1");
     }
     if let Some(n) = a.nproc.filter(|&n| n != 1) {
-        return dist::launch::launch(n);
+        return dist::launch::launch(n, &a.device.device);
     }
     let world = World::from_env()?;
     let device = a.device.resolve_for(world.as_ref())?;

@@ -33,6 +33,10 @@ pub struct ExportArgs {
 
 pub fn exec(a: ExportArgs) -> Result<()> {
     match a.format {
+        Format::Torchscript => crate::files::check_writable(&a.out, "--out")?,
+        Format::Hf => crate::files::check_not_a_run_file(&a.out, "--out")?,
+    }
+    match a.format {
         Format::Torchscript => torchscript::export(&a.run, &a.out)?,
         Format::Hf => hf::export(&a.run, &a.out)?,
     }

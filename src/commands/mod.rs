@@ -14,6 +14,8 @@ use anyhow::{anyhow, Result};
 use clap::{Args, Parser, Subcommand};
 use tch::Device;
 
+use crate::device::{is_out_of_memory, libtorch_message};
+
 #[derive(Parser)]
 #[command(
     name = "pixelseq",
@@ -114,17 +116,6 @@ impl DeviceArgs {
     }
 }
 
-/// The first line of libtorch's message in a panic raised by tch (`… Torch("message…")`), if the
-/// panic is one.
-fn libtorch_message(panic: &str) -> Option<String> {
-    let start = panic.find("Torch(\"")? + "Torch(\"".len();
-    let body = &panic[start..];
-    // tch formats the message with `{:?}`: newlines and quotes are escaped.
-    let first = body.split("\\n").next().unwrap_or(body);
-    let first = first.strip_suffix("\")").unwrap_or(first);
-    Some(first.replace("\\\"", "\"").replace("\\\\", "\\").trim().to_string())
-}
-
 /// The error a caught panic becomes.
 fn panic_error(payload: &(dyn std::any::Any + Send)) -> anyhow::Error {
     let text = payload
@@ -140,18 +131,6 @@ fn panic_error(payload: &(dyn std::any::Any + Send)) -> anyhow::Error {
         Some(msg) => anyhow!("libtorch failed: {msg}"),
         None => anyhow!("internal error: {text}; this is a bug in pixelseq"),
     }
-}
-
-/// Whether libtorch's message says an allocation failed (CPU or CUDA).
-fn is_out_of_memory(msg: &str) -> bool {
-    [
-        "out of memory",
-        "not enough memory",
-        "DefaultCPUAllocator",
-        "CUDA error: out of memory",
-    ]
-    .iter()
-    .any(|m| msg.contains(m))
 }
 
 /// An error as cargo prints one: `error: …`, then each underlying cause indented under

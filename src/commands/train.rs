@@ -121,7 +121,7 @@ pub fn exec(a: TrainArgs, pretrain: bool) -> Result<()> {
         bail!("--init fine-tunes from a pretraining run; `pixelseq pretrain` starts from scratch");
     }
     if let Some(n) = a.nproc.filter(|&n| n != 1) {
-        return dist::launch::launch(n);
+        return dist::launch::launch(n, &a.device.device);
     }
     let world = World::from_env()?;
     if let Some(w) = world.clone().filter(|w| !w.is_main()) {
@@ -129,6 +129,7 @@ pub fn exec(a: TrainArgs, pretrain: bool) -> Result<()> {
         return follow(&a, w, pretrain).with_context(|| format!("rank {rank} of {size} stopped"));
     }
     let overrides = a.overrides();
+    check_overrides_apply(&overrides, pretrain)?;
     let device = a.device.resolve_for(world.as_ref())?;
     let store = world.as_ref().map(|w| Store::connect(w, dist::rendezvous_timeout()?)).transpose()?;
     let (mut cfg, dir, preset) = match &a.resume {
@@ -142,7 +143,13 @@ pub fn exec(a: TrainArgs, pretrain: bool) -> Result<()> {
                 .with_context(|| format!("`{}` is not a run directory", dir.display()))?;
             check_resume_changes(&recorded, &cfg, &run)?;
             check_resume_kind(&run, pretrain)?;
-            let cfg = if pretrain { cfg.for_pretraining()? } else { cfg };
+            let cfg = if pretrain {
+                let stage = cfg.for_pretraining()?;
+                stage.check_pretraining_stage()?;
+                stage
+            } else {
+                cfg
+            };
             // Refused before the data is loaded if another command writes the run;
             // `train::run` takes the lock for good.
             drop(run.lock()?);
@@ -151,7 +158,9 @@ pub fn exec(a: TrainArgs, pretrain: bool) -> Result<()> {
         None => {
             let cfg = if pretrain {
                 let stage = RunConfig::load(a.preset.as_deref(), a.config.as_deref(), &[])?.for_pretraining()?;
-                stage.with_overrides(&overrides, "the pretraining stage")?
+                let stage = stage.with_overrides(&overrides, "the pretraining stage")?;
+                stage.check_pretraining_stage()?;
+                stage
             } else {
                 RunConfig::load(a.preset.as_deref(), a.config.as_deref(), &overrides)?
             };
@@ -210,6 +219,30 @@ pub fn exec(a: TrainArgs, pretrain: bool) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a `--set` that the subcommand would not apply: under `pretrain` the stage's settings
+/// are the top-level keys (the preset's `[pretrain.train]` etc. are already in them), and `train`
+/// reads no `[pretrain]` key.
+fn check_overrides_apply(overrides: &[String], pretrain: bool) -> Result<()> {
+    for o in overrides {
+        let (key, value) = o.split_once('=').unwrap_or((o, ""));
+        let (key, value) = (key.trim(), value.trim());
+        let under = |table: &str| key == table || key.starts_with(&format!("{table}."));
+        if pretrain {
+            if let Some(table) = ["pretrain.optim", "pretrain.schedule", "pretrain.train"]
+                .into_iter()
+                .find(|t| under(t))
+            {
+                let plain = &key["pretrain.".len()..];
+                let section = &table["pretrain.".len()..];
+                bail!("--set {key}: under `pixelseq pretrain` the preset's [{table}] already is the run's [{section}]; pass --set {plain}={value}");
+            }
+        } else if under("pretrain") {
+            bail!("--set {key}: `pixelseq train` does not read [pretrain]; pass it to `pixelseq pretrain`");
+        }
+    }
+    Ok(())
+}
+
 /// A run resumes with the command that started it: a pretraining run's checkpoints hold a
 /// backbone and its reconstruction head, a training run's a classifier.
 fn check_resume_kind(run: &RunDir, pretrain: bool) -> Result<()> {
@@ -244,11 +277,11 @@ fn check_resume_changes(recorded: &RunConfig, cfg: &RunConfig, run: &RunDir) -> 
     };
     let fixed: Vec<_> = changes
         .iter()
-        .filter(|(k, _, _)| k.starts_with("model.") || k.starts_with("task."))
+        .filter(|(k, _, _)| k.starts_with("model.") || k.starts_with("task.") || k == "train.init")
         .collect();
     if !fixed.is_empty() {
         bail!(
-            "--resume cannot change the model or the task of a run; these differ from `{}`: {}",
+            "--resume cannot change the model, the task or the start (train.init) of a run; these differ from `{}`: {}",
             run.config().display(),
             describe(&fixed)
         );

@@ -287,7 +287,7 @@ fn extract_or_into(archive: &Path, fallback: impl FnOnce() -> Result<PathBuf>) -
 /// Whether a folder takes new entries (tried with a temporary folder, removed at once).
 fn writable(dir: &Path) -> bool {
     tempfile::Builder::new()
-        .prefix(&format!(".pixelseq-check{}{}-", crate::files::PARTIAL, std::process::id()))
+        .prefix(&crate::files::temp_prefix("pixelseq-check"))
         .tempdir_in(dir)
         .is_ok()
 }
@@ -534,7 +534,7 @@ mod tests {
     #[test]
     fn an_extraction_killed_earlier_is_cleaned_up() {
         let dir = tempfile::tempdir().unwrap();
-        let stale = dir.path().join(".cifar-10-batches-bin.partial-4999999-0");
+        let stale = dir.path().join(".cifar-10-batches-bin.partial-4999999-px0");
         std::fs::create_dir(&stale).unwrap();
         std::fs::write(stale.join("data_batch_1.bin"), vec![0u8; 1 << 16]).unwrap();
         let archive = dir.path().join(ARCHIVE_NAME);

@@ -12,10 +12,27 @@ use anyhow::{bail, Context, Result};
 /// How often the launcher looks at its workers.
 const POLL: Duration = Duration::from_millis(50);
 
-/// Runs this command line (less `--nproc`) as `n` workers and waits for all of them.
-pub fn launch(n: usize) -> Result<()> {
+/// Runs this command line (less `--nproc`) as `n` workers on `device` (what `--device` said) and
+/// waits for all of them. Refused before any worker starts: more workers than GPUs, or on a CPU
+/// more than its cores (each worker computes on at least one, and each holds its own data and
+/// model; their memory plans share the machine's memory, see `train::memory`).
+pub fn launch(n: usize, device: &str) -> Result<()> {
     if n == 0 {
         bail!("--nproc 0: need at least one process");
+    }
+    match crate::device::parse(device, "--device")? {
+        tch::Device::Cuda(_) => {
+            let gpus = tch::Cuda::device_count().max(0) as usize;
+            if n > gpus {
+                bail!("--nproc {n}: this machine has {gpus} GPUs and each worker takes one; pass --nproc {gpus} or fewer");
+            }
+        }
+        _ => {
+            let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+            if n > cores {
+                bail!("--nproc {n}: this machine has {cores} CPU cores and each CPU worker needs one; pass --nproc {cores} or fewer");
+            }
+        }
     }
     if std::env::var_os("RANK").is_some() {
         bail!("--nproc inside a distributed launch ($RANK is set): torchrun or srun already started the workers; drop --nproc");

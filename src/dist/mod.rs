@@ -89,11 +89,34 @@ impl World {
         } else {
             return Ok(None);
         };
-        if size <= 1 {
-            return Ok(None);
+        // Checked as a whole before a world of one runs alone: a rank or a local rank outside its
+        // world is a launch that went wrong, not a single process.
+        let (rank_var, size_var) = if var("RANK").is_some() {
+            ("$RANK", "$WORLD_SIZE")
+        } else {
+            ("$SLURM_PROCID", "$SLURM_NTASKS")
+        };
+        if size == 0 {
+            bail!("{size_var} = 0: a world needs at least one process");
         }
         if rank >= size {
-            bail!("rank {rank} is outside a world of {size} processes");
+            bail!(
+                "rank {rank} is outside a world of {size} processes ({rank_var} = {rank}, {size_var} = {size}); ranks run from 0 to {}",
+                size - 1
+            );
+        }
+        if let Some(local) = local_size {
+            if local == 0 || local > size {
+                bail!("{local} processes on this machine (LOCAL_WORLD_SIZE or SLURM_NTASKS_PER_NODE) in a world of {size}: must be from 1 to {size}");
+            }
+            if local_rank >= local {
+                bail!("local rank {local_rank} is outside the {local} processes of this machine (LOCAL_RANK or SLURM_LOCALID)");
+            }
+        } else if local_rank >= size {
+            bail!("local rank {local_rank} is outside a world of {size} processes (LOCAL_RANK or SLURM_LOCALID)");
+        }
+        if size == 1 {
+            return Ok(None);
         }
         let master_addr = match var("MASTER_ADDR") {
             Some(a) => a,
@@ -151,14 +174,22 @@ impl World {
     }
 }
 
+/// The longest rendezvous timeout `$PIXELSEQ_DIST_TIMEOUT` may ask for: a year.
+const MAX_TIMEOUT_S: f64 = 365.0 * 24.0 * 3600.0;
+
 /// The rendezvous timeout: `$PIXELSEQ_DIST_TIMEOUT` seconds, else 300.
 pub fn rendezvous_timeout() -> Result<Duration> {
     match std::env::var("PIXELSEQ_DIST_TIMEOUT") {
         Err(_) => Ok(Duration::from_secs_f64(RENDEZVOUS_TIMEOUT_S)),
-        Ok(v) => match v.trim().parse::<f64>() {
-            Ok(s) if s.is_finite() && s > 0.0 => Ok(Duration::from_secs_f64(s)),
-            _ => bail!("$PIXELSEQ_DIST_TIMEOUT = `{v}`: expected a positive number of seconds"),
-        },
+        Ok(v) => parse_timeout(&v),
+    }
+}
+
+/// `$PIXELSEQ_DIST_TIMEOUT`'s value: a positive number of seconds, at most [`MAX_TIMEOUT_S`].
+fn parse_timeout(v: &str) -> Result<Duration> {
+    match v.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s <= MAX_TIMEOUT_S => Ok(Duration::from_secs_f64(s)),
+        _ => bail!("$PIXELSEQ_DIST_TIMEOUT = `{v}`: expected a positive number of seconds, at most {MAX_TIMEOUT_S} (a year)"),
     }
 }
 
@@ -561,7 +592,40 @@ mod tests {
         let e = world(&[("RANK", "2"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "a")])
             .unwrap_err()
             .to_string();
-        assert_eq!(e, "rank 2 is outside a world of 2 processes");
+        assert!(e.starts_with("rank 2 is outside a world of 2 processes"), "{e}");
+    }
+
+    /// The environment is checked as a whole before a world of one runs alone: a rank outside its
+    /// world, a world of no process or a local rank outside its machine is an error naming the
+    /// variables, never a single process writing the run folder.
+    #[test]
+    fn a_world_that_cannot_be_is_refused() {
+        for (vars, needle) in [
+            (&[("RANK", "1"), ("WORLD_SIZE", "1")][..], "rank 1 is outside a world of 1"),
+            (&[("RANK", "0"), ("WORLD_SIZE", "0")][..], "$WORLD_SIZE = 0"),
+            (&[("RANK", "1"), ("WORLD_SIZE", "0")][..], "$WORLD_SIZE = 0"),
+            (&[("SLURM_PROCID", "3"), ("SLURM_NTASKS", "1")][..], "$SLURM_PROCID = 3"),
+            (
+                &[("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "2"), ("LOCAL_WORLD_SIZE", "2")][..],
+                "local rank 2",
+            ),
+            (
+                &[("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_WORLD_SIZE", "0")][..],
+                "0 processes on this machine",
+            ),
+            (&[("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "1")][..], "local rank 1"),
+        ] {
+            let e = world(&vars.iter().copied().chain([("MASTER_ADDR", "a")]).collect::<Vec<_>>())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{vars:?}: {e}");
+        }
+        assert_eq!(world(&[("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")]).unwrap(), None);
+        for v in ["1e20", "inf", "0", "-3", "soon"] {
+            let e = parse_timeout(v).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{v}`")) && e.contains("at most"), "{e}");
+        }
+        assert_eq!(parse_timeout(" 2.5 ").unwrap(), Duration::from_millis(2500));
     }
 
     /// A world of one process (its own store, Gloo over loopback): the reducer leaves the gradients

@@ -10,7 +10,7 @@ use super::card::card;
 use crate::files;
 use crate::train::exported::{self, config_json, Extras, CARD, CONFIG, WEIGHTS};
 use crate::train::records::RunRecord;
-use crate::train::{open_run, RunDir, Which};
+use crate::train::{checkpoint, open_run, RunDir, Which};
 
 /// Writes the folder `out` for the run in `run`. The folder is filled under a temporary name
 /// beside `out` and renamed into place, so `out` is complete or absent.
@@ -23,7 +23,7 @@ pub fn export(run: &Path, out: &Path) -> Result<()> {
     }
     let dir = RunDir::new(run);
     let result = dir.result();
-    let text = std::fs::read_to_string(&result).with_context(|| {
+    let text = files::read_regular_to_string(&result).with_context(|| {
         format!(
             "run `{}` has not finished (no `{}`), and the model card reports its test accuracy; finish it with `pixelseq train --resume {}`",
             run.display(),
@@ -33,23 +33,84 @@ pub fn export(run: &Path, out: &Path) -> Result<()> {
     })?;
     let record: RunRecord = serde_json::from_str(&text).with_context(|| format!("`{}` is not a run record", result.display()))?;
     let opened = open_run(run, Which::Best, Device::Cpu)?;
-    let extras = Extras::new(&opened.config.task, opened.state.clone());
+    let mut extras = Extras::new(&opened.config.task, opened.state.clone());
 
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("failed to create folder `{}`", parent.display()))?;
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}.partial-"))
-        .tempdir_in(parent)
-        .with_context(|| format!("failed to create a temporary folder beside `{}`", out.display()))?;
-    let weights = tmp.path().join(WEIGHTS);
-    opened
-        .vs
-        .save(&weights)
-        .with_context(|| format!("failed to write weights `{}`", weights.display()))?;
-    files::write_bytes(&tmp.path().join(CONFIG), config_json(&opened.config, &extras)?.as_bytes())?;
+    let tmp = files::temp_dir_beside(out);
+    let guard = files::TempGuard::new(tmp.clone());
+    std::fs::create_dir(&tmp).with_context(|| format!("failed to create a temporary folder beside `{}`", out.display()))?;
+    let weights = tmp.join(WEIGHTS);
+    let tensors: Vec<(String, tch::Tensor)> = opened.vs.variables().into_iter().collect();
+    extras.weights_sha256 = Some(checkpoint::write_tensors(&weights, &tensors)?);
+    files::write_bytes(&tmp.join(CONFIG), config_json(&opened.config, &extras)?.as_bytes())?;
     let card = card(&opened.config, &record, &opened.state, dir.preset_name().as_deref());
-    files::write_bytes(&tmp.path().join(CARD), card.as_bytes())?;
-    std::fs::rename(tmp.path(), out).with_context(|| format!("failed to move the exported folder into `{}`", out.display()))?;
+    files::write_bytes(&tmp.join(CARD), card.as_bytes())?;
+    std::fs::rename(&tmp, out).with_context(|| format!("failed to move the exported folder into `{}`", out.display()))?;
+    guard.keep();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RunConfig;
+    use crate::data::{Dataset, Split};
+    use crate::train::{self, exported::open};
+    use tch::{Kind, Tensor};
+
+    const TINY: &str = "[task]\nname = \"lra-image\"\n[model]\nname = \"s4d\"\nd_model = 8\nn_layers = 1\nd_state = 4\n[train]\nbatch_size = 4\nmax_steps = 2\neval_every = 2\n";
+
+    fn split(n: i64) -> Split {
+        Split {
+            images: Tensor::randint(256, [n, 1, 32, 32], (Kind::Uint8, Device::Cpu)),
+            labels: Tensor::randint(10, [n], (Kind::Int64, Device::Cpu)),
+        }
+    }
+
+    /// The folder's `model.safetensors` is checked against the sha256 its `config.json` records: a
+    /// flipped bit is an error naming the file, not predictions from other weights; and a FIFO in
+    /// place of `config.json` is refused, not waited on.
+    #[test]
+    fn a_damaged_exported_folder_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        let data = Dataset {
+            train: split(8),
+            val: split(4),
+            test: split(4),
+        };
+        let opts = train::Options {
+            pretrain: false,
+            device: Device::Cpu,
+            dir: run.clone(),
+            resume: false,
+            preset: None,
+        };
+        train::run(&RunConfig::from_toml_str(TINY, "test").unwrap(), &data, &opts).unwrap();
+        let out = dir.path().join("hf");
+        export(&run, &out).unwrap();
+        open(&out, Which::Best, Device::Cpu).unwrap();
+        let weights = out.join(WEIGHTS);
+        let mut bytes = std::fs::read(&weights).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        std::fs::write(&weights, bytes).unwrap();
+        let err = format!("{:#}", open(&out, Which::Best, Device::Cpu).err().unwrap());
+        assert!(
+            err.contains("model.safetensors` is corrupt") && err.contains("config.json"),
+            "{err}"
+        );
+
+        let config = out.join(CONFIG);
+        std::fs::remove_file(&config).unwrap();
+        mkfifo(&config);
+        let err = format!("{:#}", open(&out, Which::Best, Device::Cpu).err().unwrap());
+        assert!(err.contains("is a FIFO, not a regular file"), "{err}");
+    }
+
+    fn mkfifo(path: &Path) {
+        let status = std::process::Command::new("mkfifo").arg(path).status().unwrap();
+        assert!(status.success());
+    }
 }

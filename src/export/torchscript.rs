@@ -48,11 +48,14 @@ pub fn export(run: &Path, out: &Path) -> Result<()> {
     save(&module, out)
 }
 
-/// Writes `module` to `out` atomically (saved into a temporary folder under `out`'s name, which
-/// libtorch also names the archive's top folder after, then copied into place).
+/// Writes `module` to `out` atomically (saved into a temporary folder beside `out`, never in
+/// `$TMPDIR`, under `out`'s name, which libtorch also names the archive's top folder after, then
+/// copied into place; a kill leaves the folder for the next write there to remove).
 pub fn save(module: &CModule, out: &Path) -> Result<()> {
-    let tmp = tempfile::tempdir().context("failed to create a temporary folder")?;
-    let saved = tmp.path().join(out.file_name().unwrap_or(std::ffi::OsStr::new("model.pt")));
+    let tmp = files::temp_dir_beside(out);
+    let _guard = files::TempGuard::new(tmp.clone());
+    std::fs::create_dir(&tmp).with_context(|| format!("failed to create a temporary folder beside `{}`", out.display()))?;
+    let saved = tmp.join(out.file_name().unwrap_or(std::ffi::OsStr::new("model.pt")));
     module
         .save(&saved)
         .map_err(|e| anyhow!("failed to save the TorchScript module to `{}`: {}", saved.display(), first_line(&e)))?;

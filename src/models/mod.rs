@@ -167,6 +167,7 @@ impl ModelConfig {
     /// Builds the model under `p` as a backbone for self-pretraining (validating first).
     pub fn build_backbone(&self, p: &nn::Path, input: &InputSpec) -> Result<Box<dyn Backbone>> {
         self.validate(input)?;
+        self.admit(input, p.device(), 1.0)?;
         Ok(match self {
             ModelConfig::S4d(cfg) => Box::new(s4d::S4d::new(p, cfg, input)),
             ModelConfig::Fnet(cfg) => Box::new(fnet::FNet::new(p, cfg, input)),
@@ -180,9 +181,60 @@ impl ModelConfig {
         })
     }
 
-    /// Builds the model under `p` (validating first).
+    /// A lower bound on the model's trainable parameters, from its config alone: its largest
+    /// tensors (each block's matrices, S4D's and LRU's state matrices, TrellisNet's kernel), so that
+    /// a model too large for the memory is refused before a tensor of it exists ([`admit`]). A test
+    /// holds it between a quarter and all of every preset's built count.
+    pub fn min_params(&self, input: &InputSpec) -> f64 {
+        let f = |v: i64| v as f64;
+        match self {
+            ModelConfig::S4d(c) => f(c.n_layers) * 2.0 * f(c.d_model) * f(c.d_model),
+            ModelConfig::Lru(c) => f(c.n_layers) * (2.0 * f(c.d_model) * f(c.d_model) + 4.0 * f(c.d_model) * f(c.d_state)),
+            ModelConfig::Trellisnet(c) => 4.0 * f(c.h_size()) * f(c.h_size()) * f(c.kernel_size),
+            ModelConfig::LipschitzRnn(c) => 2.0 * f(c.n_units) * f(c.n_units),
+            ModelConfig::Fnet(c) => {
+                f(c.n_layers) * 2.0 * f(c.d_model) * f(c.d_ff) + f(c.d_model) * f(c.d_model) + f(input.seq_len) * f(c.d_emb)
+            }
+            ModelConfig::Pit(c) => f(c.depth) * (4.0 * f(c.d_model) * f(c.d_model) + 2.0 * f(c.d_model) * f(c.d_ff)),
+            // Each block's q, k, v, out and feed-forward matrices, and the head's hidden layer.
+            ModelConfig::Transformer(c) => {
+                f(c.n_layers) * (4.0 * f(c.d_model) * f(c.qkv_dim) + 2.0 * f(c.d_model) * f(c.mlp_dim)) + f(c.d_model) * f(c.mlp_dim)
+            }
+            // Each block's q, k, v, out and feed-forward matrices, and the head's hidden layer.
+            ModelConfig::Nystromformer(c) => {
+                f(c.n_layers) * (4.0 * f(c.d_model) * f(c.qkv_dim) + 2.0 * f(c.d_model) * f(c.mlp_dim)) + f(c.d_model) * f(c.mlp_dim)
+            }
+        }
+    }
+
+    /// Refuses, before any tensor exists, a model whose parameters alone, `copies` times (1: the
+    /// weights; 4 for training: gradients and AdamW's two moments beside them), in float32 would
+    /// not fit in the memory available on `device`.
+    pub fn admit(&self, input: &InputSpec, device: tch::Device, copies: f64) -> Result<()> {
+        let params = self.min_params(input);
+        let bytes = 4.0 * copies * params;
+        let available = crate::device::memory_available(device)?;
+        if bytes > 0.95 * available {
+            let what = if copies > 1.0 {
+                "with their gradients and AdamW's two moments"
+            } else {
+                "in float32"
+            };
+            bail!(
+                "the model does not fit: it has at least {params:.3e} parameters, {:.1} GiB {what}, and {:.1} GiB are available on {}; reduce its sizes (model.*)",
+                bytes / GIB,
+                available / GIB,
+                crate::device::name(device)
+            );
+        }
+        Ok(())
+    }
+
+    /// Builds the model under `p` (validating first, and refusing a model whose weights cannot
+    /// fit on `p`'s device).
     pub fn build(&self, p: &nn::Path, input: &InputSpec) -> Result<Box<dyn nn::ModuleT>> {
         self.validate(input)?;
+        self.admit(input, p.device(), 1.0)?;
         Ok(match self {
             ModelConfig::S4d(cfg) => Box::new(s4d::S4d::new(p, cfg, input)),
             ModelConfig::Lru(cfg) => Box::new(lru::Lru::new(p, cfg, input)),
@@ -196,7 +248,31 @@ impl ModelConfig {
     }
 }
 
+const GIB: f64 = (1u64 << 30) as f64;
+
 /// Number of trainable scalars in a variable store.
 pub fn param_count(vs: &nn::VarStore) -> i64 {
     vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The count that admits a model before it is built is a lower bound, and a close one: between
+    /// a quarter and all of the built count, for every shipped preset.
+    #[test]
+    fn the_parameter_bound_holds_for_every_preset() {
+        let mut wrong = Vec::new();
+        for name in crate::config::preset_names().unwrap() {
+            let cfg = crate::config::RunConfig::load(Some(&name), None, &[]).unwrap();
+            let vs = nn::VarStore::new(tch::Device::Cpu);
+            let _model = cfg.model.build(&vs.root(), &cfg.task.input_spec()).unwrap();
+            let (bound, built) = (cfg.model.min_params(&cfg.task.input_spec()), param_count(&vs) as f64);
+            if !(bound <= built && bound >= 0.25 * built) {
+                wrong.push(format!("{name}: bound {bound} against {built} built"));
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
 }

@@ -181,6 +181,13 @@ impl Config {
                 input.seq_len
             );
         }
+        if (self.mask_ratio * input.seq_len as f64).round() >= input.seq_len as f64 {
+            bail!(
+                "key `pretrain.mask_ratio` = {} masks every position of {}: nothing is left to reconstruct from; lower it",
+                self.mask_ratio,
+                input.seq_len
+            );
+        }
         if self.mask_input == MaskInput::Channel {
             if self.objective != Objective::Masked {
                 bail!(

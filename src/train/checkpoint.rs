@@ -1,5 +1,6 @@
 //! Checkpoints: a folder holding the weights (`model.safetensors`), the optimizer moments
-//! (`optim.safetensors`) and `state.json`, which records the sha256 of both tensor files. A folder is
+//! (`optim.safetensors`), `state.json`, which records the sha256 of both tensor files, and
+//! `state.json.sha256`, the sha256 of `state.json` itself. A folder is
 //! built under a temporary name beside its final one and renamed into place, so a crash leaves
 //! either the previous checkpoint or the new one, never a mix; every load checks the recorded
 //! sha256s, so a damaged file is named instead of used. Nothing non-finite is ever saved: the
@@ -23,8 +24,11 @@ use crate::files::{self, TempGuard, PARTIAL};
 pub const WEIGHTS: &str = "model.safetensors";
 /// The optimizer moments' file (in `last` only).
 pub const OPTIM: &str = "optim.safetensors";
-/// The state file, written last.
+/// The state file.
 pub const STATE: &str = "state.json";
+/// The sha256 of `state.json`, checked on every load (checkpoints written before it load with a
+/// warning).
+pub const STATE_SHA256: &str = "state.json.sha256";
 
 /// Where training stands at a checkpoint: enough to continue exactly.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -138,7 +142,9 @@ pub fn save(dir: &Path, vs: &nn::VarStore, opt: Option<&AdamW>, state: &State) -
     if let Some(opt) = opt {
         state.files.insert(OPTIM.into(), write_tensors(&tmp.join(OPTIM), &opt.state())?);
     }
-    files::write_bytes(&tmp.join(STATE), serde_json::to_string_pretty(&state)?.as_bytes())?;
+    let text = serde_json::to_string_pretty(&state)?;
+    files::write_bytes(&tmp.join(STATE), text.as_bytes())?;
+    files::write_bytes(&tmp.join(STATE_SHA256), format!("{}\n", hex(&Sha256::digest(&text))).as_bytes())?;
     let old = dir.exists().then(|| files::temp_dir_beside(dir));
     if let Some(old) = &old {
         std::fs::rename(dir, old).with_context(|| format!("failed to move the previous `{}` aside", dir.display()))?;
@@ -154,7 +160,8 @@ pub fn save(dir: &Path, vs: &nn::VarStore, opt: Option<&AdamW>, state: &State) -
 /// The checkpoint folder to read: `dir`, or, when a crash hit between the renames of [`save`],
 /// the most advanced complete folder (one with its `state.json`) under a temporary name beside it.
 pub fn existing(dir: &Path) -> Option<PathBuf> {
-    if dir.join(STATE).is_file() {
+    // Anything by that name (a FIFO too) is the checkpoint: reading it names what is wrong.
+    if dir.join(STATE).exists() {
         return Some(dir.to_path_buf());
     }
     let name = dir.file_name()?.to_string_lossy().into_owned();
@@ -182,7 +189,19 @@ pub fn recover(dir: &Path) -> Result<()> {
 /// Reads and checks `state.json` of a checkpoint folder.
 fn read_state(dir: &Path) -> Result<State> {
     let path = dir.join(STATE);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("failed to read `{}`", path.display()))?;
+    let text = files::read_regular_to_string(&path)?;
+    let sum = dir.join(STATE_SHA256);
+    if sum.exists() {
+        let recorded = files::read_regular_to_string(&sum)?;
+        let got = hex(&Sha256::digest(&text));
+        if got != recorded.trim() {
+            bail!(
+                "`{}` was changed or damaged: its sha256 is {got}, `{STATE_SHA256}` records {}",
+                path.display(),
+                recorded.trim()
+            );
+        }
+    }
     let state: State = serde_json::from_str(&text).with_context(|| format!("`{}` is not a checkpoint state", path.display()))?;
     state.check(&path)?;
     Ok(state)
@@ -195,15 +214,20 @@ pub fn load(dir: &Path, vs: &mut nn::VarStore, opt: Option<&mut AdamW>) -> Resul
     let Some(found) = existing(dir) else {
         bail!("no checkpoint in `{}`", dir.display())
     };
-    let state = read_state(&found)?;
+    let state = read_state(&found).map_err(|e| with_fallback(e, dir))?;
     if state.files.is_empty() {
         eprintln!(
             "warning: checkpoint `{}` was written before pixelseq recorded checksums; its files are not verified",
             found.display()
         );
+    } else if !found.join(STATE_SHA256).exists() {
+        eprintln!(
+            "warning: `{}` was written before pixelseq checksummed it; its step and counters are not verified",
+            found.join(STATE).display()
+        );
     }
     let weights = read_tensors(&found, WEIGHTS, &state).map_err(|e| with_fallback(e, dir))?;
-    copy_into(vs, weights, &found.join(WEIGHTS))?;
+    copy_into(vs, weights, &found.join(WEIGHTS), "the run's config.toml")?;
     if let Some(opt) = opt {
         let tensors = read_tensors(&found, OPTIM, &state).map_err(|e| with_fallback(e, dir))?;
         let device = vs.device();
@@ -268,7 +292,7 @@ fn with_fallback(e: anyhow::Error, dir: &Path) -> anyhow::Error {
 /// (unchecked when `state` records none: a checkpoint older than the checksums).
 fn read_bytes(dir: &Path, name: &str, state: &State) -> Result<Vec<u8>> {
     let path = dir.join(name);
-    let bytes = std::fs::read(&path).with_context(|| format!("failed to read checkpoint file `{}`", path.display()))?;
+    let bytes = files::read_regular(&path).with_context(|| format!("failed to read checkpoint file `{}`", path.display()))?;
     if state.files.is_empty() {
         return Ok(bytes);
     }
@@ -291,10 +315,14 @@ fn read_bytes(dir: &Path, name: &str, state: &State) -> Result<Vec<u8>> {
 
 /// The named tensors of tensor file `name` of a checkpoint folder, checked as [`read_bytes`] does.
 fn read_tensors(dir: &Path, name: &str, state: &State) -> Result<Vec<(String, Tensor)>> {
-    let path = dir.join(name);
     let bytes = read_bytes(dir, name, state)?;
+    tensors_of(&bytes, &dir.join(name))
+}
+
+/// The named tensors of the safetensors file `path` whose bytes are `bytes`.
+pub(crate) fn tensors_of(bytes: &[u8], path: &Path) -> Result<Vec<(String, Tensor)>> {
     let file =
-        SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("checkpoint file `{}` is not a safetensors file: {e:?}", path.display()))?;
+        SafeTensors::deserialize(bytes).map_err(|e| anyhow!("checkpoint file `{}` is not a safetensors file: {e:?}", path.display()))?;
     file.tensors()
         .into_iter()
         .map(|(n, view)| {
@@ -306,19 +334,19 @@ fn read_tensors(dir: &Path, name: &str, state: &State) -> Result<Vec<(String, Te
 }
 
 /// Copies saved tensors into the variables of the same names; any missing, extra or misshapen
-/// tensor is an error naming it.
-fn copy_into(vs: &nn::VarStore, saved: Vec<(String, Tensor)>, path: &Path) -> Result<()> {
+/// tensor is an error naming it (and `config`, the file that describes the model).
+pub(crate) fn copy_into(vs: &nn::VarStore, saved: Vec<(String, Tensor)>, path: &Path, config: &str) -> Result<()> {
     let mut saved: HashMap<String, Tensor> = saved.into_iter().collect();
     let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     let p = path.display();
     for (name, mut var) in vars {
         let Some(t) = saved.remove(&name) else {
-            bail!("`{p}` has no tensor `{name}`, which the model has: the run's config.toml does not match its checkpoint")
+            bail!("`{p}` has no tensor `{name}`, which the model has: {config} does not match it")
         };
         if t.size() != var.size() {
             bail!(
-                "`{p}`: tensor `{name}` has shape {:?}, the model's has {:?}: the run's config.toml does not match its checkpoint",
+                "`{p}`: tensor `{name}` has shape {:?}, the model's has {:?}: {config} does not match it",
                 t.size(),
                 var.size()
             );
@@ -326,7 +354,7 @@ fn copy_into(vs: &nn::VarStore, saved: Vec<(String, Tensor)>, path: &Path) -> Re
         tch::no_grad(|| var.f_copy_(&t)).map_err(|e| anyhow!("failed to load `{name}` from `{p}`: {}", first_line(&e.to_string())))?;
     }
     if let Some(extra) = saved.keys().min() {
-        bail!("`{p}` holds a tensor `{extra}` the model lacks: the run's config.toml does not match its checkpoint");
+        bail!("`{p}` holds a tensor `{extra}` the model lacks: {config} does not match it");
     }
     Ok(())
 }
@@ -482,6 +510,7 @@ mod tests {
         let text = std::fs::read_to_string(best.join(STATE)).unwrap();
         let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
         json.as_object_mut().unwrap().remove("files");
+        std::fs::remove_file(best.join(STATE_SHA256)).unwrap();
         std::fs::write(best.join(STATE), json.to_string()).unwrap();
         assert_eq!(load(&best, &mut store(), None).unwrap().step, 2);
     }
@@ -495,6 +524,26 @@ mod tests {
         save(&best, &store(), None, &s).unwrap();
         let err = format!("{:#}", load(&best, &mut store(), None).unwrap_err());
         assert!(err.contains("state.json` is inconsistent") && err.contains("999999"), "{err}");
+    }
+
+    /// `state.json` is checksummed as the tensor files are: an edited step is refused, naming the
+    /// run's other checkpoint, instead of resuming with other weights.
+    #[test]
+    fn an_edited_state_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (best, last) = (dir.path().join("best"), dir.path().join("last"));
+        save(&best, &store(), None, &state(4)).unwrap();
+        save(&last, &store(), None, &state(6)).unwrap();
+        let path = last.join(STATE);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"step\": 6"), "{text}");
+        std::fs::write(&path, text.replace("\"step\": 6", "\"step\": 5")).unwrap();
+        let err = format!("{:#}", load(&last, &mut store(), None).unwrap_err());
+        assert!(
+            err.contains("last/state.json` was changed or damaged") && err.contains("`best` checkpoint") && err.contains("step 4"),
+            "{err}"
+        );
+        assert!(verify(&last).is_err() && weights(&last).is_err());
     }
 
     /// The temporary and previous folders have names of their own: a user's `last.tmp` and
@@ -522,7 +571,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let last = dir.path().join("last");
         save(&last, &store(), None, &state(5)).unwrap();
-        let aside = dir.path().join(".last.partial-4999999-0");
+        let aside = dir.path().join(".last.partial-4999999-px0");
         std::fs::rename(&last, &aside).unwrap();
         assert_eq!(existing(&last), Some(aside.clone()));
         assert_eq!(load(&last, &mut store(), None).unwrap().step, 5);

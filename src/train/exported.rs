@@ -14,13 +14,17 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device};
 
-use super::checkpoint::State;
+use sha2::{Digest, Sha256};
+
+use super::checkpoint::{self, State};
 use super::learner::Learner;
 use super::run_dir::{OpenRun, Which};
 use crate::amp;
 use crate::config::RunConfig;
+use crate::data::cifar::hex;
 use crate::data::cifar::CLASSES;
 use crate::data::{Gray, TaskConfig};
+use crate::files;
 
 pub const WEIGHTS: &str = "model.safetensors";
 pub const CONFIG: &str = "config.json";
@@ -41,6 +45,10 @@ pub struct Extras {
     pub label2id: std::collections::BTreeMap<String, usize>,
     /// The state of the checkpoint the weights come from (step, best validation accuracy, …).
     pub checkpoint: State,
+    /// sha256 of the folder's `model.safetensors`, checked on every load (folders exported before
+    /// pixelseq recorded it load with a warning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_sha256: Option<String>,
 }
 
 /// The pixels an exported model takes, in the TorchScript export as in `config.json`: uint8
@@ -91,6 +99,7 @@ impl Extras {
             id2label: CLASSES.iter().enumerate().map(|(i, c)| (i.to_string(), c.to_string())).collect(),
             label2id: CLASSES.iter().enumerate().map(|(i, c)| (c.to_string(), i)).collect(),
             checkpoint,
+            weights_sha256: None,
         }
     }
 }
@@ -114,7 +123,7 @@ pub fn config_json(cfg: &RunConfig, extras: &Extras) -> Result<String> {
 pub fn read_config(dir: &Path) -> Result<(RunConfig, Extras)> {
     let path = dir.join(CONFIG);
     let origin = format!("config `{}`", path.display());
-    let text = std::fs::read_to_string(&path).with_context(|| format!("failed to read `{}`", path.display()))?;
+    let text = files::read_regular_to_string(&path)?;
     let serde_json::Value::Object(mut map) = serde_json::from_str(&text).with_context(|| format!("{origin} is not JSON"))? else {
         bail!("{origin}: expected a JSON object");
     };
@@ -130,6 +139,9 @@ pub fn read_config(dir: &Path) -> Result<(RunConfig, Extras)> {
     ] {
         let value = map.remove(key).with_context(|| format!("{origin}: key `{key}` is missing"))?;
         extras.insert(key.to_string(), value);
+    }
+    if let Some(value) = map.remove("weights_sha256") {
+        extras.insert("weights_sha256".to_string(), value);
     }
     let extras: Extras = serde_path_to_error::deserialize(serde_json::Value::Object(extras))
         .map_err(|e| anyhow::anyhow!("{origin}: key `{}`: {}", e.path(), e.inner()))?;
@@ -147,11 +159,27 @@ pub fn open(dir: &Path, which: Which, device: Device) -> Result<OpenRun> {
         );
     }
     let (config, extras) = read_config(dir)?;
-    let mut vs = nn::VarStore::new(device);
+    let vs = nn::VarStore::new(device);
     let model = Learner::Classifier(config.model.build(&vs.root(), &config.task.input_spec())?);
     let weights: PathBuf = dir.join(WEIGHTS);
-    vs.load(&weights)
-        .with_context(|| format!("failed to load weights `{}` (does config.json match them?)", weights.display()))?;
+    let bytes = files::read_regular(&weights)?;
+    match &extras.weights_sha256 {
+        Some(recorded) => {
+            let got = hex(&Sha256::digest(&bytes));
+            if &got != recorded {
+                bail!(
+                    "`{}` is corrupt: its sha256 is {got}, `{CONFIG}` records {recorded}; export the run again",
+                    weights.display()
+                );
+            }
+        }
+        None => eprintln!(
+            "warning: `{}` was exported before pixelseq recorded the weights' sha256; they are not verified",
+            dir.display()
+        ),
+    }
+    let tensors = checkpoint::tensors_of(&bytes, &weights)?;
+    checkpoint::copy_into(&vs, tensors, &weights, &format!("its {CONFIG}"))?;
     let precision = amp::resolve(config.train.precision, device);
     Ok(OpenRun {
         config,

@@ -81,16 +81,24 @@ pub fn plan(
     let available = available_bytes(device)?;
     let share = if device.is_cuda() { GPU_SHARE } else { CPU_SHARE };
     let budget = share * available;
-    let train = probe(learner, vs, input, batch, device, precision, true)?;
-    let eval = probe(learner, vs, input, eval_batch, device, precision, false)?;
-    if train.at(1) > 0.95 * available {
+    let train = probe(learner, vs, input, batch, device, precision, true, budget)?;
+    let eval = probe(learner, vs, input, eval_batch, device, precision, false, budget)?;
+    if train.at(1) > budget {
+        let needs = match train.per_image.is_finite() {
+            true => format!(
+                "{:.2} GiB ({:.2} GiB fixed + {:.2} GiB per image)",
+                train.at(1) / GIB,
+                train.fixed / GIB,
+                train.per_image / GIB
+            ),
+            false => format!("more than {:.2} GiB (the probe stopped there)", budget / GIB),
+        };
         bail!(
-            "the model does not fit: one image's training pass needs {:.2} GiB ({:.2} GiB fixed + {:.2} GiB per image) \
-             beyond the model and optimizer state, and {:.2} GiB are available on {}; reduce the model's size (model.*) \
+            "the model does not fit: one image's training pass needs {needs} beyond the model and optimizer state, \
+             and a pass may take {:.2} GiB ({:.0}% of the {:.2} GiB available on {}); reduce the model's size (model.*) \
              or use a larger device",
-            train.at(1) / GIB,
-            train.fixed / GIB,
-            train.per_image / GIB,
+            budget / GIB,
+            100.0 * share,
             available / GIB,
             device::name(device)
         );
@@ -100,7 +108,7 @@ pub fn plan(
         MicroBatch::Size(n) => n.min(batch),
         MicroBatch::Auto => equal_parts(batch, fits.min(batch)),
     };
-    let eval_batch = eval_batch.min(eval.images_within(budget).max(1));
+    let eval_batch = eval_bound(&train, &eval, budget, eval_batch);
     let note = format!(
         "micro-batch {micro_batch} of batch {batch}{}: a training pass needs {:.0} MiB + {:.1} MiB per image, {:.1} GiB available",
         if micro == MicroBatch::Auto { " (auto)" } else { "" },
@@ -115,30 +123,47 @@ pub fn plan(
     })
 }
 
+/// The evaluation batch (at most `requested`) within `budget`: what the evaluation probe allows,
+/// and never more than a training pass of the same images would take. An evaluation pass keeps
+/// less than a training pass, but a probe of a few images can miss what a pass of thousands
+/// keeps (`train.eval_batch_size = 100000` was given 5,600 images and took 12 GB): the training
+/// pass's bound holds it as it holds the micro-batch.
+fn eval_bound(train: &Footprint, eval: &Footprint, budget: f64, requested: i64) -> i64 {
+    let fits = |f: &Footprint| f.images_within(budget).max(1);
+    requested.min(fits(eval)).min(fits(train))
+}
+
 /// The most images (at most `batch`) an evaluation pass of `learner` may take on `device`.
 pub fn eval_batch(learner: &Learner, vs: &nn::VarStore, input: InputSpec, batch: i64, device: Device, precision: Precision) -> Result<i64> {
     let share = if device.is_cuda() { GPU_SHARE } else { CPU_SHARE };
     let budget = share * available_bytes(device)?;
-    let eval = probe(learner, vs, input, batch, device, precision, false)?;
+    let eval = probe(learner, vs, input, batch, device, precision, false, budget)?;
+    if eval.at(1) > budget {
+        bail!(
+            "the model does not fit: one image's evaluation pass needs more than {:.2} GiB, {:.0}% of the memory available on {}",
+            budget / GIB,
+            100.0 * share,
+            device::name(device)
+        );
+    }
     Ok(batch.min(eval.images_within(budget).max(1)))
 }
 
 /// Memory a run may still take on `device`, bytes: `MemAvailable` on a CPU, free memory on a GPU.
+/// CPU workers of a data-parallel run on this machine share its memory: each plans with its part.
 pub fn available_bytes(device: Device) -> Result<f64> {
-    match device {
-        Device::Cuda(i) => {
-            let m = device::CudaMemory::new(i)?;
-            Ok(m.free()? as f64)
-        }
-        _ => match device::cpu_memory_available() {
-            Some(b) => Ok(b as f64),
-            None => bail!("cannot read MemAvailable from /proc/meminfo to size the micro-batch; set train.micro_batch to a number"),
-        },
-    }
+    let sharers = match device {
+        Device::Cuda(_) => 1,
+        _ => crate::dist::World::from_env()?.map_or(1, |w| w.local_size),
+    };
+    Ok(device::memory_available(device)? / sharers as f64)
 }
 
 /// Measures the footprint of a training (`train`) or evaluation pass from passes at 1 and at
-/// `min(batch, 4)` images of random pixels.
+/// `min(batch, 4)` images of random pixels. No pass may take more than `budget` bytes (on a CPU
+/// the allocator refuses beyond it, on a GPU the device does): a pass of one image that does not
+/// fit gives an infinite cost per image, one of several a cost that fits one image fewer.
+#[allow(clippy::too_many_arguments)]
 fn probe(
     learner: &Learner,
     vs: &nn::VarStore,
@@ -147,6 +172,7 @@ fn probe(
     device: Device,
     precision: Precision,
     train: bool,
+    budget: f64,
 ) -> Result<Footprint> {
     let buffers: Vec<(Tensor, Tensor)> = vs
         .variables()
@@ -160,19 +186,33 @@ fn probe(
     let params: Vec<Tensor> = vs.trainable_variables();
     let meter = Meter::new(device)?;
     let large = batch.clamp(1, 4);
-    let one = meter.peak_of(|| pass(learner, input, 1, device, precision, train), &params)?;
-    let footprint = if large > 1 {
-        let many = meter.peak_of(|| pass(learner, input, large, device, precision, train), &params)?;
-        let per_image = ((many - one) / (large - 1) as f64).max(many / large as f64 / 4.0);
-        Footprint {
-            fixed: (one - per_image).max(0.0),
-            per_image,
-        }
-    } else {
-        Footprint {
+    let measure = |images: i64| {
+        device::with_cpu_headroom(budget, || {
+            meter.peak_of(|| pass(learner, input, images, device, precision, train), &params)
+        })
+    };
+    let footprint = match measure(1)? {
+        None => Footprint {
+            fixed: 0.0,
+            per_image: f64::INFINITY,
+        },
+        Some(one) if large > 1 => match measure(large)? {
+            Some(many) => {
+                let per_image = ((many - one) / (large - 1) as f64).max(many / large as f64 / 4.0);
+                Footprint {
+                    fixed: (one - per_image).max(0.0),
+                    per_image,
+                }
+            }
+            None => Footprint {
+                fixed: 0.0,
+                per_image: one.max(budget / (large as f64 - 0.5)),
+            },
+        },
+        Some(one) => Footprint {
             fixed: 0.0,
             per_image: one,
-        }
+        },
     };
     tch::no_grad(|| {
         for (t, saved) in &buffers {
@@ -216,27 +256,35 @@ impl Meter {
         })
     }
 
-    /// Bytes in use at the peak of `f` beyond the baseline; `f`'s gradients are dropped after it.
-    fn peak_of(&self, f: impl FnOnce(), params: &[Tensor]) -> Result<f64> {
-        let peak = match self.device {
+    /// Bytes in use at the peak of `f` beyond the baseline, or `None` when `f` ran out of memory
+    /// (libtorch's error); `f`'s gradients are dropped after it.
+    fn peak_of(&self, f: impl FnOnce(), params: &[Tensor]) -> Result<Option<f64>> {
+        let run = |f: Box<dyn FnOnce() + '_>| -> Result<bool> {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+                Ok(()) => Ok(true),
+                Err(payload) if device::is_out_of_memory_panic(&*payload) => Ok(false),
+                Err(payload) => std::panic::resume_unwind(payload),
+            }
+        };
+        let (fitted, peak) = match self.device {
             Device::Cuda(i) => {
                 // The CUDA caching allocator keeps what a pass reserved: in use after is the peak.
-                f();
-                device::CudaMemory::new(i)?.used()? as f64
+                let fitted = run(Box::new(f))?;
+                (fitted, device::CudaMemory::new(i)?.used()? as f64)
             }
             _ if device::caching_cpu_allocator() => {
                 device::reset_cpu_peak();
-                f();
-                device::cpu_allocator_stats().peak as f64
+                let fitted = run(Box::new(f))?;
+                (fitted, device::cpu_allocator_stats().peak as f64)
             }
             _ => {
                 device::reset_peak_rss();
-                f();
-                device::peak_rss_bytes().unwrap_or(0) as f64
+                let fitted = run(Box::new(f))?;
+                (fitted, device::peak_rss_bytes().unwrap_or(0) as f64)
             }
         };
         super::multi_tensor::clear_grads(params)?;
-        Ok((peak - self.baseline).max(0.0))
+        Ok(fitted.then_some((peak - self.baseline).max(0.0)))
     }
 }
 
@@ -251,6 +299,26 @@ mod tests {
         assert_eq!(equal_parts(256, 1), 1);
         assert_eq!(equal_parts(50, 7), 7);
         assert_eq!(equal_parts(64, 40), 32);
+    }
+
+    /// The evaluation batch is held to the training pass's bound, whatever its own probe says.
+    #[test]
+    fn evaluation_batches_are_bounded_as_training_is() {
+        let train = Footprint {
+            fixed: 0.0,
+            per_image: 10.0,
+        };
+        let eval = Footprint {
+            fixed: 0.0,
+            per_image: 0.1,
+        };
+        assert_eq!(eval_bound(&train, &eval, 1000.0, 100_000), 100);
+        assert_eq!(eval_bound(&train, &eval, 1000.0, 50), 50);
+        let huge = Footprint {
+            fixed: 0.0,
+            per_image: f64::INFINITY,
+        };
+        assert_eq!(eval_bound(&huge, &huge, 1000.0, 256), 1);
     }
 
     #[test]

@@ -103,7 +103,10 @@ fn one() -> usize {
 
 /// Drops the metric lines written after the checkpoint a run resumes from.
 pub fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    if !path.exists() {
+        return Ok(());
+    }
+    let text = files::read_regular_to_string(path)?;
     let kept: Vec<&str> = text
         .lines()
         .filter(|l| serde_json::from_str::<Metrics>(l).is_ok_and(|m| m.step <= step))

@@ -180,10 +180,14 @@ impl<'a> Trainer<'a> {
     fn start(cfg: &'a RunConfig, data: &'a Dataset, opts: &Options, dist: Option<&'a Dist>) -> Result<Trainer<'a>> {
         let dir = RunDir::new(&opts.dir);
         let main = dist.is_none_or(Dist::is_main);
-        let lock = if main { Some(open_dir(&dir, cfg, opts)?) } else { None };
+        // Everything is checked (the pretraining run of `init`, the checkpoint, the memory plan)
+        // before the first write: a refused run changes nothing in its folder. `claim_dir` writes.
+        let lock = if main { check_dir(&dir, opts)? } else { None };
         let precision = amp::resolve(cfg.train.precision, opts.device);
         let mut plan = Plan::new(cfg, data.train.len());
 
+        // The weights, their gradients and AdamW's two moments must fit before any is made.
+        cfg.model.admit(&cfg.task.input_spec(), opts.device, 4.0)?;
         tch::manual_seed(cfg.train.seed as i64);
         let mut vs = nn::VarStore::new(opts.device);
         let input = cfg.task.input_spec();
@@ -193,10 +197,6 @@ impl<'a> Trainer<'a> {
         } else {
             Learner::Classifier(cfg.model.build(&vs.root(), &input)?)
         };
-        // Rank 0 reads the pretraining run; the others receive its weights below.
-        if let (Some(init), false, Learner::Classifier(_), true) = (&cfg.train.init, opts.resume, &learner, main) {
-            init_backbone(&mut vs, Path::new(init), cfg.train.init_checkpoint, &cfg.model)?;
-        }
         let mut opt = AdamW::new(&vs, &cfg.optim)?;
         let mut scaler = LossScaler::new(precision);
         let mut state = State::new(&scaler);
@@ -204,6 +204,12 @@ impl<'a> Trainer<'a> {
         state.world_size = peers.world();
         let mut saved = None;
         let none_yet = peers.any(main && opts.resume && checkpoint::existing(&dir.last()).is_none())?;
+        // Rank 0 reads the pretraining run; the others receive its weights below. A resumed run
+        // without a checkpoint yet starts from it too.
+        let from_init = !opts.resume || none_yet;
+        if let (Some(init), true, Learner::Classifier(_), true) = (&cfg.train.init, from_init, &learner, main) {
+            init_backbone(&mut vs, Path::new(init), cfg.train.init_checkpoint, &cfg.model)?;
+        }
         if opts.resume && !none_yet {
             state = peers
                 .load(&dir.last(), &mut vs, Some(&mut opt))
@@ -218,9 +224,6 @@ impl<'a> Trainer<'a> {
             }
             state.restore(&mut scaler);
             saved = Some(state.step);
-            if main {
-                truncate_metrics(&dir.metrics(), state.step)?;
-            }
             let best = match state.best_val_loss {
                 Some(loss) => format!("best val loss {loss:.4}"),
                 None => format!("best val {:.2}%", 100.0 * state.best_val_acc),
@@ -236,9 +239,6 @@ impl<'a> Trainer<'a> {
                 say!("no checkpoint in `{}` yet; starting from step 0", dir.last().display());
             }
             peers.sync(&vs, Some(&opt))?;
-            if main && opts.resume {
-                truncate_metrics(&dir.metrics(), 0)?;
-            }
         }
         let memory = memory::plan(
             &learner,
@@ -280,6 +280,10 @@ impl<'a> Trainer<'a> {
             say!("  {line}");
         }
         say!("  {}, evaluation batch {}", memory.note, plan.eval_batch);
+        let lock = match main {
+            true => Some(claim_dir(&dir, cfg, opts, lock, state.step)?),
+            false => None,
+        };
         let started = Instant::now() - Duration::from_secs_f64(state.elapsed_s);
         let board = Board::open(
             main.then_some(&dir.root),
@@ -532,29 +536,44 @@ impl<'a> Trainer<'a> {
     }
 }
 
-/// Takes the lock of the run folder `dir` for the process that writes it: a resumed run is
-/// recovered from a save a crash interrupted; a new one must find the folder free. Writes the
-/// preset name and the config (a resumed run's, when `--set` changed it).
-fn open_dir(dir: &RunDir, cfg: &RunConfig, opts: &Options) -> Result<RunLock> {
-    let lock = if opts.resume {
-        if !dir.config().is_file() {
-            bail!("`{}` is not a run directory (it has no config.toml)", dir.root.display());
-        }
-        let lock = dir.lock()?;
-        // A crash between the renames of a checkpoint save left the previous one aside.
-        checkpoint::recover(&dir.best())?;
-        checkpoint::recover(&dir.last())?;
-        files::remove_stale_temps(&dir.checkpoints());
-        lock
-    } else {
+/// Checks the run folder `dir` for the process that writes it, writing nothing: a new run must
+/// find it free; a resumed one is locked (a second writer is refused) and recovered from a save
+/// a crash interrupted (pixelseq's own files only).
+fn check_dir(dir: &RunDir, opts: &Options) -> Result<Option<RunLock>> {
+    if !opts.resume {
         dir.check_new_run()?;
-        let lock = dir.lock()?;
-        // Another command may have started a run here before this one held the lock.
-        dir.check_new_run()?;
-        if let Some(p) = &opts.preset {
-            files::write_bytes(&dir.preset(), p.as_bytes())?;
+        return Ok(None);
+    }
+    if !dir.config().is_file() {
+        bail!("`{}` is not a run directory (it has no config.toml)", dir.root.display());
+    }
+    let lock = dir.lock()?;
+    // A crash between the renames of a checkpoint save left the previous one aside.
+    checkpoint::recover(&dir.best())?;
+    checkpoint::recover(&dir.last())?;
+    files::remove_stale_temps(&dir.checkpoints());
+    Ok(Some(lock))
+}
+
+/// The first writes of a run, once everything is checked: takes the lock of a new run's folder
+/// (checking it is still free), writes the preset name and the config (a resumed run's, when
+/// `--set` changed it), and drops the metrics lines past the checkpoint a resumed run continues
+/// from (`step`).
+fn claim_dir(dir: &RunDir, cfg: &RunConfig, opts: &Options, lock: Option<RunLock>, step: u64) -> Result<RunLock> {
+    let lock = match lock {
+        Some(lock) => {
+            truncate_metrics(&dir.metrics(), step)?;
+            lock
         }
-        lock
+        None => {
+            let lock = dir.lock()?;
+            // Another command may have started a run here before this one held the lock.
+            dir.check_new_run()?;
+            if let Some(p) = &opts.preset {
+                files::write_bytes(&dir.preset(), p.as_bytes())?;
+            }
+            lock
+        }
     };
     eprintln!("run directory: {}", dir.root.display());
     let toml = cfg.to_toml();
@@ -605,6 +624,14 @@ fn init_backbone(vs: &mut nn::VarStore, dir: &Path, which: InitCheckpoint, model
         tch::no_grad(|| v.shallow_clone().copy_(&t));
         scalars += t.numel();
         loaded.push(name);
+    }
+    if loaded.is_empty() {
+        bail!(
+            "--init `{}`: none of its {} tensors is a backbone tensor of this model ({}); fine-tune from a pretraining run of the same model",
+            dir.display(),
+            not_loaded.len(),
+            model.name()
+        );
     }
     let mut fresh: Vec<&String> = vars.keys().filter(|n| !loaded.contains(n)).collect();
     fresh.sort();
@@ -743,6 +770,125 @@ seed = 7
             run(&tiny(&["train.max_steps=3"]), &data, &options(&run_dir, true)).unwrap_err()
         );
         assert!(err.contains("at step 5, beyond the run's 3 steps"), "{err}");
+    }
+
+    /// A refused run changes nothing: a refused `--init` (a missing folder, a classifier run, a
+    /// pretraining run of other sizes) makes no folder, lock, preset or config, so the same
+    /// command succeeds once corrected; a `--resume` refused for its budget keeps its config.toml.
+    #[test]
+    fn a_refused_run_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = tiny_data();
+        let classifier = dir.path().join("cls");
+        run(&tiny(&[]), &data, &options(&classifier, false)).unwrap();
+        let stage = tiny(&["train.mixup=0.0"]).for_pretraining().unwrap();
+        let pre = dir.path().join("pre");
+        run(
+            &stage,
+            &data,
+            &Options {
+                pretrain: true,
+                ..options(&pre, false)
+            },
+        )
+        .unwrap();
+        let tuned = dir.path().join("tuned");
+        let init = |p: &std::path::Path| format!("train.init={:?}", p.display().to_string());
+        for (sets, needle) in [
+            (vec![init(&dir.path().join("missing"))], "missing"),
+            (vec![init(&classifier)], "not a self-pretraining run"),
+            (vec![init(&pre), "model.d_model=32".into(), "model.qkv_dim=32".into()], "has shape"),
+        ] {
+            let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+            let opts = Options {
+                preset: Some("tiny".into()),
+                ..options(&tuned, false)
+            };
+            let err = format!("{:#}", run(&tiny(&sets), &data, &opts).unwrap_err());
+            assert!(err.contains(needle), "{err}");
+            assert!(
+                !tuned.exists(),
+                "a refused --init left {:?}",
+                std::fs::read_dir(&tuned).map(|d| d.count())
+            );
+        }
+        run(&tiny(&[&init(&pre)]), &data, &options(&tuned, false)).unwrap();
+
+        let config = std::fs::read_to_string(RunDir::new(&classifier).config()).unwrap();
+        let err = format!(
+            "{:#}",
+            run(&tiny(&["train.max_steps=3"]), &data, &options(&classifier, true)).unwrap_err()
+        );
+        assert!(err.contains("beyond the run's 3 steps"), "{err}");
+        assert_eq!(std::fs::read_to_string(RunDir::new(&classifier).config()).unwrap(), config);
+    }
+
+    /// `--init` from another model's pretraining run loads no backbone tensor: an error, not a
+    /// from-scratch run recorded as fine-tuned.
+    #[test]
+    fn an_init_that_loads_nothing_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = tiny_data();
+        let model = "[model]\nname = \"s4d\"\nd_model = 8\nn_layers = 1\nd_state = 4\n\n[optim]";
+        let s4d_toml = TINY.replace(&TINY[TINY.find("[model]").unwrap()..TINY.find("[optim]").unwrap() + 7], model);
+        let s4d = RunConfig::from_toml_str(&s4d_toml.replace("mixup = 0.4", "mixup = 0.0"), "test").unwrap();
+        let pre = dir.path().join("pre");
+        run(
+            &s4d.for_pretraining().unwrap(),
+            &data,
+            &Options {
+                pretrain: true,
+                ..options(&pre, false)
+            },
+        )
+        .unwrap();
+        let tuned = dir.path().join("tuned");
+        let init = format!("train.init={:?}", pre.display().to_string());
+        let err = format!("{:#}", run(&tiny(&[&init]), &data, &options(&tuned, false)).unwrap_err());
+        assert!(err.contains("none of its") && err.contains("transformer"), "{err}");
+        assert!(!tuned.exists());
+    }
+
+    /// A FIFO in place of a file a run reads back (a checkpoint's tensor file or state, the
+    /// config, an events file) is refused by its type before it is opened, instead of waiting
+    /// forever for a writer.
+    #[test]
+    fn a_fifo_in_place_of_a_run_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let run_dir = dir.path().join("run");
+        let data = tiny_data();
+        run(&tiny(&[]), &data, &options(&run_dir, false)).unwrap();
+        let files = RunDir::new(&run_dir);
+        let fifo_in_place = |path: &std::path::Path| {
+            let saved = path.with_extension("saved");
+            std::fs::rename(path, &saved).unwrap();
+            assert!(std::process::Command::new("mkfifo").arg(path).status().unwrap().success());
+            move |path: &std::path::Path| {
+                std::fs::remove_file(path).unwrap();
+                std::fs::rename(&saved, path).unwrap();
+            }
+        };
+        for path in [files.last().join(checkpoint::WEIGHTS), files.last().join(checkpoint::STATE)] {
+            let restore = fifo_in_place(&path);
+            let err = format!(
+                "{:#}",
+                run(&tiny(&["train.max_steps=6"]), &data, &options(&run_dir, true)).unwrap_err()
+            );
+            assert!(err.contains("is a FIFO, not a regular file"), "{}: {err}", path.display());
+            restore(&path);
+        }
+        let events = crate::tensorboard::event_files(&run_dir).unwrap().remove(0);
+        let restore = fifo_in_place(&events);
+        let err = format!(
+            "{:#}",
+            run(&tiny(&["train.max_steps=6"]), &data, &options(&run_dir, true)).unwrap_err()
+        );
+        assert!(err.contains("is a FIFO, not a regular file"), "{err}");
+        restore(&events);
+        let restore = fifo_in_place(&files.config());
+        let err = format!("{:#}", files.load_config().unwrap_err());
+        assert!(err.contains("is a FIFO, not a regular file"), "{err}");
+        restore(&files.config());
     }
 
     /// The loop's update is exactly `step::train_step` (the step `bench` times) on the sampler's

@@ -24,7 +24,6 @@ use super::checkpoint::State;
 use super::learner::Learner;
 use crate::amp::Precision;
 use crate::config::RunConfig;
-use crate::files::PARTIAL;
 
 /// The paths of one run directory.
 #[derive(Debug, Clone)]
@@ -82,7 +81,7 @@ impl RunDir {
             .flatten()
             .filter(|e| e.path() != lock)
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| !(n.starts_with('.') && n.contains(PARTIAL)))
+            .filter(|n| !crate::files::is_temp_name(n))
             .collect();
         names.sort();
         let d = self.root.display();
@@ -128,12 +127,17 @@ impl RunDir {
 
     /// The run's resolved config.
     pub fn load_config(&self) -> Result<RunConfig> {
+        if self.config().exists() {
+            crate::files::check_regular(&self.config())?;
+        }
         RunConfig::load(None, Some(&self.config()), &[]).with_context(|| format!("`{}` is not a run directory", self.root.display()))
     }
 
     /// The preset the run was started from, if any.
     pub fn preset_name(&self) -> Option<String> {
-        std::fs::read_to_string(self.preset()).ok().map(|s| s.trim().to_string())
+        crate::files::read_regular_to_string(&self.preset())
+            .ok()
+            .map(|s| s.trim().to_string())
     }
 }
 
