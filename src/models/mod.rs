@@ -198,7 +198,8 @@ impl ModelConfig {
             ModelConfig::Pit(c) => f(c.depth) * (4.0 * f(c.d_model) * f(c.d_model) + 2.0 * f(c.d_model) * f(c.d_ff)),
             // Each block's q, k, v, out and feed-forward matrices, and the head's hidden layer.
             ModelConfig::Transformer(c) => {
-                f(c.n_layers) * (4.0 * f(c.d_model) * f(c.qkv_dim) + 2.0 * f(c.d_model) * f(c.mlp_dim)) + f(c.d_model) * f(c.mlp_dim)
+                f(c.n_layers) * (4.0 * f(c.d_model) * f(c.qkv_dim) + 2.0 * f(c.d_model) * f(c.mlp_dim))
+                    + f(c.d_model) * f(c.head_dim.unwrap_or(c.mlp_dim))
             }
             // Each block's q, k, v, out and feed-forward matrices, and the head's hidden layer.
             ModelConfig::Nystromformer(c) => {
