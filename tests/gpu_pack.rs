@@ -30,6 +30,13 @@ fn run(repo: &Path, pack: &Path, out: &Path, spec: &str, sets: &str) -> Output {
     output
 }
 
+/// The names in the archive `path`, one a line.
+fn listing(path: &Path) -> String {
+    let out = Command::new("tar").arg("tzf").arg(path).output().unwrap();
+    assert!(out.status.success(), "tar tzf {}", path.display());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// An archive listing without checkpoints or the run lock.
 fn assert_only_records(names: &str) {
     assert!(!names.contains("checkpoints"), "checkpoints travel back: {names}");
@@ -38,12 +45,7 @@ fn assert_only_records(names: &str) {
 
 /// The archive of `preset` holds the run's text records, no checkpoints and no run lock.
 fn check_archive(out: &Path, preset: &str) {
-    let listing = Command::new("tar")
-        .arg("tzf")
-        .arg(out.join(format!("{preset}.tar.gz")))
-        .output()
-        .unwrap();
-    let names = String::from_utf8_lossy(&listing.stdout).into_owned();
+    let names = listing(&out.join(format!("{preset}.tar.gz")));
     for f in ["result.json", "metrics.jsonl", "config.toml", "train.log"] {
         assert!(names.contains(&format!("{preset}/{f}")), "{f} missing from the archive: {names}");
     }
@@ -128,12 +130,7 @@ fn pack_and_run_on_cpu() {
         "--set model.d_model=8 --set model.n_layers=1 --set model.qkv_dim=8 --set model.mlp_dim=8 \
          --set model.n_heads=2 --set train.batch_size=8",
     );
-    let listing = Command::new("tar")
-        .arg("tzf")
-        .arg(out.join("transformer-spt.tar.gz"))
-        .output()
-        .unwrap();
-    let names = String::from_utf8_lossy(&listing.stdout).into_owned();
+    let names = listing(&out.join("transformer-spt.tar.gz"));
     for stage in ["pretrain", "scratch", "finetune"] {
         for f in ["result.json", "config.toml", "train.log"] {
             assert!(
@@ -192,12 +189,7 @@ fn pack_and_run_on_cpu() {
     for name in ["first", "second"] {
         let r = result(name);
         assert!(r["steps"] == 4 && r["planned_steps"] == 4, "{r}");
-        let listing = Command::new("tar")
-            .arg("tzf")
-            .arg(plan_out.join(format!("{name}.tar.gz")))
-            .output()
-            .unwrap();
-        let names = String::from_utf8_lossy(&listing.stdout).into_owned();
+        let names = listing(&plan_out.join(format!("{name}.tar.gz")));
         for f in [
             "checkpoints/best/model.safetensors",
             "checkpoints/last/optim.safetensors",
@@ -239,8 +231,7 @@ fn pack_and_run_on_cpu() {
     assert!(bench.status.success(), "{log}");
     let json = std::fs::read_to_string(out.join("bench.json")).unwrap();
     assert!(json.contains("\"pytorch\"") && json.contains("\"pixelseq\""), "{json}");
-    let listing = Command::new("tar").arg("tzf").arg(out.join("profiles.tar.gz")).output().unwrap();
-    let names = String::from_utf8_lossy(&listing.stdout).into_owned();
+    let names = listing(&out.join("profiles.tar.gz"));
     for side in ["pixelseq", "pytorch"] {
         assert!(names.contains(&format!("profiles/fnet-lra-L64-{side}.txt")), "{names}");
     }

@@ -3,13 +3,15 @@
 //!
 //! A model's paper presets are the shipped presets of that model whose `[paper]` table has a
 //! figure, except self-pretraining presets (their figure is for another method, and the
-//! self-pretraining table shows them). A run counts for its model's row when it claims that figure (so it ran on the preset's
-//! own task: a run moved to another task drops the claim) and covered at least
-//! [`MIN_COVERAGE`] of the preset's recipe; the row shows the one with the best test accuracy.
+//! self-pretraining table shows them). A run counts for its model's row when it claims that
+//! figure (so it ran on the preset's own task: a run moved to another task drops the claim) and
+//! covered at least [`MIN_COVERAGE`] of the preset's recipe; the row shows the one with the best
+//! test accuracy.
 //! Shorter runs, runs on another task and runs of other presets stay in the table of all runs.
 //! A model with no such run keeps its row, which says so, or names the run in progress toward it
 //! (an unfinished run folder of one of its paper presets).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -17,7 +19,9 @@ use anyhow::Result;
 use super::format::{cell, duration};
 use super::Run;
 use crate::config::{self, Paper, RunConfig};
+use crate::train::checkpoint;
 use crate::train::records::Metrics;
+use crate::train::run_dir::RunDir;
 
 /// The share of a preset's recipe (in training images) a run must cover to stand for its model.
 pub const MIN_COVERAGE: f64 = 0.25;
@@ -105,16 +109,12 @@ impl Unfinished<'_> {
 /// without a result, named in the row of a model that has no finished run.
 pub fn rows(presets: Vec<PaperPreset>, runs: &[Run], unfinished: &[PathBuf]) -> Vec<Row> {
     let unfinished: Vec<Unfinished> = unfinished.iter().filter_map(|d| Unfinished::read(d)).collect();
-    let mut models: Vec<String> = presets.iter().map(|p| p.model.clone()).collect();
-    models.sort();
-    models.dedup();
-    let mut by_model: Vec<Vec<PaperPreset>> = models.iter().map(|_| Vec::new()).collect();
+    let mut by_model: BTreeMap<String, Vec<PaperPreset>> = BTreeMap::new();
     for p in presets {
-        let i = models.iter().position(|m| *m == p.model).expect("every preset's model is listed");
-        by_model[i].push(p);
+        by_model.entry(p.model.clone()).or_default().push(p);
     }
     by_model
-        .into_iter()
+        .into_values()
         .map(|mut candidates| {
             let best = runs
                 .iter()
@@ -165,10 +165,10 @@ pub fn rows(presets: Vec<PaperPreset>, runs: &[Run], unfinished: &[PathBuf]) -> 
         .collect()
 }
 
-/// The published best checkpoint of a run, if its folder keeps one.
-pub fn published_weights(run: &Run) -> Option<PathBuf> {
-    let best = run.dir.join("checkpoints").join("best");
-    best.join(crate::train::checkpoint::WEIGHTS).is_file().then_some(best)
+/// The best checkpoint a run folder keeps, if it keeps one.
+pub fn published_weights(dir: &Path) -> Option<PathBuf> {
+    let best = RunDir::new(dir).best();
+    best.join(checkpoint::WEIGHTS).is_file().then_some(best)
 }
 
 /// The table and the note under it.
@@ -199,7 +199,7 @@ pub fn markdown(rows: &[Row], runs: &[Run]) -> String {
                     covered,
                     cell(&r.record.device),
                     duration(r.record.wall_s),
-                    published_weights(r).map_or("not kept".into(), |w| format!("`{}`", cell(&w.display().to_string()))),
+                    published_weights(&r.dir).map_or("not kept".into(), |w| format!("`{}`", cell(&w.display().to_string()))),
                 ]);
             }
             None => match &row.in_progress {
@@ -210,13 +210,7 @@ pub fn markdown(rows: &[Row], runs: &[Run]) -> String {
                     }),
                     "—".into(),
                     "—".into(),
-                    {
-                        let best = dir.join("checkpoints").join("best");
-                        match best.join(crate::train::checkpoint::WEIGHTS).is_file() {
-                            true => format!("`{}` (best so far)", cell(&best.display().to_string())),
-                            false => "—".into(),
-                        }
-                    },
+                    published_weights(dir).map_or("—".into(), |w| format!("`{}` (best so far)", cell(&w.display().to_string()))),
                 ]),
                 None => cells.extend(["no run yet".into(), "—".into(), "—".into(), "—".into(), "—".into()]),
             },

@@ -720,6 +720,14 @@ seed = 7
         }
     }
 
+    /// A new self-pretraining run into `dir`.
+    fn pretraining(dir: &std::path::Path) -> Options {
+        Options {
+            pretrain: true,
+            ..options(dir, false)
+        }
+    }
+
     /// A run that diverges before its first evaluation writes no checkpoint and claims none.
     #[test]
     fn a_diverged_run_writes_no_checkpoint() {
@@ -783,15 +791,7 @@ seed = 7
         run(&tiny(&[]), &data, &options(&classifier, false)).unwrap();
         let stage = tiny(&["train.mixup=0.0"]).for_pretraining().unwrap();
         let pre = dir.path().join("pre");
-        run(
-            &stage,
-            &data,
-            &Options {
-                pretrain: true,
-                ..options(&pre, false)
-            },
-        )
-        .unwrap();
+        run(&stage, &data, &pretraining(&pre)).unwrap();
         let tuned = dir.path().join("tuned");
         let init = |p: &std::path::Path| format!("train.init={:?}", p.display().to_string());
         for (sets, needle) in [
@@ -833,15 +833,7 @@ seed = 7
         let s4d_toml = TINY.replace(&TINY[TINY.find("[model]").unwrap()..TINY.find("[optim]").unwrap() + 7], model);
         let s4d = RunConfig::from_toml_str(&s4d_toml.replace("mixup = 0.4", "mixup = 0.0"), "test").unwrap();
         let pre = dir.path().join("pre");
-        run(
-            &s4d.for_pretraining().unwrap(),
-            &data,
-            &Options {
-                pretrain: true,
-                ..options(&pre, false)
-            },
-        )
-        .unwrap();
+        run(&s4d.for_pretraining().unwrap(), &data, &pretraining(&pre)).unwrap();
         let tuned = dir.path().join("tuned");
         let init = format!("train.init={:?}", pre.display().to_string());
         let err = format!("{:#}", run(&tiny(&[&init]), &data, &options(&tuned, false)).unwrap_err());
@@ -952,11 +944,7 @@ seed = 7
         let stage = tiny(&["train.mixup=0.0", "pretrain.objective=\"masked\"", "pretrain.loss=\"l2\""])
             .for_pretraining()
             .unwrap();
-        let pre = Options {
-            pretrain: true,
-            ..options(&dir.path().join("pre"), false)
-        };
-        let record = run(&stage, &data, &pre).unwrap();
+        let record = run(&stage, &data, &pretraining(&dir.path().join("pre"))).unwrap();
         let p = record.pretrain.expect("a pretraining record");
         assert!(p.best_val_loss.is_finite() && record.test_loss.is_finite() && record.test_acc.is_nan());
         let (_, pretrained) = checkpoint::weights(&dir.path().join("pre/checkpoints/best")).unwrap();
