@@ -27,6 +27,11 @@ pub fn temp_prefix(name: &str) -> String {
     format!(".{name}{PARTIAL}{}-{TAG}", std::process::id())
 }
 
+/// Lower-case hex of a digest (a sha256, say).
+pub fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Where writing `dest` really goes: the end of its chain of symbolic links (relative targets are
 /// resolved against the link's folder), else `dest` itself.
 fn resolve_links(dest: &Path) -> PathBuf {

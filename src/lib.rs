@@ -1,7 +1,7 @@
 //! pixelseq: sequence models on CIFAR-10 read pixel by pixel.
 //!
 //! Layers, each using only those before it: `ffi`, `files`, `rng`, `tensorboard`, `device`, `amp`,
-//! `profile`, `dist` (infrastructure) → `data` → `models` → `config` → `train` → `bench`,
+//! `profile`, `dist` (infrastructure) → `data` → `models` → `objective` (what a run fits: its loss) → `config` → `run` (run folders) → `train` → `bench`,
 //! `export`, `predict`, `report` (what the commands do) → `commands` (the command line, one file
 //! per subcommand).
 
@@ -16,10 +16,12 @@ pub mod export;
 mod ffi;
 pub mod files;
 pub mod models;
+pub mod objective;
 pub mod predict;
 pub mod profile;
 pub mod report;
 pub mod rng;
+pub mod run;
 pub mod tensorboard;
 #[cfg(test)]
 mod testing;

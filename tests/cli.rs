@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use pixelseq::config::RunConfig;
-use pixelseq::train::RunDir;
+use pixelseq::run::RunDir;
 
 fn pixelseq(args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_pixelseq")).args(args).output().unwrap();

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use pixelseq::data::{self, batch_input, TaskConfig, TaskName};
 use pixelseq::predict::{load_image, pixels, probabilities};
 use pixelseq::tensorboard::{event_files, event_step, records};
-use pixelseq::train::exported;
-use pixelseq::train::{open_run, RunDir, Which};
+use pixelseq::run::exported;
+use pixelseq::run::{open_run, RunDir, Which};
 use tch::{Device, Tensor};
 
 fn shared_data() -> PathBuf {

@@ -180,7 +180,7 @@ fn resume_after_kill_in_a_moved_folder_is_exact() {
     let metrics = std::fs::read_to_string(cut.join("metrics.jsonl")).unwrap();
     let steps: Vec<u64> = metrics
         .lines()
-        .map(|l| serde_json::from_str::<train::records::Metrics>(l).unwrap().step)
+        .map(|l| serde_json::from_str::<pixelseq::run::records::Metrics>(l).unwrap().step)
         .collect();
     assert_eq!(
         steps,

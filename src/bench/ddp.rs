@@ -17,7 +17,7 @@ use super::measure::{median_seconds, step_inputs};
 use super::{resolve_precision, Options};
 use crate::data::InputSpec;
 use crate::dist::{Dist, GradReducer};
-use crate::train::learner::Learner;
+use crate::objective::Learner;
 use crate::train::memory;
 use crate::train::optim::AdamW;
 use crate::train::step::{train_step_synced, LossScaler};

@@ -13,7 +13,7 @@ use crate::amp::Precision;
 use crate::config::RunConfig;
 use crate::data::InputSpec;
 use crate::models::{param_count, NUM_CLASSES};
-use crate::train::learner::Learner;
+use crate::objective::Learner;
 use crate::train::memory;
 use crate::train::optim::AdamW;
 use crate::train::step::{train_step, Batch, LossScaler, Settings};

@@ -161,7 +161,7 @@ mod tests {
         assert_eq!(bytes.len(), 60_000 * 1025);
         assert_eq!(&bytes[..1], &[6]); // data_batch_1 starts with a frog
         assert_eq!(bytes[50_000 * 1025], 3); // test_batch starts with a cat
-        assert_eq!(cifar::hex(&Sha256::digest(&bytes)), TF_EXPORT_SHA256);
+        assert_eq!(crate::files::hex(&Sha256::digest(&bytes)), TF_EXPORT_SHA256);
     }
 
     #[derive(Debug, Parser)]

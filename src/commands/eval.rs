@@ -9,7 +9,8 @@ use super::DeviceArgs;
 use crate::data;
 use crate::dist::{self, Dist, Store, World};
 use crate::train::ddp::evaluate_across;
-use crate::train::{memory, open_run, progress, Which, EVAL_BATCH};
+use crate::run::{open_run, Which};
+use crate::train::{memory, progress, EVAL_BATCH};
 
 #[derive(Args)]
 pub struct EvalArgs {

@@ -9,7 +9,8 @@ use super::DeviceArgs;
 use crate::data::cifar::CLASSES;
 use crate::files;
 use crate::predict::{csv, list_images, load_image, pixels, probabilities, top_k, Prediction, TOP};
-use crate::train::{memory, open_run, Which, EVAL_BATCH};
+use crate::run::{open_run, Which};
+use crate::train::{memory, EVAL_BATCH};
 
 #[derive(Args)]
 pub struct PredictArgs {

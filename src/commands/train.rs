@@ -13,7 +13,8 @@ use crate::bench::{self, Timing};
 use crate::config::RunConfig;
 use crate::data::{self, Dataset};
 use crate::dist::{self, Dist, Store, World};
-use crate::train::{self, checkpoint, records::today, RunDir, EVAL_BATCH};
+use crate::run::{checkpoint, records::today, RunDir};
+use crate::train::{self, EVAL_BATCH};
 
 #[derive(Args)]
 pub struct TrainArgs {

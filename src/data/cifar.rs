@@ -61,11 +61,6 @@ pub const CLASSES: [&str; 10] = [
     "truck",
 ];
 
-/// Lower-case hex of a sha256 digest.
-pub fn hex(digest: &[u8]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Labelled images held as bytes: all 60,000 CIFAR-10 images, training images first (official
 /// order), then the test images. Each image is `channels` planes of 1,024 row-major bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,7 +139,7 @@ fn read_verified(path: &Path, sha256: &str) -> Result<Vec<u8>> {
     if bytes.len() as u64 != FILE_BYTES {
         bail!("CIFAR-10 file `{}` changed size while being read", path.display());
     }
-    let got = hex(&Sha256::digest(&bytes));
+    let got = crate::files::hex(&Sha256::digest(&bytes));
     if got != sha256 {
         bail!(
             "CIFAR-10 file `{}` fails its checksum: sha256 {got}, expected {sha256} (corrupted or not the official file)",

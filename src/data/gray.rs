@@ -102,7 +102,7 @@ mod tests {
                 table.extend((0..=255u8).map(|b| gray_pixel(r, g, b)));
             }
         }
-        assert_eq!(crate::data::cifar::hex(&Sha256::digest(&table)), TF_ALL_COLOURS_SHA256);
+        assert_eq!(crate::files::hex(&Sha256::digest(&table)), TF_ALL_COLOURS_SHA256);
     }
 
     /// sha256 of the 16,777,216 values of every colour, r-major, as Pillow 13.0 converts them
@@ -137,7 +137,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(crate::data::cifar::hex(&Sha256::digest(&table)), PIL_ALL_COLOURS_SHA256);
+        assert_eq!(crate::files::hex(&Sha256::digest(&table)), PIL_ALL_COLOURS_SHA256);
         assert_eq!(differ, 4_408_543); // colours where the two conversions part (the script's count)
     }
 }

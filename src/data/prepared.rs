@@ -6,7 +6,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-use super::cifar::{hex, Images, PIXELS, TEST_IMAGES, TRAIN_IMAGES};
+use crate::files::hex;
+use super::cifar::{Images, PIXELS, TEST_IMAGES, TRAIN_IMAGES};
 use super::TaskName;
 use crate::files::write_atomic;
 

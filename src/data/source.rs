@@ -9,7 +9,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::ValueEnum;
 use sha2::{Digest, Sha256};
 
-use super::cifar::{self, hex};
+use super::cifar;
+use crate::files::hex;
 use super::{prepared, TaskName};
 use crate::files::{temp_dir_beside, write_atomic, TempGuard};
 

@@ -4,9 +4,9 @@
 use crate::config::RunConfig;
 use crate::data::cifar::CLASSES;
 use crate::data::{Gray, TaskName};
-use crate::train::checkpoint::State;
-use crate::train::exported::input_shape;
-use crate::train::records::RunRecord;
+use crate::run::checkpoint::State;
+use crate::run::exported::input_shape;
+use crate::run::records::RunRecord;
 
 /// The paper of each model of the zoo (as its module documentation cites it).
 fn paper(model: &str) -> &'static str {

@@ -1,5 +1,5 @@
 //! Hugging Face-style folder of a finished run: `model.safetensors` (the best checkpoint's
-//! weights), `config.json` and the model card `README.md` (layout in [`crate::train::exported`]).
+//! weights), `config.json` and the model card `README.md` (layout in [`crate::run::exported`]).
 
 use std::path::Path;
 
@@ -8,9 +8,9 @@ use tch::Device;
 
 use super::card::card;
 use crate::files;
-use crate::train::exported::{self, config_json, Extras, CARD, CONFIG, WEIGHTS};
-use crate::train::records::RunRecord;
-use crate::train::{checkpoint, open_run, RunDir, Which};
+use crate::run::exported::{self, config_json, Extras, CARD, CONFIG, WEIGHTS};
+use crate::run::records::RunRecord;
+use crate::run::{checkpoint, open_run, RunDir, Which};
 
 /// Writes the folder `out` for the run in `run`. The folder is filled under a temporary name
 /// beside `out` and renamed into place, so `out` is complete or absent.
@@ -56,7 +56,8 @@ mod tests {
     use super::*;
     use crate::config::RunConfig;
     use crate::data::{Dataset, Split};
-    use crate::train::{self, exported::open};
+    use crate::run::exported::open;
+    use crate::train;
     use tch::{Kind, Tensor};
 
     const TINY: &str = "[task]\nname = \"lra-image\"\n[model]\nname = \"s4d\"\nd_model = 8\nn_layers = 1\nd_state = 4\n[train]\nbatch_size = 4\nmax_steps = 2\neval_every = 2\n";

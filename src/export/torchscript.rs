@@ -8,8 +8,8 @@ use tch::{nn::ModuleT, CModule, Device, Kind, Tensor};
 
 use crate::data::{permutation, InputSpec, TaskConfig};
 use crate::files;
-use crate::train::exported::input_shape;
-use crate::train::{open_run, Which};
+use crate::run::exported::input_shape;
+use crate::run::{open_run, Which};
 
 /// Images in the example batch the model is traced with.
 const TRACE_BATCH: i64 = 2;

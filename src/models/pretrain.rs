@@ -70,9 +70,9 @@
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use tch::{nn, Kind, Reduction, Tensor};
+use tch::{nn, Kind, Tensor};
 
-use super::common::{normalise, torch_linear, InputMode};
+use super::common::{torch_linear, InputMode};
 use super::{Backbone, Input, ModelConfig, Objective};
 use crate::data::InputSpec;
 
@@ -227,6 +227,14 @@ impl Config {
     }
 }
 
+/// What a pretrainer predicts at the positions its objective scores.
+pub struct Reconstruction {
+    /// The head's outputs (M, C, or 256·C for `ce`).
+    pub predicted: Tensor,
+    /// The raw pixels they are scored against (M, C).
+    pub pixels: Tensor,
+}
+
 /// A backbone with the mask vector (or mask column) and the reconstruction head.
 pub struct Pretrainer {
     pub backbone: Box<dyn Backbone>,
@@ -234,11 +242,10 @@ pub struct Pretrainer {
     mask_token: Tensor,
     head: nn::Linear,
     cfg: Config,
-    channels: i64,
 }
 
 /// Values per channel a `ce` head scores.
-const LEVELS: i64 = 256;
+pub const LEVELS: i64 = 256;
 
 impl Pretrainer {
     /// Builds `model` as a backbone under `p` and the pretraining parts under `p / "pretrain"`.
@@ -282,7 +289,6 @@ impl Pretrainer {
             },
             backbone,
             cfg: cfg.clone(),
-            channels: input.channels,
         })
     }
 
@@ -300,9 +306,10 @@ impl Pretrainer {
         }
     }
 
-    /// Mean reconstruction loss of raw pixels `xs` (B, L, C) over the positions the objective
-    /// scores: the masked ones (`mask`, drawn if `None`), or every next pixel (causal).
-    pub fn loss(&self, xs: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
+    /// The head's predictions (M, out) at the positions the objective scores, beside those
+    /// positions' raw pixels (M, C): the masked ones (`mask`, drawn if `None`), or every position
+    /// but the last against the next pixel (causal). [`crate::objective::pretrain`] scores them.
+    pub fn reconstruct(&self, xs: &Tensor, mask: Option<&Tensor>, train: bool) -> Reconstruction {
         let (b, l, c) = xs.size3().expect("pixels are (B, L, C)");
         match self.cfg.objective {
             Objective::Masked => {
@@ -322,7 +329,10 @@ impl Pretrainer {
                 let predicted = self.backbone.features(xs, input, train).apply(&self.head); // (B, L, out)
                 let chosen = mask.view([b * l]).nonzero().squeeze_dim(1); // (M)
                 let take = |t: &Tensor| t.reshape([b * l, -1]).index_select(0, &chosen); // (M, ·)
-                self.score(&take(&predicted), &take(xs)) // ()
+                Reconstruction {
+                    predicted: take(&predicted),
+                    pixels: take(xs),
+                }
             }
             Objective::Causal => {
                 let input = Input {
@@ -330,11 +340,17 @@ impl Pretrainer {
                     causal: true,
                 };
                 let predicted = self.backbone.features(xs, input, train).apply(&self.head); // (B, L, out)
-                let before = predicted.narrow(1, 0, l - 1).reshape([b * (l - 1), -1]); // (B·(L−1), out)
-                let next = xs.narrow(1, 1, l - 1).reshape([b * (l - 1), c]); // (B·(L−1), C)
-                self.score(&before, &next) // ()
+                Reconstruction {
+                    predicted: predicted.narrow(1, 0, l - 1).reshape([b * (l - 1), -1]), // (B·(L−1), out)
+                    pixels: xs.narrow(1, 1, l - 1).reshape([b * (l - 1), c]),          // (B·(L−1), C)
+                }
             }
         }
+    }
+
+    /// The settings it was built with.
+    pub fn settings(&self) -> &Config {
+        &self.cfg
     }
 
     /// The input vector (d) of a masked position: the mask vector (`token`), or what the
@@ -348,31 +364,11 @@ impl Pretrainer {
             },
         }
     }
-
-    /// Loss of predictions (M, out) for raw pixels (M, C).
-    fn score(&self, predicted: &Tensor, pixels: &Tensor) -> Tensor {
-        let predicted = predicted.to_kind(Kind::Float);
-        match self.cfg.loss {
-            Loss::L1 | Loss::L2 => {
-                let target = normalise(&pixels.unsqueeze(0)).squeeze_dim(0); // (M, C)
-                let diff = predicted - target; // (M, C)
-                match self.cfg.loss {
-                    Loss::L1 => diff.abs().mean(Kind::Float),
-                    _ => diff.square().mean(Kind::Float),
-                }
-            }
-            Loss::Ce => {
-                let m = pixels.size()[0];
-                let logits = predicted.view([m * self.channels, LEVELS]); // (M·C, 256)
-                let target = pixels.to_kind(Kind::Int64).view([m * self.channels]); // (M·C)
-                logits.cross_entropy_loss::<Tensor>(&target, None, Reduction::Mean, -100, 0.0)
-            }
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::common::normalise;
     use super::*;
     use crate::testing::random_pixels;
     use tch::Device;
@@ -398,30 +394,17 @@ mod tests {
         assert!(!mask.get(0).equal(&mask.get(1)), "each image draws its own positions");
     }
 
-    /// Changing a pixel that is not masked changes the input of a masked position's prediction
-    /// but not the loss terms' targets; changing a masked pixel changes only its target: the loss
-    /// reads the masked positions and no others.
+    /// The reconstruction holds the masked positions and no others: with every position masked
+    /// but one, it is the head's output and the pixels at all the others.
     #[test]
-    fn only_masked_positions_enter_the_loss() {
+    fn only_masked_positions_are_reconstructed() {
         tch::manual_seed(0);
         let vs = nn::VarStore::new(Device::Cpu);
-        let cfg = Config {
-            loss: Loss::L2,
-            ..Config::default()
-        };
-        let p = Pretrainer::new(&vs.root(), &transformer(), &cfg, &INPUT).unwrap();
+        let p = Pretrainer::new(&vs.root(), &transformer(), &Config::default(), &INPUT).unwrap();
         let xs = random_pixels(2, &INPUT);
-        let mask = p.draw_mask(2, 64, Device::Cpu);
-        let loss = |xs: &Tensor| tch::no_grad(|| p.loss(xs, Some(&mask), false).double_value(&[]));
-        let base = loss(&xs);
-        // A masked pixel's value: only its own target moves.
-        let masked_at = Vec::<i64>::try_from(mask.get(0).nonzero().squeeze_dim(1)).unwrap()[0];
-        let changed = xs.copy();
-        let _ = changed.get(0).get(masked_at).fill_(255 - xs.int64_value(&[0, masked_at, 0]));
-        assert_ne!(loss(&changed), base);
-        // With every position masked but one, the loss is the mean over the masked ones.
-        let all = mask.ones_like().to_kind(Kind::Bool);
-        let _ = all.get(0).get(masked_at).fill_(0);
+        let all = Tensor::ones([2, 64], (Kind::Bool, Device::Cpu));
+        let _ = all.get(0).get(7).fill_(0);
+        let r = tch::no_grad(|| p.reconstruct(&xs, Some(&all), false));
         let predicted = tch::no_grad(|| {
             let input = Input {
                 masked: Some((&all, &p.mask_token)),
@@ -429,15 +412,10 @@ mod tests {
             };
             p.backbone.features(&xs, input, false).apply(&p.head)
         }); // (B, L, 1)
-        let target = normalise(&xs); // (B, L, 1)
-        let by_hand = (predicted - target)
-            .square()
-            .squeeze_dim(-1)
-            .masked_select(&all)
-            .mean(Kind::Float)
-            .double_value(&[]);
-        let ours = tch::no_grad(|| p.loss(&xs, Some(&all), false).double_value(&[]));
-        assert!((ours - by_hand).abs() < 1e-6, "{ours} vs {by_hand}");
+        let keep = all.unsqueeze(-1);
+        assert_eq!(r.predicted.size(), [127, 1]);
+        assert!(r.predicted.view([-1]).allclose(&predicted.masked_select(&keep), 1e-6, 1e-6, false));
+        assert!(r.pixels.view([-1]).equal(&xs.masked_select(&keep)));
     }
 
     /// The prediction at position t has zero gradient with respect to the mask vector placed at
@@ -586,8 +564,8 @@ mod tests {
             super::super::common::mask_inputs(&hs, &mask, &fill)
         });
         assert!(ours.allclose(&expected, 1e-6, 1e-6, false));
-        // The loss trains the column (and the bias through it).
-        let loss = p.loss(&xs, Some(&mask), true);
+        // The reconstruction trains the column (and the bias through it).
+        let loss = p.reconstruct(&xs, Some(&mask), true).predicted.sum(Kind::Float);
         let grads = Tensor::run_backward(&[loss], &[column, b], false, false);
         assert!(grads.iter().all(|g| g.abs().sum(Kind::Float).double_value(&[]) > 0.0));
 

@@ -19,9 +19,9 @@ use anyhow::Result;
 use super::format::{cell, duration};
 use super::Run;
 use crate::config::{self, Paper, RunConfig};
-use crate::train::checkpoint;
-use crate::train::records::Metrics;
-use crate::train::run_dir::RunDir;
+use crate::run::checkpoint;
+use crate::run::records::Metrics;
+use crate::run::dir::RunDir;
 
 /// The share of a preset's recipe (in training images) a run must cover to stand for its model.
 pub const MIN_COVERAGE: f64 = 0.25;

@@ -158,7 +158,7 @@ mod tests {
     use crate::amp::Precision;
     use crate::config::Paper;
     use crate::data::TaskConfig;
-    use crate::train::records::{Metrics, RunRecord};
+    use crate::run::records::{Metrics, RunRecord};
 
     /// A task table as a preset writes it, through the real `TaskConfig`.
     fn task(toml_text: &str) -> TaskConfig {
@@ -542,7 +542,7 @@ mod tests {
     fn fine_tuned_runs_sit_beside_their_pretraining_and_from_scratch_runs() {
         use crate::models::pretrain::Loss;
         use crate::models::Objective;
-        use crate::train::records::PretrainResult;
+        use crate::run::records::PretrainResult;
         let tmp = tempfile::tempdir().unwrap();
         let results = tmp.path().join("results");
         let lra = || task("name = \"lra-image\"");

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::bench::Record;
 use crate::config::{Paper, MAX_EPOCHS};
 use crate::files;
-use crate::train::records::{Metrics, RunRecord};
+use crate::run::records::{Metrics, RunRecord};
 
 /// Training images per second no device reaches.
 const MAX_IMG_PER_S: f64 = 1e9;

@@ -19,14 +19,14 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
-use super::checkpoint::{self, State};
 use super::eval::{evaluate, Score};
-use super::learner::Learner;
+use crate::objective::Learner;
 use super::optim::AdamW;
 use super::progress::{self, Tally};
 use crate::amp::Precision;
 use crate::data::{Split, TaskConfig};
 use crate::dist::{Dist, GradReducer, Reduce};
+use crate::run::checkpoint::{self, Moments, State};
 
 /// The processes a run is spread over.
 pub enum Peers<'a> {
@@ -126,7 +126,7 @@ impl<'a> Peers<'a> {
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let mut tensors: Vec<Tensor> = vars.into_iter().map(|(_, t)| t).collect();
         if let Some(opt) = opt {
-            tensors.extend(opt.state().into_iter().map(|(_, t)| t));
+            tensors.extend(opt.moments().into_iter().map(|(_, t)| t));
         }
         dist.group
             .broadcast(&tensors, 0)
@@ -139,7 +139,7 @@ impl<'a> Peers<'a> {
     pub fn load(&self, dir: &Path, vs: &mut nn::VarStore, mut opt: Option<&mut AdamW>) -> Result<State> {
         let world = self.world();
         let read = |vs: &mut nn::VarStore, opt: Option<&mut AdamW>| -> Result<State> {
-            let state = checkpoint::load(dir, vs, opt)?;
+            let state = checkpoint::load(dir, vs, opt.map(|o| o as &mut dyn Moments))?;
             if state.world_size != world {
                 bail!(
                     "`{}` was trained by {} process{}; this run has {world}: resume it with --nproc {} (or as many torchrun/srun processes), since each process's share of the batch and its dropout masks depend on their number",

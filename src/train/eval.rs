@@ -4,7 +4,7 @@
 
 use tch::{Kind, Reduction, Tensor};
 
-use super::learner::Learner;
+use crate::objective::Learner;
 use super::progress::EvalProgress;
 use crate::amp::{self, Precision};
 use crate::data::{batch_input, Split, TaskConfig};

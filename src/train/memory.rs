@@ -19,7 +19,7 @@
 use anyhow::{bail, Result};
 use tch::{nn, Device, Kind, Tensor};
 
-use super::learner::Learner;
+use crate::objective::Learner;
 
 use crate::amp::Precision;
 use crate::config::MicroBatch;

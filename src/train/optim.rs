@@ -13,6 +13,7 @@ use tch::{nn, Kind, Tensor};
 
 use super::multi_tensor::{self, AdamWStep};
 use crate::config::Optim;
+use crate::run::checkpoint::Moments;
 use crate::models::{NO_DECAY, SSM};
 
 struct Param {
@@ -205,9 +206,11 @@ impl AdamW {
             Ok(())
         })
     }
+}
 
-    /// The moments, named `m.<param>` and `v.<param>`, for a checkpoint.
-    pub fn state(&self) -> Vec<(String, Tensor)> {
+impl Moments for AdamW {
+    /// The moments, named `m.<param>` and `v.<param>`.
+    fn moments(&self) -> Vec<(String, Tensor)> {
         self.params()
             .flat_map(|p| {
                 [
@@ -218,8 +221,8 @@ impl AdamW {
             .collect()
     }
 
-    /// Restores moments saved by [`AdamW::state`] and the step count.
-    pub fn load_state(&mut self, tensors: Vec<(String, Tensor)>, t: u64) -> Result<()> {
+    /// Restores moments saved by [`Moments::moments`] and the step count.
+    fn load_moments(&mut self, tensors: Vec<(String, Tensor)>, t: u64) -> Result<()> {
         let mut map: HashMap<String, Tensor> = tensors.into_iter().collect();
         for g in &mut self.groups {
             for p in &mut g.params {

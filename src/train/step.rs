@@ -18,10 +18,11 @@
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
-use super::learner::Learner;
+use crate::objective::Learner;
 use super::optim::AdamW;
 use crate::amp::Precision;
 use crate::dist::GradReducer;
+use crate::run::checkpoint::State;
 
 /// What one step trains on.
 pub struct Batch {
@@ -88,6 +89,18 @@ impl LossScaler {
             scale: INIT_SCALE,
             growth_tracker: 0,
         }
+    }
+
+    /// Records the scaler's state in a checkpoint's.
+    pub fn save_to(&self, state: &mut State) {
+        state.loss_scale = self.scale;
+        state.loss_scale_growth = self.growth_tracker;
+    }
+
+    /// Puts the scaler's state recorded in a checkpoint's back.
+    pub fn restore_from(&mut self, state: &State) {
+        self.scale = state.loss_scale;
+        self.growth_tracker = state.loss_scale_growth;
     }
 
     /// After a step: back off and restart counting on an inf/NaN gradient, else grow every

@@ -1,5 +1,5 @@
 //! A run directory: where `train` keeps a run's files, and what `eval` and `predict` get when
-//! they open one (`train::open`).
+//! they open one ([`super::open`]).
 //!
 //! ```text
 //! RUN_DIR/config.toml           the resolved config
@@ -21,9 +21,9 @@ use anyhow::{bail, Context, Result};
 use tch::nn;
 
 use super::checkpoint::State;
-use super::learner::Learner;
 use crate::amp::Precision;
 use crate::config::RunConfig;
+use crate::objective::Learner;
 
 /// The paths of one run directory.
 #[derive(Debug, Clone)]

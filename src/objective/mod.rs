@@ -1,8 +1,14 @@
-//! What a run fits: a classifier (cross-entropy on the labels; `pixelseq train`) or a pretrainer
-//! (reconstruction of hidden or next pixels; `pixelseq pretrain`). The step, the evaluation and
-//! the memory probe ask it for the loss of one part of a batch.
+//! What a run fits, and its loss: a classifier ([`classify`]: cross-entropy on the labels;
+//! `pixelseq train`) or a pretrainer ([`pretrain`]: reconstruction of hidden or next pixels;
+//! `pixelseq pretrain`). The step, the evaluation and the memory probe ask a [`Learner`] for the
+//! loss of one part of a batch. The models stay loss-free: a classifier gives logits, a
+//! pretrainer ([`crate::models::pretrain::Pretrainer`], the backbone with its mask vector and
+//! reconstruction head) gives its predictions beside the pixels they are scored against.
 
-use tch::{nn::ModuleT, Kind, Reduction, Tensor};
+pub mod classify;
+pub mod pretrain;
+
+use tch::{nn::ModuleT, Kind, Tensor};
 
 use crate::amp::{self, Precision};
 use crate::models::pretrain::Pretrainer;
@@ -36,19 +42,10 @@ impl Learner {
         match self {
             Learner::Classifier(model) => {
                 let logits = amp::autocast(precision, || model.forward_t(xs, train)).to_kind(Kind::Float); // (b, 10)
-                let ce = |ys: &Tensor| logits.cross_entropy_loss::<Tensor>(ys, None, Reduction::Mean, -100, label_smoothing);
-                let loss = match mix {
-                    Some((other, lam)) => ce(labels) * lam + ce(other) * (1.0 - lam),
-                    None => ce(labels),
-                };
-                let correct = tch::no_grad(|| logits.argmax(-1, false).eq_tensor(labels).sum(Kind::Float));
-                PartLoss {
-                    loss,
-                    correct: Some(correct),
-                }
+                classify::loss(&logits, labels, mix, label_smoothing)
             }
             Learner::Pretrainer(p) => PartLoss {
-                loss: amp::autocast(precision, || p.loss(xs, None, train)).to_kind(Kind::Float),
+                loss: amp::autocast(precision, || pretrain::loss(p, xs, None, train)).to_kind(Kind::Float),
                 correct: None,
             },
         }

@@ -8,12 +8,12 @@ use tch::{nn, Device};
 
 use super::checkpoint;
 use super::exported;
-use super::learner::Learner;
-use super::run_dir::{OpenRun, RunDir, Which};
+use super::dir::{OpenRun, RunDir, Which};
 use crate::amp;
+use crate::objective::Learner;
 
 /// Builds the model of the run in `dir` on `device` and loads its `which` checkpoint; `dir` may
-/// also be an exported model folder (`train::exported`).
+/// also be an exported model folder ([`super::exported`]).
 pub fn open_run(dir: &Path, which: Which, device: Device) -> Result<OpenRun> {
     if exported::is_exported(dir) {
         return exported::open(dir, which, device);

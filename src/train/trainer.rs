@@ -10,15 +10,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use tch::{nn, Device};
 
 use super::board::Board;
-use super::checkpoint::{self, State};
 use super::ddp::{evaluate_across, Peers};
 use super::eval::EVAL_BATCH;
-use super::learner::Learner;
+use crate::objective::Learner;
 use super::memory;
 use super::optim::AdamW;
 use super::progress::{self, clock, Progress, Tally};
-use super::records::{today, truncate_metrics, Metrics, PretrainResult, RunRecord};
-use super::run_dir::{RunDir, RunLock};
 use super::sampler::Sampler;
 use super::schedule;
 use super::step::{train_step_synced, LossScaler, Settings};
@@ -28,6 +25,9 @@ use crate::data::Dataset;
 use crate::dist::Dist;
 use crate::models::pretrain::Pretrainer;
 use crate::models::{param_count, ModelConfig};
+use crate::run::checkpoint::{self, State};
+use crate::run::dir::{RunDir, RunLock};
+use crate::run::records::{today, truncate_metrics, Metrics, PretrainResult, RunRecord};
 use crate::{device, files};
 
 /// `eprintln!` in the process that prints: the only one, or rank 0 of a data-parallel run.
@@ -199,7 +199,8 @@ impl<'a> Trainer<'a> {
         };
         let mut opt = AdamW::new(&vs, &cfg.optim)?;
         let mut scaler = LossScaler::new(precision);
-        let mut state = State::new(&scaler);
+        let mut state = State::new();
+        scaler.save_to(&mut state);
         let peers = Peers::new(dist, &vs)?;
         state.world_size = peers.world();
         let mut saved = None;
@@ -222,7 +223,7 @@ impl<'a> Trainer<'a> {
                     plan.total
                 );
             }
-            state.restore(&mut scaler);
+            scaler.restore_from(&state);
             saved = Some(state.step);
             let best = match state.best_val_loss {
                 Some(loss) => format!("best val loss {loss:.4}"),
@@ -407,7 +408,7 @@ impl<'a> Trainer<'a> {
         let state = &mut self.state;
         state.step = step;
         state.t = self.opt.t;
-        state.save_scaler(&self.scaler);
+        self.scaler.save_to(state);
         state.elapsed_s = self.started.elapsed().as_secs_f64();
         let improved = match val_acc {
             Some(acc) => acc > state.best_val_acc,
@@ -1005,7 +1006,7 @@ seed = 7
         let stage = cfg.for_pretraining().unwrap();
         let method = stage.pretrain.clone().unwrap().method();
         let input = cfg.task.input_spec();
-        let mut state = State::new(&LossScaler::new(Precision::Fp32));
+        let mut state = State::new();
         state.best_val_loss = Some(0.5);
         let mut saved = Vec::new();
         for (seed, folder) in [(1, pre.best()), (2, pre.last())] {

@@ -15,10 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::{nn, Kind, Tensor};
 
-use super::optim::AdamW;
-use super::step::LossScaler;
-use crate::data::cifar::hex;
-use crate::files::{self, TempGuard, PARTIAL};
+use crate::files::{self, hex, TempGuard, PARTIAL};
 
 /// The weights' file in a checkpoint folder.
 pub const WEIGHTS: &str = "model.safetensors";
@@ -69,8 +66,8 @@ fn one() -> usize {
 }
 
 impl State {
-    /// Where a new run stands.
-    pub fn new(scaler: &LossScaler) -> State {
+    /// Where a new run stands (a loss scale of 1: the trainer records its scaler's).
+    pub fn new() -> State {
         State {
             step: 0,
             t: 0,
@@ -78,25 +75,13 @@ impl State {
             best_step: 0,
             elapsed_s: 0.0,
             train_s: 0.0,
-            loss_scale: scaler.scale,
-            loss_scale_growth: scaler.growth_tracker,
+            loss_scale: 1.0,
+            loss_scale_growth: 0,
             micro_batch: 0,
             best_val_loss: None,
             files: BTreeMap::new(),
             world_size: 1,
         }
-    }
-
-    /// Records the loss scaler's state.
-    pub fn save_scaler(&mut self, scaler: &LossScaler) {
-        self.loss_scale = scaler.scale;
-        self.loss_scale_growth = scaler.growth_tracker;
-    }
-
-    /// Puts the recorded loss scaler state back.
-    pub fn restore(&self, scaler: &mut LossScaler) {
-        scaler.scale = self.loss_scale;
-        scaler.growth_tracker = self.loss_scale_growth;
     }
 
     /// Training images per second of training steps so far, at `batch_size` images per step.
@@ -128,10 +113,18 @@ impl State {
     }
 }
 
+/// An optimizer whose moments a checkpoint keeps (the trainer's AdamW).
+pub trait Moments {
+    /// The moments as named tensors.
+    fn moments(&self) -> Vec<(String, Tensor)>;
+    /// Puts moments saved by [`Moments::moments`] back, with the update count `t`.
+    fn load_moments(&mut self, tensors: Vec<(String, Tensor)>, t: u64) -> Result<()>;
+}
+
 /// Writes the checkpoint folder `dir`: built under a temporary name beside it, then renamed into
 /// place. The previous checkpoint is first moved aside under a temporary name of its own, so a
 /// crash between the two renames leaves it for [`existing`] to find.
-pub fn save(dir: &Path, vs: &nn::VarStore, opt: Option<&AdamW>, state: &State) -> Result<()> {
+pub fn save(dir: &Path, vs: &nn::VarStore, opt: Option<&dyn Moments>, state: &State) -> Result<()> {
     let tmp = files::temp_dir_beside(dir);
     let guard = TempGuard::new(tmp.clone());
     std::fs::create_dir_all(&tmp).with_context(|| format!("failed to create `{}`", tmp.display()))?;
@@ -140,7 +133,7 @@ pub fn save(dir: &Path, vs: &nn::VarStore, opt: Option<&AdamW>, state: &State) -
     let weights: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     state.files.insert(WEIGHTS.into(), write_tensors(&tmp.join(WEIGHTS), &weights)?);
     if let Some(opt) = opt {
-        state.files.insert(OPTIM.into(), write_tensors(&tmp.join(OPTIM), &opt.state())?);
+        state.files.insert(OPTIM.into(), write_tensors(&tmp.join(OPTIM), &opt.moments())?);
     }
     let text = serde_json::to_string_pretty(&state)?;
     files::write_bytes(&tmp.join(STATE), text.as_bytes())?;
@@ -210,7 +203,7 @@ fn read_state(dir: &Path) -> Result<State> {
 /// Loads weights (and the optimizer moments when `opt` is given) and returns the state. Every
 /// tensor file is checked against the sha256 that `state.json` records; a damaged one is named,
 /// with the run's other checkpoint to fall back to.
-pub fn load(dir: &Path, vs: &mut nn::VarStore, opt: Option<&mut AdamW>) -> Result<State> {
+pub fn load(dir: &Path, vs: &mut nn::VarStore, opt: Option<&mut dyn Moments>) -> Result<State> {
     let Some(found) = existing(dir) else {
         bail!("no checkpoint in `{}`", dir.display())
     };
@@ -231,7 +224,7 @@ pub fn load(dir: &Path, vs: &mut nn::VarStore, opt: Option<&mut AdamW>) -> Resul
     if let Some(opt) = opt {
         let tensors = read_tensors(&found, OPTIM, &state).map_err(|e| with_fallback(e, dir))?;
         let device = vs.device();
-        opt.load_state(tensors.into_iter().map(|(n, t)| (n, t.to_device(device))).collect(), state.t)
+        opt.load_moments(tensors.into_iter().map(|(n, t)| (n, t.to_device(device))).collect(), state.t)
             .with_context(|| format!("optimizer state `{}` does not fit the model", found.join(OPTIM).display()))?;
     }
     Ok(state)
@@ -408,11 +401,11 @@ pub fn write_tensors(dest: &Path, tensors: &[(String, Tensor)]) -> Result<String
 
 /// The first tensor of the weights (and of the optimizer moments when given) holding an inf or a
 /// NaN, described for a message; `None` when all are finite.
-pub fn non_finite(vs: &nn::VarStore, opt: Option<&AdamW>) -> Option<String> {
+pub fn non_finite(vs: &nn::VarStore, opt: Option<&dyn Moments>) -> Option<String> {
     let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(n, t)| (format!("weight `{n}`"), t)).collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     if let Some(opt) = opt {
-        named.extend(opt.state().into_iter().map(|(n, t)| (format!("optimizer moment `{n}`"), t)));
+        named.extend(opt.moments().into_iter().map(|(n, t)| (format!("optimizer moment `{n}`"), t)));
     }
     if named.is_empty() {
         return None;
@@ -446,7 +439,7 @@ mod tests {
     }
 
     fn state(step: u64) -> State {
-        let mut s = State::new(&LossScaler::new(crate::amp::Precision::Fp32));
+        let mut s = State::new();
         s.step = step;
         s.best_step = step;
         s.best_val_acc = 0.5;

@@ -17,14 +17,13 @@ use tch::{nn, Device};
 use sha2::{Digest, Sha256};
 
 use super::checkpoint::{self, State};
-use super::learner::Learner;
-use super::run_dir::{OpenRun, Which};
+use super::dir::{OpenRun, Which};
 use crate::amp;
+use crate::objective::Learner;
 use crate::config::RunConfig;
-use crate::data::cifar::hex;
 use crate::data::cifar::CLASSES;
 use crate::data::{Gray, TaskConfig};
-use crate::files;
+use crate::files::{self, hex};
 
 pub const WEIGHTS: &str = "model.safetensors";
 pub const CONFIG: &str = "config.json";
