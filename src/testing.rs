@@ -152,22 +152,12 @@ pub fn alone_in_a_process(name: &str) -> bool {
 /// A finished run in `dir`: a tiny Transformer trained 4 steps on 8 random LRA images, with
 /// `best` and `last` checkpoints. Returns `dir`.
 pub fn tiny_run(dir: &std::path::Path) -> std::path::PathBuf {
-    const TINY: &str = r#"
-[task]
-name = "lra-image"
+    tiny_run_of(dir, "name = \"transformer\"\nd_model = 8\nn_heads = 2\nqkv_dim = 8\nmlp_dim = 8")
+}
 
-[model]
-name = "transformer"
-d_model = 8
-n_heads = 2
-qkv_dim = 8
-mlp_dim = 8
-
-[train]
-batch_size = 4
-max_steps = 4
-eval_every = 2
-"#;
+/// [`tiny_run`] of the model whose `[model]` table is `model`.
+pub fn tiny_run_of(dir: &std::path::Path, model: &str) -> std::path::PathBuf {
+    let config = format!("[task]\nname = \"lra-image\"\n\n[model]\n{model}\n\n[train]\nbatch_size = 4\nmax_steps = 4\neval_every = 2\n");
     let split = |n: i64| crate::data::Split {
         images: Tensor::randint(256, [n, 1, 32, 32], (Kind::Uint8, Device::Cpu)),
         labels: Tensor::randint(10, [n], (Kind::Int64, Device::Cpu)),
@@ -177,7 +167,7 @@ eval_every = 2
         val: split(4),
         test: split(4),
     };
-    let cfg = crate::config::RunConfig::from_toml_str(TINY, "tiny run").unwrap();
+    let cfg = crate::config::RunConfig::from_toml_str(&config, "tiny run").unwrap();
     let opts = crate::train::Options {
         pretrain: false,
         device: Device::Cpu,

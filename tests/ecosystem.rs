@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use pixelseq::data::{self, batch_input, TaskConfig, TaskName};
 use pixelseq::predict::{load_image, pixels, probabilities};
-use pixelseq::tensorboard::{event_files, event_step, records};
 use pixelseq::run::exported;
 use pixelseq::run::{open_run, RunDir, Which};
+use pixelseq::tensorboard::{event_files, event_step, records};
 use tch::{Device, Tensor};
 
 fn shared_data() -> PathBuf {

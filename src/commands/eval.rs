@@ -8,8 +8,8 @@ use clap::Args;
 use super::DeviceArgs;
 use crate::data;
 use crate::dist::{self, Dist, Store, World};
-use crate::train::ddp::evaluate_across;
 use crate::run::{open_run, Which};
+use crate::train::ddp::evaluate_across;
 use crate::train::{memory, progress, EVAL_BATCH};
 
 #[derive(Args)]

@@ -6,9 +6,9 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-use crate::files::hex;
 use super::cifar::{Images, PIXELS, TEST_IMAGES, TRAIN_IMAGES};
 use super::TaskName;
+use crate::files::hex;
 use crate::files::write_atomic;
 
 /// First eight bytes of a prepared cache.

@@ -10,8 +10,8 @@ use clap::ValueEnum;
 use sha2::{Digest, Sha256};
 
 use super::cifar;
-use crate::files::hex;
 use super::{prepared, TaskName};
+use crate::files::hex;
 use crate::files::{temp_dir_beside, write_atomic, TempGuard};
 
 /// The official CIFAR-10 binary archive.

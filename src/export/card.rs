@@ -8,21 +8,6 @@ use crate::run::checkpoint::State;
 use crate::run::exported::input_shape;
 use crate::run::records::RunRecord;
 
-/// The paper of each model of the zoo (as its module documentation cites it).
-fn paper(model: &str) -> &'static str {
-    match model {
-        "s4d" => "Gu, Gupta, Goel, Ré: \"On the Parameterization and Initialization of Diagonal State Space Models\", 2022, arXiv 2206.11893",
-        "lru" => "Orvieto, Smith, Gu, Fernando, Gulcehre, Pascanu, De: \"Resurrecting Recurrent Neural Networks for Long Sequences\", ICML 2023, arXiv 2303.06349",
-        "trellisnet" => "Bai, Kolter, Koltun: \"Trellis Networks for Sequence Modeling\", ICLR 2019, arXiv 1810.06682",
-        "lipschitz-rnn" => "Erichson, Azencot, Queiruga, Hodgkinson, Mahoney: \"Lipschitz Recurrent Neural Networks\", ICLR 2021, arXiv 2006.12070",
-        "fnet" => "Lee-Thorp, Ainslie, Eckstein, Ontañón: \"FNet: Mixing Tokens with Fourier Transforms\", NAACL 2022, arXiv 2105.03824",
-        "pit" => "Nguyen, Assran, Jain, Oswald, Snoek, Chen: \"An Image is Worth More Than 16x16 Patches: Exploring Transformers on Individual Pixels\", 2024, arXiv 2406.09415",
-        "transformer" => "Tay et al.: \"Long Range Arena: A Benchmark for Efficient Transformers\", 2020, arXiv 2011.04006 (its Transformer baseline)",
-        "nystromformer" => "Xiong, Zeng, Chakraborty, Tan, Fung, Li, Singh: \"Nyströmformer: A Nyström-Based Algorithm for Approximating Self-Attention\", AAAI 2021, arXiv 2102.03902",
-        _ => "see the model's file in pixelseq's src/models/",
-    }
-}
-
 fn percent(x: f64) -> String {
     format!("{:.2}%", 100.0 * x)
 }
@@ -65,7 +50,7 @@ pub fn card(cfg: &RunConfig, record: &RunRecord, state: &State, preset: Option<&
         String::new(),
         "## Model".into(),
         String::new(),
-        format!("- Architecture `{model}`; paper: {}.", paper(model)),
+        format!("- Architecture `{model}`; paper: {}.", cfg.model.paper()),
     ];
     if let Some(p) = &cfg.paper {
         let figure = p
@@ -177,7 +162,7 @@ pub fn card(cfg: &RunConfig, record: &RunRecord, state: &State, preset: Option<&
         "- Data: CIFAR-10, for which its authors state no licence. Cite: Alex Krizhevsky, \"Learning Multiple \
          Layers of Features from Tiny Images\", technical report, University of Toronto, 2009."
             .into(),
-        format!("- Model: {}.", paper(model)),
+        format!("- Model: {}.", cfg.model.paper()),
     ]);
     lines.join("\n") + "\n"
 }

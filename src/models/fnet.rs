@@ -37,7 +37,7 @@ use tch::nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use tch::{nn, Kind, Tensor};
 
 use super::common::{check_rates, check_sizes, dropout, mask_inputs, InputEncoder, InputMode};
-use super::{Backbone, Input, NO_DECAY, NUM_CLASSES};
+use super::{Model, Objective, Backbone, Input, NO_DECAY, NUM_CLASSES};
 use crate::data::InputSpec;
 use crate::ffi::{call_for_tensor, pixelseq_fourier_mix};
 
@@ -77,19 +77,6 @@ impl Default for Config {
             d_ff: 128,
             dropout: 0.3,
         }
-    }
-}
-
-impl Config {
-    pub fn validate(&self, input: &InputSpec) -> Result<()> {
-        check_sizes(&[
-            ("n_layers", self.n_layers),
-            ("d_emb", self.d_emb),
-            ("d_model", self.d_model),
-            ("d_ff", self.d_ff),
-        ])?;
-        check_rates(&[("dropout", self.dropout)])?;
-        InputEncoder::validate(self.input, input, VOCAB)
     }
 }
 
@@ -166,6 +153,44 @@ impl Block {
         let ff = x.apply(&self.ff_in).gelu("tanh"); // (B, L, F)
         let ff = dropout(&ff.apply(&self.ff_out), self.dropout, train); // (B, L, D)
         (x + ff).apply(&self.output_norm) // (B, L, D)
+    }
+}
+
+impl Model for Config {
+    const NAME: &'static str = "fnet";
+    const PAPER: &'static str = "Lee-Thorp, Ainslie, Eckstein, Ontañón: \"FNet: Mixing Tokens with Fourier Transforms\", NAACL 2022, arXiv 2105.03824";
+
+    fn validate(&self, input: &InputSpec) -> Result<()> {
+        check_sizes(&[
+            ("n_layers", self.n_layers),
+            ("d_emb", self.d_emb),
+            ("d_model", self.d_model),
+            ("d_ff", self.d_ff),
+        ])?;
+        check_rates(&[("dropout", self.dropout)])?;
+        InputEncoder::validate(self.input, input, VOCAB)
+    }
+
+    fn min_params(&self, input: &InputSpec) -> f64 {
+        let f = |v: i64| v as f64;
+        f(self.n_layers) * 2.0 * f(self.d_model) * f(self.d_ff) + f(self.d_model) * f(self.d_model) + f(input.seq_len) * f(self.d_emb)
+    }
+
+    fn build(&self, p: &nn::Path, input: &InputSpec) -> Box<dyn nn::ModuleT> {
+        Box::new(FNet::new(p, self, input))
+    }
+
+    fn build_backbone(&self, p: &nn::Path, input: &InputSpec) -> Option<Box<dyn Backbone>> {
+        Some(Box::new(FNet::new(p, self, input)))
+    }
+
+    /// Fourier mixing averages over the whole sequence: masked only.
+    fn objectives(&self) -> Vec<Objective> {
+        vec![Objective::Masked]
+    }
+
+    fn classifier(&self) -> &'static [&'static str] {
+        &["head.", "pooler."]
     }
 }
 

@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
 use super::common::{check_positive, check_sizes, torch_linear, InputEncoder, InputMode};
-use super::NUM_CLASSES;
+use super::{Model, NUM_CLASSES};
 use crate::data::InputSpec;
 
 /// How one step of size ε integrates h′ = f(h).
@@ -83,20 +83,6 @@ impl Default for Config {
     }
 }
 
-impl Config {
-    pub fn validate(&self, input: &InputSpec) -> Result<()> {
-        InputEncoder::validate(InputMode::Linear, input, 0)?;
-        check_sizes(&[("n_units", self.n_units)])?;
-        if !(0.0..=1.0).contains(&self.beta) {
-            bail!("model.beta = {} must be in [0, 1]", self.beta);
-        }
-        if !(self.gamma.is_finite() && self.gamma >= 0.0) {
-            bail!("model.gamma = {} must be finite and at least 0", self.gamma);
-        }
-        check_positive(&[("eps", self.eps), ("init_std", self.init_std)])
-    }
-}
-
 /// A_{β,γ} = (1−β)(M+Mᵀ) + β(M−Mᵀ) − γI for a square M (N, N).
 pub fn hidden_matrix(m: &Tensor, beta: f64, gamma: f64) -> Tensor {
     let mt = m.tr(); // (N, N)
@@ -114,6 +100,32 @@ pub fn step(h: &Tensor, z: &Tensor, awt: &Tensor, eps: f64, solver: Solver) -> T
     match solver {
         Solver::Euler => h + f(h) * eps,                            // (B, N)
         Solver::Midpoint => h + f(&(h + f(h) * (eps / 2.0))) * eps, // (B, N)
+    }
+}
+
+impl Model for Config {
+    const NAME: &'static str = "lipschitz-rnn";
+    const PAPER: &'static str = "Erichson, Azencot, Queiruga, Hodgkinson, Mahoney: \"Lipschitz Recurrent Neural Networks\", ICLR 2021, arXiv 2006.12070";
+
+    fn validate(&self, input: &InputSpec) -> Result<()> {
+        InputEncoder::validate(InputMode::Linear, input, 0)?;
+        check_sizes(&[("n_units", self.n_units)])?;
+        if !(0.0..=1.0).contains(&self.beta) {
+            bail!("model.beta = {} must be in [0, 1]", self.beta);
+        }
+        if !(self.gamma.is_finite() && self.gamma >= 0.0) {
+            bail!("model.gamma = {} must be finite and at least 0", self.gamma);
+        }
+        check_positive(&[("eps", self.eps), ("init_std", self.init_std)])
+    }
+
+    fn min_params(&self, _input: &InputSpec) -> f64 {
+        let f = |v: i64| v as f64;
+        2.0 * f(self.n_units) * f(self.n_units)
+    }
+
+    fn build(&self, p: &nn::Path, input: &InputSpec) -> Box<dyn nn::ModuleT> {
+        Box::new(LipschitzRnn::new(p, self, input))
     }
 }
 

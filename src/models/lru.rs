@@ -39,7 +39,7 @@ use std::f64::consts::TAU;
 use tch::{nn, Kind, Tensor};
 
 use super::common::{check_rates, check_sizes, InputEncoder, InputMode};
-use super::{NUM_CLASSES, SSM};
+use super::{Model, NUM_CLASSES, SSM};
 use crate::data::InputSpec;
 
 /// Which normalisation a block uses.
@@ -110,32 +110,6 @@ impl Default for Config {
             parallel: Parallel::Fft,
             chunk: 64,
         }
-    }
-}
-
-impl Config {
-    /// Checks every field before any tensor exists.
-    pub fn validate(&self, input: &InputSpec) -> Result<()> {
-        check_sizes(&[("d_model", self.d_model), ("d_state", self.d_state), ("n_layers", self.n_layers)])?;
-        if !(0.0..1.0).contains(&self.r_min) {
-            bail!("model.r_min = {} must lie in [0, 1)", self.r_min);
-        }
-        if self.r_max.is_nan() || self.r_max <= self.r_min || self.r_max > 1.0 {
-            bail!("model.r_max = {} must lie in (model.r_min = {}, 1]", self.r_max, self.r_min);
-        }
-        if self.max_phase.is_nan() || self.max_phase <= 0.0 || self.max_phase > TAU {
-            bail!("model.max_phase = {} must lie in (0, 2π]", self.max_phase);
-        }
-        check_rates(&[("dropout", self.dropout)])?;
-        if self.parallel == Parallel::Chunked && (self.chunk < 1 || input.seq_len % self.chunk != 0) {
-            bail!(
-                "model.chunk = {} must be positive and divide the sequence length {}",
-                self.chunk,
-                input.seq_len
-            );
-        }
-        InputEncoder::validate(InputMode::Linear, input, 0)?;
-        Ok(())
     }
 }
 
@@ -338,6 +312,44 @@ impl Block {
         } else {
             self.norm.forward_t(&xs, train) // (B, L, H)
         }
+    }
+}
+
+impl Model for Config {
+    const NAME: &'static str = "lru";
+    const PAPER: &'static str = "Orvieto, Smith, Gu, Fernando, Gulcehre, Pascanu, De: \"Resurrecting Recurrent Neural Networks for Long Sequences\", ICML 2023, arXiv 2303.06349";
+
+    /// Checks every field before any tensor exists.
+    fn validate(&self, input: &InputSpec) -> Result<()> {
+        check_sizes(&[("d_model", self.d_model), ("d_state", self.d_state), ("n_layers", self.n_layers)])?;
+        if !(0.0..1.0).contains(&self.r_min) {
+            bail!("model.r_min = {} must lie in [0, 1)", self.r_min);
+        }
+        if self.r_max.is_nan() || self.r_max <= self.r_min || self.r_max > 1.0 {
+            bail!("model.r_max = {} must lie in (model.r_min = {}, 1]", self.r_max, self.r_min);
+        }
+        if self.max_phase.is_nan() || self.max_phase <= 0.0 || self.max_phase > TAU {
+            bail!("model.max_phase = {} must lie in (0, 2π]", self.max_phase);
+        }
+        check_rates(&[("dropout", self.dropout)])?;
+        if self.parallel == Parallel::Chunked && (self.chunk < 1 || input.seq_len % self.chunk != 0) {
+            bail!(
+                "model.chunk = {} must be positive and divide the sequence length {}",
+                self.chunk,
+                input.seq_len
+            );
+        }
+        InputEncoder::validate(InputMode::Linear, input, 0)?;
+        Ok(())
+    }
+
+    fn min_params(&self, _input: &InputSpec) -> f64 {
+        let f = |v: i64| v as f64;
+        f(self.n_layers) * (2.0 * f(self.d_model) * f(self.d_model) + 4.0 * f(self.d_model) * f(self.d_state))
+    }
+
+    fn build(&self, p: &nn::Path, input: &InputSpec) -> Box<dyn nn::ModuleT> {
+        Box::new(Lru::new(p, self, input))
     }
 }
 

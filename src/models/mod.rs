@@ -19,21 +19,14 @@
 //! trains with their own small learning rate and no weight decay). The trainer follows the tags.
 
 use anyhow::{bail, Result};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
 use crate::data::InputSpec;
 
 pub mod common;
-pub mod fnet;
-pub mod lipschitz;
-pub mod lru;
-pub mod nystromformer;
-pub mod pit;
 pub mod pretrain;
-pub mod s4d;
-pub mod transformer;
-pub mod trellisnet;
 
 /// Optimizer group of matrices that take weight decay (1-D tensors in it are exempt).
 pub const DECAY: usize = 0;
@@ -99,112 +92,229 @@ pub trait Backbone: nn::ModuleT {
     }
 }
 
-/// One model of the zoo with its hyperparameters; `name` selects it in TOML.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "name", rename_all = "kebab-case")]
-pub enum ModelConfig {
-    S4d(s4d::Config),
-    Lru(lru::Config),
-    Trellisnet(trellisnet::Config),
-    LipschitzRnn(lipschitz::Config),
-    Fnet(fnet::Config),
-    Pit(pit::Config),
-    Transformer(transformer::Config),
-    Nystromformer(nystromformer::Config),
+/// What a model of the zoo says about itself: one `impl Model for Config` in the model's file, and
+/// its line in [`zoo!`]'s list below. Everything the rest of pixelseq needs of a model (its
+/// name in presets, its citation in model cards, its pretraining forms, how to build it) comes
+/// from here, so nothing else names the models.
+pub trait Model: Clone + Default + std::fmt::Debug + Serialize + DeserializeOwned {
+    /// The name in presets (`model.name`).
+    const NAME: &'static str;
+    /// The paper, as a model card cites it.
+    const PAPER: &'static str;
+    /// Checks every field against the input before any tensor exists.
+    fn validate(&self, input: &InputSpec) -> Result<()>;
+    /// A lower bound on the model's trainable parameters, from its config alone: its largest
+    /// tensors (each block's matrices, S4D's and LRU's state matrices, TrellisNet's kernel), so
+    /// that a model too large for the memory is refused before a tensor of it exists
+    /// ([`ModelConfig::admit`]). A test holds it between a quarter and all of every preset's
+    /// built count.
+    fn min_params(&self, input: &InputSpec) -> f64;
+    /// Builds the classifier under `p` (validated and admitted already).
+    fn build(&self, p: &nn::Path, input: &InputSpec) -> Box<dyn nn::ModuleT>;
+    /// Builds the model as a backbone for self-pretraining; `None`: it has no backbone form.
+    fn build_backbone(&self, _p: &nn::Path, _input: &InputSpec) -> Option<Box<dyn Backbone>> {
+        None
+    }
+    /// The self-pretraining objectives the model supports as configured (none without a
+    /// backbone form). Causal needs a pass in which position t sees only pixels ≤ t.
+    fn objectives(&self) -> Vec<Objective> {
+        Vec::new()
+    }
+    /// Name prefixes of the classifier's tensors: what a backbone pretrained without it lacks.
+    fn classifier(&self) -> &'static [&'static str] {
+        &["head."]
+    }
+    /// Whether pixels enter through a Linear(C → d) encoder, beside which the `channel` mask
+    /// input of self-pretraining sets its column.
+    fn linear_input(&self) -> bool {
+        false
+    }
+}
+
+/// The zoo: each line is a model's module and its [`ModelConfig`] variant. The macro declares the
+/// modules, the enum (deserialised by `model.name`, the model's [`Model::NAME`]) and its
+/// dispatch; a line under `#[cfg(test)]` adds a model for the tests only.
+macro_rules! zoo {
+    ($($(#[$attr:meta])* $module:ident::$variant:ident),* $(,)?) => {
+        $($(#[$attr])* pub mod $module;)*
+
+        /// One model of the zoo with its hyperparameters; `name` selects it in TOML.
+        #[derive(Debug, Clone)]
+        pub enum ModelConfig {
+            $($(#[$attr])* $variant($module::Config),)*
+        }
+
+        /// Every model's name, in the zoo's order, and whether it has a self-pretraining form.
+        pub fn zoo() -> Vec<(&'static str, bool)> {
+            let mut names = Vec::new();
+            $($(#[$attr])* names.push((<$module::Config as Model>::NAME, !Model::objectives(&$module::Config::default()).is_empty()));)*
+            names
+        }
+
+        impl ModelConfig {
+            /// The name used in presets (`model.name`).
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $($(#[$attr])* ModelConfig::$variant(_) => <$module::Config as Model>::NAME,)*
+                }
+            }
+
+            /// The paper, as a model card cites it.
+            pub fn paper(&self) -> &'static str {
+                match self {
+                    $($(#[$attr])* ModelConfig::$variant(_) => <$module::Config as Model>::PAPER,)*
+                }
+            }
+
+            /// The model's own description of itself.
+            fn spec(&self) -> &dyn Spec {
+                match self {
+                    $($(#[$attr])* ModelConfig::$variant(c) => c,)*
+                }
+            }
+
+            /// The config of model `name` from the rest of its table.
+            fn named(name: &str, rest: toml::Value) -> Result<ModelConfig, String> {
+                $($(#[$attr])* if name == <$module::Config as Model>::NAME {
+                    return $module::Config::deserialize(rest).map(ModelConfig::$variant).map_err(|e| e.message().to_string());
+                })*
+                let known: Vec<String> = zoo().iter().map(|(n, _)| format!("`{n}`")).collect();
+                Err(format!("unknown model `{name}`, expected one of {}", known.join(", ")))
+            }
+
+            /// Serialises the config as its table, `name` first.
+            fn serialize_named<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                match self {
+                    $($(#[$attr])* ModelConfig::$variant(config) => Named { name: self.name(), config }.serialize(s),)*
+                }
+            }
+        }
+    };
+}
+
+zoo! {
+    s4d::S4d,
+    lru::Lru,
+    trellisnet::Trellisnet,
+    lipschitz::LipschitzRnn,
+    fnet::Fnet,
+    pit::Pit,
+    transformer::Transformer,
+    nystromformer::Nystromformer,
+    #[cfg(test)]
+    toy::Toy,
+}
+
+/// [`Model`]'s methods, callable on any model of the zoo (its constants aside).
+trait Spec {
+    fn validate(&self, input: &InputSpec) -> Result<()>;
+    fn min_params(&self, input: &InputSpec) -> f64;
+    fn build(&self, p: &nn::Path, input: &InputSpec) -> Box<dyn nn::ModuleT>;
+    fn build_backbone(&self, p: &nn::Path, input: &InputSpec) -> Option<Box<dyn Backbone>>;
+    fn objectives(&self) -> Vec<Objective>;
+    fn classifier(&self) -> &'static [&'static str];
+    fn linear_input(&self) -> bool;
+}
+
+impl<M: Model> Spec for M {
+    fn validate(&self, input: &InputSpec) -> Result<()> {
+        Model::validate(self, input)
+    }
+    fn min_params(&self, input: &InputSpec) -> f64 {
+        Model::min_params(self, input)
+    }
+    fn build(&self, p: &nn::Path, input: &InputSpec) -> Box<dyn nn::ModuleT> {
+        Model::build(self, p, input)
+    }
+    fn build_backbone(&self, p: &nn::Path, input: &InputSpec) -> Option<Box<dyn Backbone>> {
+        Model::build_backbone(self, p, input)
+    }
+    fn objectives(&self) -> Vec<Objective> {
+        Model::objectives(self)
+    }
+    fn classifier(&self) -> &'static [&'static str] {
+        Model::classifier(self)
+    }
+    fn linear_input(&self) -> bool {
+        Model::linear_input(self)
+    }
+}
+
+/// A model's table as presets write it: `name`, then the config's fields.
+#[derive(Serialize)]
+struct Named<'a, C> {
+    name: &'static str,
+    #[serde(flatten)]
+    config: &'a C,
+}
+
+impl Serialize for ModelConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.serialize_named(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ModelConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(d)?;
+        let name = match table.remove("name") {
+            Some(toml::Value::String(name)) => name,
+            Some(other) => return Err(D::Error::custom(format!("`name` must be a string, not {other}"))),
+            None => return Err(D::Error::missing_field("name")),
+        };
+        ModelConfig::named(&name, toml::Value::Table(table)).map_err(D::Error::custom)
+    }
+}
+
+/// The models that have a self-pretraining form, for messages ("transformer, fnet and pit").
+pub fn pretrainable() -> String {
+    let names: Vec<&str> = zoo().into_iter().filter(|(_, pretrains)| *pretrains).map(|(n, _)| n).collect();
+    match names.split_last() {
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        None => "no model".into(),
+    }
 }
 
 impl ModelConfig {
-    /// The name used in presets (`model.name`).
-    pub fn name(&self) -> &'static str {
-        match self {
-            ModelConfig::S4d(_) => "s4d",
-            ModelConfig::Lru(_) => "lru",
-            ModelConfig::Trellisnet(_) => "trellisnet",
-            ModelConfig::LipschitzRnn(_) => "lipschitz-rnn",
-            ModelConfig::Fnet(_) => "fnet",
-            ModelConfig::Pit(_) => "pit",
-            ModelConfig::Transformer(_) => "transformer",
-            ModelConfig::Nystromformer(_) => "nystromformer",
-        }
-    }
-
     /// Checks every field against the input before any tensor exists.
     pub fn validate(&self, input: &InputSpec) -> Result<()> {
-        match self {
-            ModelConfig::S4d(cfg) => cfg.validate(input),
-            ModelConfig::Lru(cfg) => cfg.validate(input),
-            ModelConfig::Trellisnet(cfg) => cfg.validate(input),
-            ModelConfig::LipschitzRnn(cfg) => cfg.validate(input),
-            ModelConfig::Fnet(cfg) => cfg.validate(input),
-            ModelConfig::Pit(cfg) => cfg.validate(input),
-            ModelConfig::Transformer(cfg) => cfg.validate(input),
-            ModelConfig::Nystromformer(cfg) => cfg.validate(input),
-        }
+        self.spec().validate(input)
     }
 
-    /// The self-pretraining objectives this model supports (none: it has no backbone form).
-    /// Causal needs a pass in which position t sees only pixels ≤ t: softmax attention with a
-    /// causal mask (Transformer, PiT) or a causal convolution kernel without BatchNorm statistics
-    /// over positions (unidirectional S4D with LayerNorm). Nyström landmarks and FNet's Fourier
-    /// mixing average over the whole sequence: masked only.
+    /// The self-pretraining objectives this model supports as configured (none: it has no
+    /// backbone form).
     pub fn objectives(&self) -> Vec<Objective> {
-        match self {
-            ModelConfig::Transformer(_) | ModelConfig::Pit(_) => vec![Objective::Masked, Objective::Causal],
-            ModelConfig::S4d(cfg) if !cfg.bidirectional && cfg.norm != s4d::Norm::Batch => vec![Objective::Masked, Objective::Causal],
-            ModelConfig::S4d(_) | ModelConfig::Nystromformer(_) | ModelConfig::Fnet(_) => vec![Objective::Masked],
-            ModelConfig::Lru(_) | ModelConfig::Trellisnet(_) | ModelConfig::LipschitzRnn(_) => vec![],
-        }
+        self.spec().objectives()
     }
 
     /// Name prefixes of the classifier's tensors: what a backbone pretrained without it lacks.
     pub fn classifier(&self) -> &'static [&'static str] {
-        match self {
-            ModelConfig::Fnet(_) => &["head.", "pooler."],
-            _ => &["head."],
-        }
+        self.spec().classifier()
+    }
+
+    /// Whether pixels enter through a Linear(C → d) encoder (the `channel` mask input needs one).
+    pub fn linear_input(&self) -> bool {
+        self.spec().linear_input()
+    }
+
+    /// A lower bound on the model's trainable parameters ([`Model::min_params`]).
+    pub fn min_params(&self, input: &InputSpec) -> f64 {
+        self.spec().min_params(input)
     }
 
     /// Builds the model under `p` as a backbone for self-pretraining (validating first).
     pub fn build_backbone(&self, p: &nn::Path, input: &InputSpec) -> Result<Box<dyn Backbone>> {
         self.validate(input)?;
         self.admit(input, p.device(), 1.0)?;
-        Ok(match self {
-            ModelConfig::S4d(cfg) => Box::new(s4d::S4d::new(p, cfg, input)),
-            ModelConfig::Fnet(cfg) => Box::new(fnet::FNet::new(p, cfg, input)),
-            ModelConfig::Pit(cfg) => Box::new(pit::Pit::new(p, cfg, input)),
-            ModelConfig::Transformer(cfg) => Box::new(transformer::Transformer::new(p, cfg, input)),
-            ModelConfig::Nystromformer(cfg) => Box::new(nystromformer::Nystromformer::new(p, cfg, input)),
-            ModelConfig::Lru(_) | ModelConfig::Trellisnet(_) | ModelConfig::LipschitzRnn(_) => bail!(
-                "model `{}` has no self-pretraining form; pretrain supports transformer, nystromformer, fnet, pit and s4d",
-                self.name()
+        match self.spec().build_backbone(p, input) {
+            Some(backbone) => Ok(backbone),
+            None => bail!(
+                "model `{}` has no self-pretraining form; pretrain supports {}",
+                self.name(),
+                pretrainable()
             ),
-        })
-    }
-
-    /// A lower bound on the model's trainable parameters, from its config alone: its largest
-    /// tensors (each block's matrices, S4D's and LRU's state matrices, TrellisNet's kernel), so that
-    /// a model too large for the memory is refused before a tensor of it exists ([`admit`]). A test
-    /// holds it between a quarter and all of every preset's built count.
-    pub fn min_params(&self, input: &InputSpec) -> f64 {
-        let f = |v: i64| v as f64;
-        match self {
-            ModelConfig::S4d(c) => f(c.n_layers) * 2.0 * f(c.d_model) * f(c.d_model),
-            ModelConfig::Lru(c) => f(c.n_layers) * (2.0 * f(c.d_model) * f(c.d_model) + 4.0 * f(c.d_model) * f(c.d_state)),
-            ModelConfig::Trellisnet(c) => 4.0 * f(c.h_size()) * f(c.h_size()) * f(c.kernel_size),
-            ModelConfig::LipschitzRnn(c) => 2.0 * f(c.n_units) * f(c.n_units),
-            ModelConfig::Fnet(c) => {
-                f(c.n_layers) * 2.0 * f(c.d_model) * f(c.d_ff) + f(c.d_model) * f(c.d_model) + f(input.seq_len) * f(c.d_emb)
-            }
-            ModelConfig::Pit(c) => f(c.depth) * (4.0 * f(c.d_model) * f(c.d_model) + 2.0 * f(c.d_model) * f(c.d_ff)),
-            // Each block's q, k, v, out and feed-forward matrices, and the head's hidden layer.
-            ModelConfig::Transformer(c) => {
-                f(c.n_layers) * (4.0 * f(c.d_model) * f(c.qkv_dim) + 2.0 * f(c.d_model) * f(c.mlp_dim))
-                    + f(c.d_model) * f(c.head_dim.unwrap_or(c.mlp_dim))
-            }
-            // Each block's q, k, v, out and feed-forward matrices, and the head's hidden layer.
-            ModelConfig::Nystromformer(c) => {
-                f(c.n_layers) * (4.0 * f(c.d_model) * f(c.qkv_dim) + 2.0 * f(c.d_model) * f(c.mlp_dim)) + f(c.d_model) * f(c.mlp_dim)
-            }
         }
     }
 
@@ -236,16 +346,7 @@ impl ModelConfig {
     pub fn build(&self, p: &nn::Path, input: &InputSpec) -> Result<Box<dyn nn::ModuleT>> {
         self.validate(input)?;
         self.admit(input, p.device(), 1.0)?;
-        Ok(match self {
-            ModelConfig::S4d(cfg) => Box::new(s4d::S4d::new(p, cfg, input)),
-            ModelConfig::Lru(cfg) => Box::new(lru::Lru::new(p, cfg, input)),
-            ModelConfig::Trellisnet(cfg) => Box::new(trellisnet::TrellisNet::new(p, cfg, input)),
-            ModelConfig::LipschitzRnn(cfg) => Box::new(lipschitz::LipschitzRnn::new(p, cfg, input)),
-            ModelConfig::Fnet(cfg) => Box::new(fnet::FNet::new(p, cfg, input)),
-            ModelConfig::Pit(cfg) => Box::new(pit::Pit::new(p, cfg, input)),
-            ModelConfig::Transformer(cfg) => Box::new(transformer::Transformer::new(p, cfg, input)),
-            ModelConfig::Nystromformer(cfg) => Box::new(nystromformer::Nystromformer::new(p, cfg, input)),
-        })
+        Ok(self.spec().build(p, input))
     }
 }
 

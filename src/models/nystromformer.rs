@@ -36,7 +36,7 @@ use tch::{Kind, Tensor};
 
 use super::common::{InputMode, Pool, MAX_SIZE};
 use super::transformer::{key_bias, Encoder, Gelu, Initialisation, Mixer};
-use super::{Backbone, Input};
+use super::{Model, Objective, Backbone, Input};
 use crate::data::InputSpec;
 
 /// The starting point Z₀ of the iterative pseudo-inverse.
@@ -133,30 +133,6 @@ impl Config {
         }
     }
 
-    /// Checks every field against the input before any tensor exists.
-    pub fn validate(&self, input: &InputSpec) -> Result<()> {
-        self.body().validate(input)?;
-        if self.landmarks < 1 || input.seq_len % self.landmarks != 0 {
-            bail!(
-                "model.landmarks = {} must divide the sequence length {}",
-                self.landmarks,
-                input.seq_len
-            );
-        }
-        if !(0..=MAX_SIZE).contains(&self.conv_kernel) || (self.conv_kernel > 0 && self.conv_kernel % 2 == 0) {
-            bail!(
-                "model.conv_kernel = {} must be odd and at most {MAX_SIZE} (or 0 for no convolution)",
-                self.conv_kernel
-            );
-        }
-        if !(1..=MAX_PINV_ITERS).contains(&self.pinv_iters) {
-            bail!(
-                "model.pinv_iters = {} must be at least 1 and at most {MAX_PINV_ITERS} (the paper's 6 already converge)",
-                self.pinv_iters
-            );
-        }
-        Ok(())
-    }
 }
 
 /// Iterative Moore–Penrose pseudo-inverse of `a` (.., m, m), batched over leading dimensions:
@@ -263,6 +239,60 @@ impl Mixer for Nystrom {
         // The reference computes attention in float32 with autocast off.
         let float = |t: &Tensor| t.to_kind(Kind::Float); // (B, H, L, Dh)
         crate::amp::without_autocast(|| self.attend(&float(q), &float(k), &float(v), keep))
+    }
+}
+
+impl Model for Config {
+    const NAME: &'static str = "nystromformer";
+    const PAPER: &'static str = "Xiong, Zeng, Chakraborty, Tan, Fung, Li, Singh: \"Nyströmformer: A Nyström-Based Algorithm for Approximating Self-Attention\", AAAI 2021, arXiv 2102.03902";
+
+    /// Checks every field against the input before any tensor exists.
+    fn validate(&self, input: &InputSpec) -> Result<()> {
+        self.body().validate(input)?;
+        if self.landmarks < 1 || input.seq_len % self.landmarks != 0 {
+            bail!(
+                "model.landmarks = {} must divide the sequence length {}",
+                self.landmarks,
+                input.seq_len
+            );
+        }
+        if !(0..=MAX_SIZE).contains(&self.conv_kernel) || (self.conv_kernel > 0 && self.conv_kernel % 2 == 0) {
+            bail!(
+                "model.conv_kernel = {} must be odd and at most {MAX_SIZE} (or 0 for no convolution)",
+                self.conv_kernel
+            );
+        }
+        if !(1..=MAX_PINV_ITERS).contains(&self.pinv_iters) {
+            bail!(
+                "model.pinv_iters = {} must be at least 1 and at most {MAX_PINV_ITERS} (the paper's 6 already converge)",
+                self.pinv_iters
+            );
+        }
+        Ok(())
+    }
+
+    fn min_params(&self, _input: &InputSpec) -> f64 {
+        let f = |v: i64| v as f64;
+        // Each block's q, k, v, out and feed-forward matrices, and the head's hidden layer.
+        f(self.n_layers) * (4.0 * f(self.d_model) * f(self.qkv_dim) + 2.0 * f(self.d_model) * f(self.mlp_dim))
+            + f(self.d_model) * f(self.mlp_dim)
+    }
+
+    fn build(&self, p: &nn::Path, input: &InputSpec) -> Box<dyn nn::ModuleT> {
+        Box::new(Nystromformer::new(p, self, input))
+    }
+
+    fn build_backbone(&self, p: &nn::Path, input: &InputSpec) -> Option<Box<dyn Backbone>> {
+        Some(Box::new(Nystromformer::new(p, self, input)))
+    }
+
+    /// Nyström landmarks average over the whole sequence: masked only.
+    fn objectives(&self) -> Vec<Objective> {
+        vec![Objective::Masked]
+    }
+
+    fn linear_input(&self) -> bool {
+        self.input == InputMode::Linear
     }
 }
 

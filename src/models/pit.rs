@@ -60,7 +60,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
 use super::common::{attention, causal_bias, check_rates, check_sizes, dropout, mask_inputs, InputEncoder, InputMode, Pool};
-use super::{Backbone, Input, NO_DECAY, NUM_CLASSES};
+use super::{Model, Objective, Backbone, Input, NO_DECAY, NUM_CLASSES};
 use crate::data::InputSpec;
 
 /// Pixel tokens take 256 values when `input = "embed"`.
@@ -126,30 +126,6 @@ impl Default for Config {
             pool: Pool::Cls,
             pos: Positions::Learned,
         }
-    }
-}
-
-impl Config {
-    pub fn validate(&self, input: &InputSpec) -> Result<()> {
-        check_sizes(&[
-            ("depth", self.depth),
-            ("d_model", self.d_model),
-            ("d_ff", self.d_ff),
-            ("n_heads", self.n_heads),
-        ])?;
-        if self.d_model % self.n_heads != 0 {
-            bail!(
-                "model.d_model = {} is not divisible by model.n_heads = {}",
-                self.d_model,
-                self.n_heads
-            );
-        }
-        check_rates(&[
-            ("dropout", self.dropout),
-            ("attn_dropout", self.attn_dropout),
-            ("drop_path", self.drop_path),
-        ])?;
-        InputEncoder::validate(self.input, input, VOCAB)
     }
 }
 
@@ -265,6 +241,51 @@ impl Block {
         let m = dropout(&x.apply(&self.norm2).apply(&self.fc1).gelu("none"), self.dropout, train); // (B, L, F)
         let m = dropout(&m.apply(&self.fc2), self.dropout, train); // (B, L, D)
         &x + drop_path(&m, self.drop_path, train) // (B, L, D)
+    }
+}
+
+impl Model for Config {
+    const NAME: &'static str = "pit";
+    const PAPER: &'static str = "Nguyen, Assran, Jain, Oswald, Snoek, Chen: \"An Image is Worth More Than 16x16 Patches: Exploring Transformers on Individual Pixels\", 2024, arXiv 2406.09415";
+
+    fn validate(&self, input: &InputSpec) -> Result<()> {
+        check_sizes(&[
+            ("depth", self.depth),
+            ("d_model", self.d_model),
+            ("d_ff", self.d_ff),
+            ("n_heads", self.n_heads),
+        ])?;
+        if self.d_model % self.n_heads != 0 {
+            bail!(
+                "model.d_model = {} is not divisible by model.n_heads = {}",
+                self.d_model,
+                self.n_heads
+            );
+        }
+        check_rates(&[
+            ("dropout", self.dropout),
+            ("attn_dropout", self.attn_dropout),
+            ("drop_path", self.drop_path),
+        ])?;
+        InputEncoder::validate(self.input, input, VOCAB)
+    }
+
+    fn min_params(&self, _input: &InputSpec) -> f64 {
+        let f = |v: i64| v as f64;
+        f(self.depth) * (4.0 * f(self.d_model) * f(self.d_model) + 2.0 * f(self.d_model) * f(self.d_ff))
+    }
+
+    fn build(&self, p: &nn::Path, input: &InputSpec) -> Box<dyn nn::ModuleT> {
+        Box::new(Pit::new(p, self, input))
+    }
+
+    fn build_backbone(&self, p: &nn::Path, input: &InputSpec) -> Option<Box<dyn Backbone>> {
+        Some(Box::new(Pit::new(p, self, input)))
+    }
+
+    /// Softmax attention takes a causal mask: both objectives.
+    fn objectives(&self) -> Vec<Objective> {
+        vec![Objective::Masked, Objective::Causal]
     }
 }
 

@@ -72,7 +72,7 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
-use super::common::{torch_linear, InputMode};
+use super::common::torch_linear;
 use super::{Backbone, Input, ModelConfig, Objective};
 use crate::data::InputSpec;
 
@@ -195,12 +195,7 @@ impl Config {
                     self.objective
                 );
             }
-            let linear = match model {
-                ModelConfig::Transformer(c) => c.input == InputMode::Linear,
-                ModelConfig::Nystromformer(c) => c.input == InputMode::Linear,
-                _ => false,
-            };
-            if !linear {
+            if !model.linear_input() {
                 bail!(
                     "key `pretrain.mask_input` = \"channel\" needs a transformer or nystromformer with model.input = \"linear\"; use \"token\" for model `{}` as configured",
                     model.name()
@@ -210,8 +205,9 @@ impl Config {
         let supported = model.objectives();
         if supported.is_empty() {
             bail!(
-                "model `{}` has no self-pretraining form; pretrain supports transformer, nystromformer, fnet, pit and s4d",
-                model.name()
+                "model `{}` has no self-pretraining form; pretrain supports {}",
+                model.name(),
+                super::pretrainable()
             );
         }
         if !supported.contains(&self.objective) {
@@ -342,7 +338,7 @@ impl Pretrainer {
                 let predicted = self.backbone.features(xs, input, train).apply(&self.head); // (B, L, out)
                 Reconstruction {
                     predicted: predicted.narrow(1, 0, l - 1).reshape([b * (l - 1), -1]), // (B·(L−1), out)
-                    pixels: xs.narrow(1, 1, l - 1).reshape([b * (l - 1), c]),          // (B·(L−1), C)
+                    pixels: xs.narrow(1, 1, l - 1).reshape([b * (l - 1), c]),            // (B·(L−1), C)
                 }
             }
         }

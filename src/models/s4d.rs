@@ -38,7 +38,7 @@ use std::f64::consts::PI;
 use tch::{nn, Kind, Tensor};
 
 use super::common::{check_positive, check_rates, check_sizes, mask_inputs, torch_linear, InputEncoder, InputMode};
-use super::{Backbone, Input, NUM_CLASSES, SSM};
+use super::{Model, Objective, Backbone, Input, NUM_CLASSES, SSM};
 use crate::data::InputSpec;
 
 /// Which normalisation a block uses.
@@ -106,21 +106,6 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Checks every field before any tensor exists.
-    pub fn validate(&self, input: &InputSpec) -> Result<()> {
-        check_sizes(&[("d_model", self.d_model), ("n_layers", self.n_layers), ("d_state", self.d_state)])?;
-        if self.d_state < 2 || self.d_state % 2 != 0 {
-            bail!("model.d_state = {} must be an even number ≥ 2 (N/2 complex modes)", self.d_state);
-        }
-        check_rates(&[("dropout", self.dropout)])?;
-        check_positive(&[("dt_min", self.dt_min), ("dt_max", self.dt_max)])?;
-        if self.dt_max < self.dt_min {
-            bail!("model.dt_max = {} must be at least model.dt_min = {}", self.dt_max, self.dt_min);
-        }
-        InputEncoder::validate(InputMode::Linear, input, 0)?;
-        Ok(())
-    }
-
     /// Number of complex modes per channel.
     fn modes(&self) -> i64 {
         self.d_state / 2
@@ -299,6 +284,49 @@ impl Block {
             xs
         } else {
             self.norm.forward_t(&xs, train) // (B, L, H)
+        }
+    }
+}
+
+impl Model for Config {
+    const NAME: &'static str = "s4d";
+    const PAPER: &'static str = "Gu, Gupta, Goel, Ré: \"On the Parameterization and Initialization of Diagonal State Space Models\", 2022, arXiv 2206.11893";
+
+    /// Checks every field before any tensor exists.
+    fn validate(&self, input: &InputSpec) -> Result<()> {
+        check_sizes(&[("d_model", self.d_model), ("n_layers", self.n_layers), ("d_state", self.d_state)])?;
+        if self.d_state < 2 || self.d_state % 2 != 0 {
+            bail!("model.d_state = {} must be an even number ≥ 2 (N/2 complex modes)", self.d_state);
+        }
+        check_rates(&[("dropout", self.dropout)])?;
+        check_positive(&[("dt_min", self.dt_min), ("dt_max", self.dt_max)])?;
+        if self.dt_max < self.dt_min {
+            bail!("model.dt_max = {} must be at least model.dt_min = {}", self.dt_max, self.dt_min);
+        }
+        InputEncoder::validate(InputMode::Linear, input, 0)?;
+        Ok(())
+    }
+
+    fn min_params(&self, _input: &InputSpec) -> f64 {
+        let f = |v: i64| v as f64;
+        f(self.n_layers) * 2.0 * f(self.d_model) * f(self.d_model)
+    }
+
+    fn build(&self, p: &nn::Path, input: &InputSpec) -> Box<dyn nn::ModuleT> {
+        Box::new(S4d::new(p, self, input))
+    }
+
+    fn build_backbone(&self, p: &nn::Path, input: &InputSpec) -> Option<Box<dyn Backbone>> {
+        Some(Box::new(S4d::new(p, self, input)))
+    }
+
+    /// Causal needs the convolution kernel to run one way and no BatchNorm statistics over
+    /// positions (unidirectional, LayerNorm).
+    fn objectives(&self) -> Vec<Objective> {
+        if !self.bidirectional && self.norm != Norm::Batch {
+            vec![Objective::Masked, Objective::Causal]
+        } else {
+            vec![Objective::Masked]
         }
     }
 }

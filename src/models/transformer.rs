@@ -52,7 +52,7 @@ use tch::{Kind, Tensor};
 use super::common::{
     attention, causal_bias, check_positive, check_rates, check_sizes, dropout, mask_inputs, nonzero_mask, InputEncoder, InputMode, Pool,
 };
-use super::{Backbone, Input, DECAY, NO_DECAY, NUM_CLASSES};
+use super::{Model, Objective, Backbone, Input, DECAY, NO_DECAY, NUM_CLASSES};
 use crate::data::InputSpec;
 
 /// Additive bias that removes masked keys from a softmax. Finite, so a row whose keys are all
@@ -189,43 +189,6 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Checks every field against the input before any tensor exists.
-    pub fn validate(&self, input: &InputSpec) -> Result<()> {
-        InputEncoder::validate(self.input, input, self.vocab)?;
-        check_sizes(&[
-            ("vocab", self.vocab),
-            ("d_model", self.d_model),
-            ("n_layers", self.n_layers),
-            ("n_heads", self.n_heads),
-            ("qkv_dim", self.qkv_dim),
-            ("mlp_dim", self.mlp_dim),
-            ("head_dim", self.head_hidden()),
-        ])?;
-        if self.qkv_dim % self.n_heads != 0 {
-            bail!(
-                "model.qkv_dim = {} must be divisible by model.n_heads = {}",
-                self.qkv_dim,
-                self.n_heads
-            );
-        }
-        if self.attn_init == AttnInit::Cloned && self.qkv_dim != self.d_model {
-            bail!(
-                "model.attn_init = \"cloned\" needs model.qkv_dim = model.d_model (the four projections share one shape); got {} and {}",
-                self.qkv_dim,
-                self.d_model
-            );
-        }
-        if self.pos == Positions::Sinusoidal && self.d_model % 2 != 0 {
-            bail!(
-                "model.pos = \"sinusoidal\" needs an even model.d_model (sine, cosine pairs); got {}",
-                self.d_model
-            );
-        }
-        check_rates(&[("dropout", self.dropout), ("attn_dropout", self.attn_dropout)])?;
-        check_positive(&[("token_init_std", self.token_init_std), ("layer_norm_eps", self.layer_norm_eps)])?;
-        Ok(())
-    }
-
     /// Hidden width of the classifier.
     pub fn head_hidden(&self) -> i64 {
         self.head_dim.unwrap_or(self.mlp_dim)
@@ -528,6 +491,72 @@ impl<M: Mixer> ModuleT for Encoder<M> {
         };
         let logits = pooled.apply(&self.head_hidden).relu().apply(&self.head_out); // (B, 10)
         logits.to_kind(Kind::Float)
+    }
+}
+
+impl Model for Config {
+    const NAME: &'static str = "transformer";
+    const PAPER: &'static str = "Tay et al.: \"Long Range Arena: A Benchmark for Efficient Transformers\", 2020, arXiv 2011.04006 (its Transformer baseline)";
+
+    /// Checks every field against the input before any tensor exists.
+    fn validate(&self, input: &InputSpec) -> Result<()> {
+        InputEncoder::validate(self.input, input, self.vocab)?;
+        check_sizes(&[
+            ("vocab", self.vocab),
+            ("d_model", self.d_model),
+            ("n_layers", self.n_layers),
+            ("n_heads", self.n_heads),
+            ("qkv_dim", self.qkv_dim),
+            ("mlp_dim", self.mlp_dim),
+            ("head_dim", self.head_hidden()),
+        ])?;
+        if self.qkv_dim % self.n_heads != 0 {
+            bail!(
+                "model.qkv_dim = {} must be divisible by model.n_heads = {}",
+                self.qkv_dim,
+                self.n_heads
+            );
+        }
+        if self.attn_init == AttnInit::Cloned && self.qkv_dim != self.d_model {
+            bail!(
+                "model.attn_init = \"cloned\" needs model.qkv_dim = model.d_model (the four projections share one shape); got {} and {}",
+                self.qkv_dim,
+                self.d_model
+            );
+        }
+        if self.pos == Positions::Sinusoidal && self.d_model % 2 != 0 {
+            bail!(
+                "model.pos = \"sinusoidal\" needs an even model.d_model (sine, cosine pairs); got {}",
+                self.d_model
+            );
+        }
+        check_rates(&[("dropout", self.dropout), ("attn_dropout", self.attn_dropout)])?;
+        check_positive(&[("token_init_std", self.token_init_std), ("layer_norm_eps", self.layer_norm_eps)])?;
+        Ok(())
+    }
+
+    fn min_params(&self, _input: &InputSpec) -> f64 {
+        let f = |v: i64| v as f64;
+        // Each block's q, k, v, out and feed-forward matrices, and the head's hidden layer.
+        f(self.n_layers) * (4.0 * f(self.d_model) * f(self.qkv_dim) + 2.0 * f(self.d_model) * f(self.mlp_dim))
+            + f(self.d_model) * f(self.head_hidden())
+    }
+
+    fn build(&self, p: &nn::Path, input: &InputSpec) -> Box<dyn nn::ModuleT> {
+        Box::new(Transformer::new(p, self, input))
+    }
+
+    fn build_backbone(&self, p: &nn::Path, input: &InputSpec) -> Option<Box<dyn Backbone>> {
+        Some(Box::new(Transformer::new(p, self, input)))
+    }
+
+    /// Softmax attention takes a causal mask: both objectives.
+    fn objectives(&self) -> Vec<Objective> {
+        vec![Objective::Masked, Objective::Causal]
+    }
+
+    fn linear_input(&self) -> bool {
+        self.input == InputMode::Linear
     }
 }
 

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
 use super::common::{check_positive, check_rates, check_sizes, torch_linear, MAX_SIZE};
-use super::{NO_DECAY, NUM_CLASSES};
+use super::{Model, NO_DECAY, NUM_CLASSES};
 use crate::data::InputSpec;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,7 +85,40 @@ impl Config {
         1 + (self.kernel_size - 1) * self.dilations.iter().sum::<i64>()
     }
 
-    pub fn validate(&self, input: &InputSpec) -> Result<()> {
+}
+
+/// A weight-normalised convolution kernel (out, in, k): w = g·v/‖v‖, the norm over dims 1 and 2.
+#[derive(Debug)]
+struct WeightNormKernel {
+    v: Tensor,
+    g: Tensor,
+}
+
+impl WeightNormKernel {
+    /// v ~ N(0, std²) and g = ‖v‖, so that w = v at initialisation (optimizations.py).
+    fn new(p: &nn::Path, name: &str, dims: [i64; 3], std: f64) -> WeightNormKernel {
+        let v = p.randn(&format!("{name}_v"), &dims, 0.0, std);
+        let norm = tch::no_grad(|| v.norm_scalaropt_dim(2, [1, 2], true)); // (out, 1, 1)
+        let g = p.set_group(NO_DECAY).var_copy(&format!("{name}_g"), &norm); // a gain, like a norm's
+        WeightNormKernel { v, g }
+    }
+
+    /// The kernel, with DropConnect on every tap but the last (the past taps) when training.
+    /// The norm is taken of the dropped v, as the reference computes weight norm after WeightDrop.
+    fn weight(&self, p_drop: f64, train: bool) -> Tensor {
+        let k = self.v.size()[2];
+        let past = self.v.narrow(2, 0, k - 1).dropout(p_drop, train); // (out, in, k−1)
+        let v = Tensor::cat(&[past, self.v.narrow(2, k - 1, 1)], 2); // (out, in, k)
+        let norm = v.norm_scalaropt_dim(2, [1, 2], true); // (out, 1, 1)
+        &v * (&self.g / norm) // (out, in, k)
+    }
+}
+
+impl Model for Config {
+    const NAME: &'static str = "trellisnet";
+    const PAPER: &'static str = "Bai, Kolter, Koltun: \"Trellis Networks for Sequence Modeling\", ICLR 2019, arXiv 1810.06682";
+
+    fn validate(&self, input: &InputSpec) -> Result<()> {
         if !(0..=MAX_SIZE).contains(&self.nhid) {
             bail!("model.nhid = {} must be at least 0 and at most {MAX_SIZE}", self.nhid);
         }
@@ -123,32 +156,14 @@ impl Config {
         ])?;
         check_positive(&[("init_std", self.init_std)])
     }
-}
 
-/// A weight-normalised convolution kernel (out, in, k): w = g·v/‖v‖, the norm over dims 1 and 2.
-#[derive(Debug)]
-struct WeightNormKernel {
-    v: Tensor,
-    g: Tensor,
-}
-
-impl WeightNormKernel {
-    /// v ~ N(0, std²) and g = ‖v‖, so that w = v at initialisation (optimizations.py).
-    fn new(p: &nn::Path, name: &str, dims: [i64; 3], std: f64) -> WeightNormKernel {
-        let v = p.randn(&format!("{name}_v"), &dims, 0.0, std);
-        let norm = tch::no_grad(|| v.norm_scalaropt_dim(2, [1, 2], true)); // (out, 1, 1)
-        let g = p.set_group(NO_DECAY).var_copy(&format!("{name}_g"), &norm); // a gain, like a norm's
-        WeightNormKernel { v, g }
+    fn min_params(&self, _input: &InputSpec) -> f64 {
+        let f = |v: i64| v as f64;
+        4.0 * f(self.h_size()) * f(self.h_size()) * f(self.kernel_size)
     }
 
-    /// The kernel, with DropConnect on every tap but the last (the past taps) when training.
-    /// The norm is taken of the dropped v, as the reference computes weight norm after WeightDrop.
-    fn weight(&self, p_drop: f64, train: bool) -> Tensor {
-        let k = self.v.size()[2];
-        let past = self.v.narrow(2, 0, k - 1).dropout(p_drop, train); // (out, in, k−1)
-        let v = Tensor::cat(&[past, self.v.narrow(2, k - 1, 1)], 2); // (out, in, k)
-        let norm = v.norm_scalaropt_dim(2, [1, 2], true); // (out, 1, 1)
-        &v * (&self.g / norm) // (out, in, k)
+    fn build(&self, p: &nn::Path, input: &InputSpec) -> Box<dyn nn::ModuleT> {
+        Box::new(TrellisNet::new(p, self, input))
     }
 }
 

@@ -54,9 +54,10 @@ mod tests {
     #[test]
     fn the_loss_scores_the_masked_pixels_only() {
         tch::manual_seed(0);
-        let model: ModelConfig =
-            toml::from_str("name = \"transformer\"\nd_model = 16\nn_heads = 2\nqkv_dim = 16\nmlp_dim = 16\ndropout = 0.0\nattn_dropout = 0.0")
-                .unwrap();
+        let model: ModelConfig = toml::from_str(
+            "name = \"transformer\"\nd_model = 16\nn_heads = 2\nqkv_dim = 16\nmlp_dim = 16\ndropout = 0.0\nattn_dropout = 0.0",
+        )
+        .unwrap();
         for kind in [Loss::L1, Loss::L2, Loss::Ce] {
             let vs = nn::VarStore::new(Device::Cpu);
             let cfg = Config {

@@ -20,8 +20,8 @@ use super::format::{cell, duration};
 use super::Run;
 use crate::config::{self, Paper, RunConfig};
 use crate::run::checkpoint;
-use crate::run::records::Metrics;
 use crate::run::dir::RunDir;
+use crate::run::records::Metrics;
 
 /// The share of a preset's recipe (in training images) a run must cover to stand for its model.
 pub const MIN_COVERAGE: f64 = 0.25;

@@ -19,11 +19,11 @@ use sha2::{Digest, Sha256};
 use super::checkpoint::{self, State};
 use super::dir::{OpenRun, Which};
 use crate::amp;
-use crate::objective::Learner;
 use crate::config::RunConfig;
 use crate::data::cifar::CLASSES;
 use crate::data::{Gray, TaskConfig};
 use crate::files::{self, hex};
+use crate::objective::Learner;
 
 pub const WEIGHTS: &str = "model.safetensors";
 pub const CONFIG: &str = "config.json";

@@ -7,8 +7,8 @@ use anyhow::{bail, Result};
 use tch::{nn, Device};
 
 use super::checkpoint;
-use super::exported;
 use super::dir::{OpenRun, RunDir, Which};
+use super::exported;
 use crate::amp;
 use crate::objective::Learner;
 

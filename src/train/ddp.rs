@@ -20,12 +20,12 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
 use super::eval::{evaluate, Score};
-use crate::objective::Learner;
 use super::optim::AdamW;
 use super::progress::{self, Tally};
 use crate::amp::Precision;
 use crate::data::{Split, TaskConfig};
 use crate::dist::{Dist, GradReducer, Reduce};
+use crate::objective::Learner;
 use crate::run::checkpoint::{self, Moments, State};
 
 /// The processes a run is spread over.

@@ -4,10 +4,10 @@
 
 use tch::{Kind, Reduction, Tensor};
 
-use crate::objective::Learner;
 use super::progress::EvalProgress;
 use crate::amp::{self, Precision};
 use crate::data::{batch_input, Split, TaskConfig};
+use crate::objective::Learner;
 
 /// Images per forward pass when scoring, unless a run's config says otherwise.
 pub const EVAL_BATCH: i64 = 256;

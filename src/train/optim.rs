@@ -13,8 +13,8 @@ use tch::{nn, Kind, Tensor};
 
 use super::multi_tensor::{self, AdamWStep};
 use crate::config::Optim;
-use crate::run::checkpoint::Moments;
 use crate::models::{NO_DECAY, SSM};
+use crate::run::checkpoint::Moments;
 
 struct Param {
     name: String,

@@ -18,10 +18,10 @@
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
-use crate::objective::Learner;
 use super::optim::AdamW;
 use crate::amp::Precision;
 use crate::dist::GradReducer;
+use crate::objective::Learner;
 use crate::run::checkpoint::State;
 
 /// What one step trains on.
