@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use crate::amp::Precision;
 use crate::data::TaskConfig;
 use crate::dist::Backend;
-use crate::models::pretrain::{self, HeadInit, Loss, MaskDraw, MaskInput};
-use crate::models::{ModelConfig, Objective};
+use crate::models::pretrain;
+use crate::models::ModelConfig;
 
 /// The largest training or evaluation batch: far beyond any that fits in memory; it keeps
 /// products of sizes well inside `i64`.
@@ -135,6 +135,10 @@ pub struct Train {
     /// Wall-clock budget; the run stops (and is scored) when it is spent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_minutes: Option<f64>,
+    /// Set by `--fit-minutes`: the budget `max_steps` was sized to, which the trainer re-plans
+    /// `max_steps` against when the machine's speed changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fit: Option<Fit>,
     /// Steps between validation passes; 0 = once per epoch.
     pub eval_every: u64,
     /// Batch size for evaluation (0 = the training batch size, at least 256).
@@ -227,6 +231,16 @@ impl<'de> Deserialize<'de> for MicroBatch {
     }
 }
 
+/// What `--fit-minutes` sized a run to (`[train.fit]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fit {
+    /// The wall-clock budget, minutes (also `train.max_minutes`, the hard stop).
+    pub minutes: f64,
+    /// The recipe's steps before the fit: a re-plan never goes beyond them.
+    pub recipe_steps: u64,
+}
+
 impl Default for Train {
     fn default() -> Self {
         Train {
@@ -236,6 +250,7 @@ impl Default for Train {
             epochs: 10,
             max_steps: None,
             max_minutes: None,
+            fit: None,
             eval_every: 0,
             eval_batch_size: 0,
             eval_batches: 0,
@@ -269,23 +284,16 @@ pub struct RunConfig {
     pub pretrain: Option<Pretrain>,
 }
 
-/// The `[pretrain]` table: what `pixelseq pretrain` reconstructs, and the stage's own optimizer,
-/// schedule and budget where they differ from the top-level ones (which then stay the recipe of
-/// fine-tuning with `train --init`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// The `[pretrain]` table: what `pixelseq pretrain` reconstructs ([`pretrain::Config`], declared
+/// once there and recorded as it is in `result.json`), and the stage's own optimizer, schedule
+/// and budget where they differ from the top-level ones (which then stay the recipe of fine-tuning
+/// with `train --init`). serde cannot refuse unknown keys through a flattened table, so
+/// [`RunConfig::from_table`] does ([`Pretrain::check_keys`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Pretrain {
-    pub objective: Objective,
-    /// Share of each image's positions masked (`objective = "masked"`).
-    pub mask_ratio: f64,
-    /// `"exact"`: that share of every image; `"bernoulli"`: each position with that probability.
-    pub mask: MaskDraw,
-    /// What a masked position feeds the model: `"token"` (a learned vector) or `"channel"` (a
-    /// zeroed value and a mask-indicator input channel, the SPT code's).
-    pub mask_input: MaskInput,
-    pub loss: Loss,
-    /// The reconstruction head's initialisation: `"kaiming"` (tch's default) or `"pytorch"`.
-    pub head_init: HeadInit,
+    #[serde(flatten)]
+    pub method: pretrain::Config,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub optim: Option<Optim>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -294,33 +302,18 @@ pub struct Pretrain {
     pub train: Option<Train>,
 }
 
-impl Default for Pretrain {
-    fn default() -> Self {
-        let method = pretrain::Config::default();
-        Pretrain {
-            objective: method.objective,
-            mask_ratio: method.mask_ratio,
-            mask: method.mask,
-            mask_input: method.mask_input,
-            loss: method.loss,
-            head_init: method.head_init,
-            optim: None,
-            schedule: None,
-            train: None,
-        }
-    }
-}
-
 impl Pretrain {
-    /// What the pretrainer reconstructs and how it is scored.
-    pub fn method(&self) -> pretrain::Config {
-        pretrain::Config {
-            objective: self.objective,
-            mask_ratio: self.mask_ratio,
-            mask: self.mask,
-            mask_input: self.mask_input,
-            loss: self.loss,
-            head_init: self.head_init,
+    /// Refuses a key of the `[pretrain]` table `table` that is neither a setting of the method nor
+    /// one of the stage's sections, naming it and the keys there are.
+    fn check_keys(table: &toml::Table) -> Result<()> {
+        let method = toml::Table::try_from(pretrain::Config::default()).expect("the pretraining settings serialise");
+        let known: Vec<&str> = method.keys().map(String::as_str).chain(["optim", "schedule", "train"]).collect();
+        match table.keys().find(|k| !known.contains(&k.as_str())) {
+            Some(key) => bail!(
+                "key `pretrain.{key}`: unknown field `{key}`, expected one of {}",
+                known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+            ),
+            None => Ok(()),
         }
     }
 }
@@ -433,6 +426,9 @@ impl RunConfig {
 
     /// Deserialises a TOML tree, naming the key at fault, then validates.
     pub fn from_table(table: toml::Table, origin: &str) -> Result<RunConfig> {
+        if let Some(toml::Value::Table(p)) = table.get("pretrain") {
+            Pretrain::check_keys(p).map_err(|e| anyhow!("{origin}: {e}"))?;
+        }
         let cfg: RunConfig = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
@@ -551,6 +547,16 @@ impl RunConfig {
                 bail!("key `train.max_minutes` = {m}: must be at most {MAX_MINUTES}");
             }
         }
+        if let Some(f) = &t.fit {
+            positive(f.minutes, "train.fit.minutes")?;
+            if f.minutes > MAX_MINUTES {
+                bail!("key `train.fit.minutes` = {}: must be at most {MAX_MINUTES}", f.minutes);
+            }
+            if f.recipe_steps == 0 {
+                bail!("key `train.fit.recipe_steps` = 0: must be >= 1");
+            }
+            at_most(f.recipe_steps, MAX_STEPS, "train.fit.recipe_steps")?;
+        }
         for (v, key) in [(t.mixup, "train.mixup"), (t.cutmix, "train.cutmix")] {
             non_negative(v, key)?;
             if v > MAX_MIX_ALPHA {
@@ -570,7 +576,7 @@ impl RunConfig {
         }
         self.model.validate(&self.task.input_spec())?;
         if let Some(p) = &self.pretrain {
-            p.method().validate(&self.model, &self.task.input_spec())?;
+            p.method.validate(&self.model, &self.task.input_spec())?;
         }
         Ok(())
     }
@@ -647,6 +653,43 @@ impl RunConfig {
         Ok(())
     }
 
+    /// The config of a new run of `pixelseq train` (`pretrain` false) or `pixelseq pretrain`
+    /// (true: the preset's pretraining stage, [`RunConfig::for_pretraining`], with the overrides
+    /// applied to the stage).
+    pub fn for_command(preset: Option<&str>, file: Option<&Path>, overrides: &[String], pretrain: bool) -> Result<RunConfig> {
+        if !pretrain {
+            return RunConfig::load(preset, file, overrides);
+        }
+        let stage = RunConfig::load(preset, file, &[])?.for_pretraining()?;
+        let stage = stage.with_overrides(overrides, "the pretraining stage")?;
+        stage.check_pretraining_stage()?;
+        Ok(stage)
+    }
+
+    /// Refuses a `--set` that the subcommand would not apply: under `pretrain` the stage's settings
+    /// are the top-level keys (the preset's `[pretrain.train]` etc. are already in them), and `train`
+    /// reads no `[pretrain]` key.
+    pub fn check_overrides_apply(overrides: &[String], pretrain: bool) -> Result<()> {
+        for o in overrides {
+            let (key, value) = o.split_once('=').unwrap_or((o, ""));
+            let (key, value) = (key.trim(), value.trim());
+            let under = |table: &str| key == table || key.starts_with(&format!("{table}."));
+            if pretrain {
+                if let Some(table) = ["pretrain.optim", "pretrain.schedule", "pretrain.train"]
+                    .into_iter()
+                    .find(|t| under(t))
+                {
+                    let plain = &key["pretrain.".len()..];
+                    let section = &table["pretrain.".len()..];
+                    bail!("--set {key}: under `pixelseq pretrain` the preset's [{table}] already is the run's [{section}]; pass --set {plain}={value}");
+                }
+            } else if under("pretrain") {
+                bail!("--set {key}: `pixelseq train` does not read [pretrain]; pass it to `pixelseq pretrain`");
+            }
+        }
+        Ok(())
+    }
+
     /// This config with `--set` overrides applied (as [`RunConfig::load`] applies them to a file).
     pub fn with_overrides(&self, overrides: &[String], origin: &str) -> Result<RunConfig> {
         let mut table: toml::Table = self.to_toml().parse().expect("a serialised config parses");
@@ -666,6 +709,23 @@ mod tests {
 
     fn error(preset: &str, set: &str) -> String {
         format!("{:#}", RunConfig::load(Some(preset), None, &[set.to_string()]).unwrap_err())
+    }
+
+    /// `[pretrain]` reads the method's settings from their one declaration (`pretrain::Config`,
+    /// flattened): an unknown key is still refused naming it, a wrong type names the table, and a
+    /// resolved config reads back as itself.
+    #[test]
+    fn pretrain_keys_are_checked_through_the_flattened_settings() {
+        let err = error("transformer-spt", "pretrain.mask_rate=0.3");
+        assert!(
+            err.contains("key `pretrain.mask_rate`: unknown field") && err.contains("`mask_ratio`") && err.contains("`optim`"),
+            "{err}"
+        );
+        let err = error("transformer-spt", "pretrain.mask_ratio=\"half\"");
+        assert!(err.contains("key `pretrain`") && err.contains("invalid type"), "{err}");
+        let cfg = RunConfig::load(Some("transformer-spt"), None, &[]).unwrap();
+        assert_eq!(cfg.pretrain.as_ref().unwrap().method.mask, pretrain::MaskDraw::Bernoulli);
+        assert_eq!(RunConfig::from_toml_str(&cfg.to_toml(), "again").unwrap().pretrain, cfg.pretrain);
     }
 
     /// A preset run on another task keeps the preset's model but no longer claims its paper's

@@ -155,7 +155,7 @@ pub fn run_one(o: &Options) -> Result<()> {
         warmup: o.warmup,
         profile: o.profile.as_ref().map(|dir| profile_prefix(dir, &source.label(), l, "pixelseq")),
     };
-    let m = measure(&cfg, input, batch, &timing, o.device, precision)?;
+    let m = measure(&cfg, input, (batch, batch), &timing, o.device, precision)?;
     println!("{}", serde_json::to_string(&m)?);
     Ok(())
 }

@@ -52,8 +52,16 @@ pub(super) fn step_inputs(
     (inputs, settings)
 }
 
-/// Times `cfg`'s model on random pixels (B, L, C): training, then inference.
-pub fn measure(cfg: &RunConfig, input: InputSpec, batch: i64, t: &Timing, device: Device, precision: Precision) -> Result<Measurement> {
+/// Times `cfg`'s model on random pixels (B, L, C): training, then inference of the same `batch`
+/// images in evaluation batches of at most `eval_batch`.
+pub fn measure(
+    cfg: &RunConfig,
+    input: InputSpec,
+    (batch, eval_batch): (i64, i64),
+    t: &Timing,
+    device: Device,
+    precision: Precision,
+) -> Result<Measurement> {
     let (steps, warmup) = (t.steps, t.warmup);
     let gpu = match device {
         Device::Cuda(i) => Some(device::CudaMemory::new(i)?),
@@ -69,7 +77,7 @@ pub fn measure(cfg: &RunConfig, input: InputSpec, batch: i64, t: &Timing, device
     let vs = nn::VarStore::new(device);
     let learner = Learner::Classifier(cfg.model.build(&vs.root(), &input)?);
     let mut opt = AdamW::new(&vs, &cfg.optim)?;
-    let memory = memory::plan(&learner, &vs, input, batch, batch, cfg.train.micro_batch, device, precision)?;
+    let memory = memory::plan(&learner, &vs, input, batch, eval_batch, cfg.train.micro_batch, device, precision)?;
     let (inputs, settings) = step_inputs(cfg, input, batch, memory.micro_batch, device, precision);
     let mut scaler = LossScaler::new(precision);
     let mut step = || train_step(&learner, &mut opt, &inputs, &settings, &mut scaler).map(|_| ());

@@ -63,6 +63,7 @@
 
 mod child;
 pub mod ddp;
+pub mod fit;
 mod measure;
 mod record;
 mod table;

@@ -9,7 +9,7 @@ use super::DeviceArgs;
 use crate::amp::Precision;
 use crate::bench::{self, Options, Source};
 use crate::config::preset_names;
-use crate::dist::{self, Backend, Dist, Store, World};
+use crate::dist::{self, Backend, Part};
 
 #[derive(Args, Clone)]
 pub struct BenchArgs {
@@ -80,11 +80,9 @@ pub fn exec(a: BenchArgs) -> Result<()> {
     if let Some(b) = a.batch.filter(|&b| b < 1) {
         bail!("--batch {b}: must be >= 1");
     }
-    if let Some(n) = a.nproc.filter(|&n| n != 1) {
-        return dist::launch::launch(n, &a.device.device);
-    }
-    let world = World::from_env()?;
-    let device = a.device.resolve_for(world.as_ref())?;
+    let Part::Worker { device, member } = dist::join(a.nproc, &a.device.device, a.device.threads)? else {
+        return Ok(());
+    };
     let mut sources: Vec<Source> = a.presets.iter().cloned().map(Source::Preset).collect();
     sources.extend(a.configs.iter().cloned().map(Source::File));
     if sources.is_empty() && !a.one {
@@ -106,10 +104,8 @@ pub fn exec(a: BenchArgs) -> Result<()> {
         python: a.python,
         profile: a.profile,
     };
-    if let Some(w) = world {
-        let store = Store::connect(&w, dist::rendezvous_timeout()?)?;
-        let dist = Dist::new(w, store, Backend::Auto, device)?;
-        return bench::ddp::run(&opts, &dist);
+    if let Some(m) = member {
+        return bench::ddp::run(&opts, &m.group(Backend::Auto, device)?);
     }
     if a.one {
         bench::run_one(&opts)

@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::DeviceArgs;
 use crate::data;
-use crate::dist::{self, Dist, Store, World};
+use crate::dist::{self, Part};
 use crate::run::{open_run, Which};
 use crate::train::ddp::evaluate_across;
 use crate::train::{memory, progress, EVAL_BATCH};
@@ -41,23 +41,15 @@ pub fn exec(a: EvalArgs) -> Result<()> {
     if let Some(n) = a.limit.filter(|&n| n < 1) {
         bail!("--limit {n}: must be at least 1");
     }
-    if let Some(n) = a.nproc.filter(|&n| n != 1) {
-        return dist::launch::launch(n, &a.device.device);
+    let Part::Worker { device, member } = dist::join(a.nproc, &a.device.device, a.device.threads)? else {
+        return Ok(());
+    };
+    if member.as_ref().is_some_and(|m| !m.world.is_main()) {
+        progress::silence();
     }
-    let world = World::from_env()?;
-    let device = a.device.resolve_for(world.as_ref())?;
     let which = if a.last { Which::Last } else { Which::Best };
     let run = open_run(&a.run, which, device)?;
-    let dist = match world {
-        Some(w) => {
-            if !w.is_main() {
-                progress::silence();
-            }
-            let store = Store::connect(&w, dist::rendezvous_timeout()?)?;
-            Some(Dist::new(w, store, run.config.train.backend, device)?)
-        }
-        None => None,
-    };
+    let dist = member.map(|m| m.group(run.config.train.backend, device)).transpose()?;
     let dataset = data::load_task(a.data.as_deref(), &run.config.task)?;
     let split = match a.split.as_str() {
         "test" => &dataset.test,

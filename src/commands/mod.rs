@@ -102,18 +102,6 @@ impl DeviceArgs {
         tch::set_num_threads(crate::device::cpu_threads(self.threads)?);
         crate::device::parse(&self.device, "--device")
     }
-
-    /// [`DeviceArgs::resolve`] for this process: alone (`world` `None`), or one rank of a
-    /// data-parallel run, which gets its local rank's GPU and, without `--threads`, its share of
-    /// this machine's cores.
-    pub fn resolve_for(&self, world: Option<&crate::dist::World>) -> Result<Device> {
-        let device = self.resolve()?;
-        let Some(world) = world else { return Ok(device) };
-        if self.threads.is_none() {
-            tch::set_num_threads(world.cpu_threads());
-        }
-        world.device(device, &self.device)
-    }
 }
 
 /// The error a caught panic becomes.

@@ -203,6 +203,16 @@ pub fn save_verified(src: &mut impl Read, dest: &Path, sha256: &str, what: &str)
     })
 }
 
+/// `train --download`: fetches the official archive into the data location (`flag`, as
+/// [`root`] reads it) unless CIFAR-10 for `task` is already there.
+pub fn download_if_missing(flag: Option<&Path>, task: TaskName) -> Result<()> {
+    let (root, _) = root(flag)?;
+    if find(&root, Some(task))?.is_none() {
+        download(&root)?;
+    }
+    Ok(())
+}
+
 /// Downloads the official archive into `dir` (unless a verified copy is there) and extracts it;
 /// returns the folder of `.bin` files.
 pub fn download(dir: &Path) -> Result<PathBuf> {

@@ -473,6 +473,57 @@ impl Drop for GradReducer {
     }
 }
 
+/// This process's part in a command that may run data-parallel ([`join`]).
+pub enum Part {
+    /// `--nproc N` started N workers on this machine, which ran the command and have finished.
+    Launched,
+    /// This process computes on `device`: alone (`member` `None`), or as one rank of a world.
+    Worker { device: Device, member: Option<Member> },
+}
+
+/// One rank of a world, connected to its rendezvous store.
+pub struct Member {
+    pub world: World,
+    pub store: Store,
+}
+
+impl Member {
+    /// Creates the rank's process groups ([`Dist::new`]).
+    pub fn group(self, backend: Backend, device: Device) -> Result<Dist> {
+        Dist::new(self.world, self.store, backend, device)
+    }
+}
+
+/// What every command that can run data-parallel does first (`train`, `pretrain`, `eval`,
+/// `bench`): with `nproc` other than 1, start that many workers running the same command line
+/// and wait for them ([`launch::launch`]); else set libtorch's CPU threads (`threads`, or this
+/// machine's cores; a rank without `--threads` gets its share of them), parse `device` (the
+/// `--device` flag; a rank takes its local rank's GPU) and, under a launcher's environment
+/// ([`World::from_env`]), connect to the world's store.
+pub fn join(nproc: Option<usize>, device: &str, threads: Option<i32>) -> Result<Part> {
+    if let Some(n) = nproc.filter(|&n| n != 1) {
+        launch::launch(n, device)?;
+        return Ok(Part::Launched);
+    }
+    tch::set_num_threads(crate::device::cpu_threads(threads)?);
+    let parsed = crate::device::parse(device, "--device")?;
+    let Some(world) = World::from_env()? else {
+        return Ok(Part::Worker {
+            device: parsed,
+            member: None,
+        });
+    };
+    if threads.is_none() {
+        tch::set_num_threads(world.cpu_threads());
+    }
+    let device = world.device(parsed, device)?;
+    let store = Store::connect(&world, rendezvous_timeout()?)?;
+    Ok(Part::Worker {
+        device,
+        member: Some(Member { world, store }),
+    })
+}
+
 /// A connected distributed run: the store, the group that carries device tensors (NCCL on CUDA,
 /// Gloo on the CPU) and a Gloo group for host scalars (tallies, scores, decisions) when the first
 /// is NCCL.

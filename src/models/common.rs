@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::data::InputSpec;
-use crate::ffi::{call_for_tensor, pixelseq_dropout_mask};
+use crate::ops::dropout_mask;
 
 /// The largest size (width, depth, state size, …) a model field may take. Far beyond any model
 /// that fits in memory; it keeps every product of sizes well inside `i64`.
@@ -159,15 +159,6 @@ impl InputEncoder {
 /// (behind a config switch) build their attention mask from it.
 pub fn nonzero_mask(xs: &Tensor) -> Tensor {
     xs.ne(0).any_dim(-1, false) // (B, L)
-}
-
-/// A CPU dropout mask of `like`'s shape and dtype: 0 with probability `p` ∈ [0, 1), else
-/// 1/(1 − p) (`csrc/dropout.cpp`: all threads, seeded from libtorch's default CPU generator).
-fn dropout_mask(like: &Tensor, p: f64) -> Result<Tensor> {
-    // SAFETY: a live tensor handle and an out pointer.
-    call_for_tensor("dropout mask", |out, err, len| unsafe {
-        pixelseq_dropout_mask(like.as_ptr(), p, out, err, len)
-    })
 }
 
 /// Inverted dropout: in training each element is zeroed with probability `p` and the others

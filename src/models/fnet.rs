@@ -39,7 +39,7 @@ use tch::{nn, Kind, Tensor};
 use super::common::{check_rates, check_sizes, dropout, mask_inputs, InputEncoder, InputMode};
 use super::{Model, Objective, Backbone, Input, NO_DECAY, NUM_CLASSES};
 use crate::data::InputSpec;
-use crate::ffi::{call_for_tensor, pixelseq_fourier_mix};
+use crate::ops::fourier_mix;
 
 /// FNet's `LAYER_NORM_EPSILON` (`f_net/layers.py`).
 const LN_EPS: f64 = 1e-12;
@@ -78,21 +78,6 @@ impl Default for Config {
             dropout: 0.3,
         }
     }
-}
-
-/// Re(FFT₂(x)) over the last two axes (sequence, hidden), unnormalised as `jnp.fft.fftn`, in
-/// float32 whatever the autocast kind: (B, L, D) → (B, L, D). `csrc/fourier.cpp` computes it from
-/// a real FFT over the hidden axis and a complex one over the sequence axis on half the columns
-/// (Hermitian symmetry gives the rest), and its gradient as the same map of the incoming gradient
-/// (the map is symmetric): half the transforms of `fft2(x).real()` and of its autograd backward.
-fn fourier_mix(xs: &Tensor) -> Tensor {
-    let xs = xs.to_kind(Kind::Float);
-    // SAFETY: a live tensor handle and an out pointer.
-    let mixed = call_for_tensor("Fourier mixing", |out, err, len| unsafe {
-        pixelseq_fourier_mix(xs.as_ptr(), out, err, len)
-    });
-    // Like tch's own tensor operations, a libtorch failure here (out of memory) is a panic.
-    mixed.expect("Fourier mixing") // (B, L, D)
 }
 
 /// A Dense layer initialised as FNet's `nn.Dense(kernel_init=N(0, 0.02), bias_init=…)`.

@@ -145,6 +145,7 @@ macro_rules! zoo {
         }
 
         /// Every model's name, in the zoo's order, and whether it has a self-pretraining form.
+        #[allow(clippy::vec_init_then_push)] // one push per line of the zoo, some under cfg
         pub fn zoo() -> Vec<(&'static str, bool)> {
             let mut names = Vec::new();
             $($(#[$attr])* names.push((<$module::Config as Model>::NAME, !Model::objectives(&$module::Config::default()).is_empty()));)*

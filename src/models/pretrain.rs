@@ -606,7 +606,7 @@ mod tests {
     #[test]
     fn the_spt_preset_pretrains_the_reference_count() {
         let cfg = crate::config::RunConfig::load(Some("transformer-spt"), None, &[]).unwrap();
-        let method = cfg.pretrain.clone().unwrap().method();
+        let method = cfg.pretrain.clone().unwrap().method;
         let vs = nn::VarStore::new(Device::Cpu);
         let _p = Pretrainer::new(&vs.root(), &cfg.model, &method, &cfg.task.input_spec()).unwrap();
         let count =
@@ -618,7 +618,7 @@ mod tests {
         // same size; the trained part is 100,801 − 64.
         let cfg = crate::config::RunConfig::load(Some("transformer-spt-causal"), None, &[]).unwrap();
         let stage = cfg.for_pretraining().unwrap();
-        let method = stage.pretrain.clone().unwrap().method();
+        let method = stage.pretrain.clone().unwrap().method;
         assert_eq!((method.objective, method.head_init), (Objective::Causal, HeadInit::Pytorch));
         let vs = nn::VarStore::new(Device::Cpu);
         let _p = Pretrainer::new(&vs.root(), &stage.model, &method, &stage.task.input_spec()).unwrap();

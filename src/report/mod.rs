@@ -200,6 +200,7 @@ mod tests {
                 step: 100 * i,
                 epoch: i as f64,
                 lr: 1e-3,
+                ssm_lr: None,
                 train_loss: 2.0 / i as f64,
                 train_acc: 0.2 * i as f64 / n as f64,
                 val_loss: 2.1 / i as f64,
@@ -540,8 +541,6 @@ mod tests {
     /// parameters and device; a from-scratch run of other steps is not its match.
     #[test]
     fn fine_tuned_runs_sit_beside_their_pretraining_and_from_scratch_runs() {
-        use crate::models::pretrain::Loss;
-        use crate::models::Objective;
         use crate::run::records::PretrainResult;
         let tmp = tempfile::tempdir().unwrap();
         let results = tmp.path().join("results");
@@ -556,9 +555,7 @@ mod tests {
             steps: 2500,
             wall_s: 1800.0,
             pretrain: Some(PretrainResult {
-                objective: Objective::Masked,
-                loss: Loss::L1,
-                mask_ratio: 0.5,
+                method: Default::default(),
                 best_val_loss: 0.4321,
             }),
             ..record("transformer-spt", "lra-image", None, 0.0, 50.0)

@@ -63,9 +63,9 @@ pub fn markdown(rows: &[SptRow]) -> String {
         let pre = row.pretraining.map(|p| &p.record);
         let objective = pre
             .and_then(|p| p.pretrain.as_ref())
-            .map_or("—".to_string(), |p| match p.objective {
-                Objective::Masked => format!("masked {:.0}%, {} loss", 100.0 * p.mask_ratio, p.loss),
-                Objective::Causal => format!("causal, {} loss", p.loss),
+            .map_or("—".to_string(), |p| match p.method.objective {
+                Objective::Masked => format!("masked {:.0}%, {} loss", 100.0 * p.method.mask_ratio, p.method.loss),
+                Objective::Causal => format!("causal, {} loss", p.method.loss),
             });
         let cells = [
             cell(t.preset.as_deref().unwrap_or(&t.model)),

@@ -65,9 +65,9 @@ fn one() -> usize {
     1
 }
 
-impl State {
+impl Default for State {
     /// Where a new run stands (a loss scale of 1: the trainer records its scaler's).
-    pub fn new() -> State {
+    fn default() -> State {
         State {
             step: 0,
             t: 0,
@@ -83,7 +83,9 @@ impl State {
             world_size: 1,
         }
     }
+}
 
+impl State {
     /// Training images per second of training steps so far, at `batch_size` images per step.
     pub fn throughput(&self, batch_size: i64) -> f64 {
         (self.step * batch_size as u64) as f64 / self.train_s.max(1e-9)
@@ -439,11 +441,12 @@ mod tests {
     }
 
     fn state(step: u64) -> State {
-        let mut s = State::new();
-        s.step = step;
-        s.best_step = step;
-        s.best_val_acc = 0.5;
-        s
+        State {
+            step,
+            best_step: step,
+            best_val_acc: 0.5,
+            ..State::default()
+        }
     }
 
     /// Flips one exponent bit of the last float32 stored in a safetensors file.

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use tch::nn;
 
-use super::checkpoint::State;
+use super::checkpoint::{self, State};
 use crate::amp::Precision;
 use crate::config::RunConfig;
 use crate::objective::Learner;
@@ -160,6 +160,92 @@ impl std::fmt::Display for Which {
             Which::Best => "best",
             Which::Last => "last",
         })
+    }
+}
+
+impl RunDir {
+    /// The config that `--resume` continues this run with: its config.toml with `overrides`
+    /// (budget flags and `--set`) applied, and for `pixelseq pretrain` (`pretrain`) its
+    /// pretraining stage. Refused: a change of the model, the task or the start, and a run of the
+    /// other subcommand.
+    pub fn resume_config(&self, overrides: &[String], pretrain: bool) -> Result<RunConfig> {
+        let recorded = self.load_config()?;
+        let cfg = RunConfig::load(None, Some(&self.config()), overrides)
+            .with_context(|| format!("`{}` is not a run directory", self.root.display()))?;
+        self.check_resume_changes(&recorded, &cfg)?;
+        self.check_resume_kind(pretrain)?;
+        if !pretrain {
+            return Ok(cfg);
+        }
+        let stage = cfg.for_pretraining()?;
+        stage.check_pretraining_stage()?;
+        Ok(stage)
+    }
+
+    /// A run resumes with the command that started it: a pretraining run's checkpoints hold a
+    /// backbone and its reconstruction head, a training run's a classifier.
+    fn check_resume_kind(&self, pretrain: bool) -> Result<()> {
+        let run = self;
+        let Ok(state) = checkpoint::verify(&run.last()) else {
+            return Ok(());
+        };
+        match (state.best_val_loss.is_some(), pretrain) {
+            (true, false) => bail!(
+                "`{}` is a self-pretraining run; continue it with `pixelseq pretrain --resume {}`",
+                run.root.display(),
+                run.root.display()
+            ),
+            (false, true) => bail!(
+                "`{}` is a training run; continue it with `pixelseq train --resume {}`",
+                run.root.display(),
+                run.root.display()
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// `--set` (and budget flags) given with `--resume`: a change of the model or the task would not
+    /// fit the run's checkpoints and is refused, naming the keys; any other change (budget, optimizer,
+    /// schedule) is printed and recorded in the run's config.toml when the run starts.
+    fn check_resume_changes(&self, recorded: &RunConfig, cfg: &RunConfig) -> Result<()> {
+        let run = self;
+        let changes = recorded.differences(cfg);
+        let describe = |c: &[&(String, String, String)]| {
+            c.iter()
+                .map(|(k, old, new)| format!("{k} {old} → {new}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let fixed: Vec<_> = changes
+            .iter()
+            .filter(|(k, _, _)| k.starts_with("model.") || k.starts_with("task.") || k == "train.init")
+            .collect();
+        if !fixed.is_empty() {
+            bail!(
+                "--resume cannot change the model, the task or the start (train.init) of a run; these differ from `{}`: {}",
+                run.config().display(),
+                describe(&fixed)
+            );
+        }
+        if !changes.is_empty() {
+            eprintln!(
+                "resuming with changes, recorded in {}: {}",
+                run.config().display(),
+                describe(&changes.iter().collect::<Vec<_>>())
+            );
+        }
+        Ok(())
+    }
+
+    /// `base`, or `base-2`, `base-3`, … if it exists.
+    pub fn unique(base: PathBuf) -> PathBuf {
+        if !base.exists() {
+            return base;
+        }
+        (2..)
+            .map(|i| PathBuf::from(format!("{}-{i}", base.display())))
+            .find(|p| !p.exists())
+            .expect("a free name exists")
     }
 }
 

@@ -8,8 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::amp::Precision;
 use crate::files;
-use crate::models::pretrain::Loss;
-use crate::models::Objective;
+use crate::models::pretrain;
 
 /// One line of `metrics.jsonl`, written at every evaluation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -17,8 +16,13 @@ pub struct Metrics {
     pub step: u64,
     #[serde(deserialize_with = "f64_or_nan")]
     pub epoch: f64,
+    /// The last step's learning rate (`optim.lr` times the schedule's factor).
     #[serde(deserialize_with = "f64_or_nan")]
     pub lr: f64,
+    /// The last step's learning rate of the state-space parameters (`optim.ssm_lr` times the
+    /// factor), for a model that has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssm_lr: Option<f64>,
     #[serde(deserialize_with = "f64_or_nan")]
     pub train_loss: f64,
     #[serde(deserialize_with = "f64_or_nan")]
@@ -84,9 +88,10 @@ pub struct RunRecord {
 /// reconstruction loss (`test_loss` of [`RunRecord`] is the test split's).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PretrainResult {
-    pub objective: Objective,
-    pub loss: Loss,
-    pub mask_ratio: f64,
+    /// The method's settings, as `[pretrain]` gives them (records written before some of them
+    /// existed read their defaults, which were then the only choice).
+    #[serde(flatten)]
+    pub method: pretrain::Config,
     #[serde(deserialize_with = "f64_or_nan")]
     pub best_val_loss: f64,
 }

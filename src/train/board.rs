@@ -34,15 +34,14 @@ const TEST: &str = "test/acc";
 /// Writes a run's TensorBoard points; does nothing when `train.tensorboard` is off.
 pub struct Board {
     writer: Option<EventWriter>,
-    /// Base learning rate of each non-empty optimizer group, by label.
-    groups: Vec<(String, f64)>,
+    /// The learning rate of each non-empty optimizer group at the last step, by label.
+    lrs: Vec<(&'static str, f64)>,
     tally: Tally,
     device: Device,
     /// Images and seconds of training since the last training point.
     images: i64,
     seconds: f64,
     last_step_end: Instant,
-    lr_factor: f64,
 }
 
 impl Board {
@@ -51,15 +50,7 @@ impl Board {
     /// after `step`.
     /// `dir`: the run folder (`None` on a rank of a data-parallel run that does not write it);
     /// `classifies`: whether the steps classify (a pretrainer's have no accuracy to log).
-    pub fn open(
-        dir: Option<&Path>,
-        cfg: &RunConfig,
-        opt: &AdamW,
-        step: u64,
-        resumed: bool,
-        device: Device,
-        classifies: bool,
-    ) -> Result<Board> {
+    pub fn open(dir: Option<&Path>, cfg: &RunConfig, step: u64, resumed: bool, device: Device, classifies: bool) -> Result<Board> {
         let writer = if let (true, Some(dir)) = (cfg.train.tensorboard, dir) {
             if resumed {
                 // The test point of a finished run is written again when it is resumed.
@@ -78,24 +69,18 @@ impl Board {
         };
         Ok(Board {
             writer,
-            groups: opt
-                .groups
-                .iter()
-                .filter(|g| g.numel() > 0)
-                .map(|g| (g.label.to_string(), g.lr))
-                .collect(),
+            lrs: Vec::new(),
             tally: Tally::new(device, classifies),
             device,
             images: 0,
             seconds: 0.0,
             last_step_end: Instant::now(),
-            lr_factor: 0.0,
         })
     }
 
-    /// After optimizer step `step` (1-based) over `images` images at schedule factor `lr_factor`:
-    /// writes the training point every [`LOG_EVERY`] steps.
-    pub fn step(&mut self, step: u64, out: &Outcome, images: i64, lr_factor: f64) -> Result<()> {
+    /// After optimizer step `step` (1-based) of `opt` over `images` images: writes the training
+    /// point, with the learning rates the step took, every [`LOG_EVERY`] steps.
+    pub fn step(&mut self, step: u64, out: &Outcome, images: i64, opt: &AdamW) -> Result<()> {
         if self.writer.is_none() {
             return Ok(());
         }
@@ -103,7 +88,7 @@ impl Board {
         self.images += images;
         self.seconds += self.last_step_end.elapsed().as_secs_f64();
         self.last_step_end = Instant::now();
-        self.lr_factor = lr_factor;
+        self.lrs = opt.applied().to_vec();
         if step.is_multiple_of(LOG_EVERY) {
             self.train_point(step)?;
         }
@@ -136,11 +121,7 @@ impl Board {
     fn train_point(&mut self, step: u64) -> Result<()> {
         let Some(w) = &mut self.writer else { return Ok(()) };
         let (loss, acc) = self.tally.means();
-        let lrs: Vec<(String, f64)> = self
-            .groups
-            .iter()
-            .map(|(label, lr)| (format!("lr/{label}"), lr * self.lr_factor))
-            .collect();
+        let lrs: Vec<(String, f64)> = self.lrs.iter().map(|(label, lr)| (format!("lr/{label}"), *lr)).collect();
         let mut values = vec![("train/loss", loss)];
         values.extend(acc.map(|a| ("train/acc", a)));
         values.push(("img_per_s", self.images as f64 / self.seconds.max(1e-9)));

@@ -7,6 +7,7 @@ pub mod eval;
 pub mod memory;
 mod multi_tensor;
 pub mod optim;
+pub mod plan;
 pub mod progress;
 pub mod sampler;
 pub mod schedule;
@@ -14,4 +15,4 @@ pub mod step;
 pub mod trainer;
 
 pub use eval::{evaluate, EVAL_BATCH};
-pub use trainer::{run, run_with, Options};
+pub use trainer::{follow, lead, run, run_with, Options};

@@ -45,6 +45,9 @@ pub struct AdamW {
     pub t: u64,
     /// `t` as a float32 scalar on the parameters' device, read by the fused kernel.
     step: Tensor,
+    /// The learning rate each non-empty group took at the last update, by label: computed once
+    /// per step, by [`AdamW::step`], and what the log and the metrics record.
+    applied: Vec<(&'static str, f64)>,
 }
 
 impl AdamW {
@@ -111,6 +114,7 @@ impl AdamW {
             eps: cfg.eps,
             t: 0,
             step: Tensor::zeros([], (Kind::Float, vs.device())),
+            applied: Vec::new(),
         })
     }
 
@@ -130,6 +134,17 @@ impl AdamW {
                 )
             })
             .collect()
+    }
+
+    /// The learning rate of each non-empty group at the last update, by label.
+    pub fn applied(&self) -> &[(&'static str, f64)] {
+        &self.applied
+    }
+
+    /// The last update's learning rate of `group` (`"decay"`, `"no-decay"`, `"ssm"`), if it has
+    /// parameters.
+    pub fn lr_of(&self, group: &str) -> Option<f64> {
+        self.applied.iter().find(|(label, _)| *label == group).map(|(_, lr)| *lr)
     }
 
     fn params(&self) -> impl Iterator<Item = &Param> {
@@ -176,6 +191,13 @@ impl AdamW {
     pub fn step(&mut self, factor: f64) -> Result<()> {
         self.t += 1;
         let _ = self.step.fill_(self.t as f64);
+        self.applied = self
+            .groups
+            .iter()
+            .filter(|g| !g.params.is_empty())
+            .map(|g| (g.label, g.lr * factor))
+            .collect();
+        let applied = &self.applied;
         tch::no_grad(|| {
             for g in &self.groups {
                 let (live, grads): (Vec<&Param>, Vec<Tensor>) = g
@@ -188,8 +210,9 @@ impl AdamW {
                     continue;
                 }
                 let list = |f: fn(&Param) -> Tensor| live.iter().map(|p| f(p)).collect::<Vec<_>>();
+                let lr = applied.iter().find(|(label, _)| *label == g.label).map_or(0.0, |(_, lr)| *lr);
                 let hyper = AdamWStep {
-                    lr: g.lr * factor,
+                    lr,
                     betas: self.betas,
                     weight_decay: g.weight_decay,
                     eps: self.eps,

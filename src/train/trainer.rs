@@ -7,13 +7,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
 use tch::{nn, Device};
 
 use super::board::Board;
 use super::ddp::{evaluate_across, Peers};
-use super::eval::EVAL_BATCH;
+use super::eval::evaluate;
 use super::memory;
 use super::optim::AdamW;
+use super::plan::Plan;
 use super::progress::{self, clock, Progress, Tally};
 use super::sampler::Sampler;
 use super::schedule;
@@ -21,7 +23,7 @@ use super::step::{train_step_synced, LossScaler, Settings};
 use crate::amp::{self, Precision};
 use crate::config::{InitCheckpoint, RunConfig};
 use crate::data::Dataset;
-use crate::dist::Dist;
+use crate::dist::{Dist, Member};
 use crate::models::pretrain::Pretrainer;
 use crate::models::{param_count, ModelConfig};
 use crate::objective::Learner;
@@ -52,44 +54,19 @@ pub struct Options {
     pub pretrain: bool,
 }
 
-/// The sizes of a run, derived from its config and the training split.
-struct Plan {
-    batch_size: i64,
-    /// Images per forward/backward pass (see `train::memory`).
-    micro_batch: i64,
-    steps_per_epoch: u64,
-    total: u64,
-    eval_every: u64,
-    eval_batch: i64,
-    /// Validation images per evaluation during training (`None`: all).
-    val_limit: Option<i64>,
+/// An evaluation pass's speed and the training speed measured just before it: the final passes'
+/// time is re-estimated at every step as the evaluation speed scaled by how the training speed
+/// has changed since, so a machine whose load changes keeps its budget.
+#[derive(Debug, Clone, Copy)]
+struct EvalSpeed {
+    img_per_s: f64,
+    /// `None`: no training speed was known yet (the batch timed before the first step).
+    train_img_per_s: Option<f64>,
 }
 
-impl Plan {
-    fn new(cfg: &RunConfig, n_train: i64) -> Plan {
-        let t = &cfg.train;
-        let batch_size = t.batch_size.min(n_train);
-        let steps_per_epoch = (n_train / batch_size) as u64;
-        let eval_batch = if t.eval_batch_size > 0 {
-            t.eval_batch_size
-        } else {
-            batch_size.max(EVAL_BATCH)
-        };
-        Plan {
-            batch_size,
-            micro_batch: batch_size,
-            steps_per_epoch,
-            total: t.max_steps.unwrap_or(t.epochs * steps_per_epoch),
-            eval_every: if t.eval_every == 0 { steps_per_epoch } else { t.eval_every },
-            eval_batch,
-            val_limit: (t.eval_batches > 0).then(|| t.eval_batches * eval_batch),
-        }
-    }
-
-    fn epoch(&self, step: u64) -> f64 {
-        step as f64 / self.steps_per_epoch as f64
-    }
-}
+/// Seconds of training a speed must be measured over before the budget is re-estimated from it:
+/// one slow step (a busy moment) must not end a run.
+const SPEED_WINDOW_S: f64 = 2.0;
 
 /// Everything the loop carries from step to step.
 struct Trainer<'a> {
@@ -106,8 +83,9 @@ struct Trainer<'a> {
     /// The step of the newest checkpoint in `last` (`None`: none yet).
     saved: Option<u64>,
     started: Instant,
-    /// Images per second of the last evaluation pass.
-    eval_img_per_s: Option<f64>,
+    /// The speed of the last evaluation pass (or of the one batch timed at the start of a run
+    /// with a time budget), against which the final passes are re-estimated at every step.
+    eval_speed: Option<EvalSpeed>,
     deadline: Option<Duration>,
     /// Held for the whole run by the process that writes the run folder: one writer per run.
     _lock: Option<RunLock>,
@@ -118,6 +96,63 @@ struct Trainer<'a> {
 /// Trains `cfg` on `data` in `opts.dir`, then scores the best checkpoint on the test split.
 pub fn run(cfg: &RunConfig, data: &Dataset, opts: &Options) -> Result<RunRecord> {
     run_with(cfg, data, opts, None)
+}
+
+/// What rank 0 of a data-parallel run tells the other ranks before it starts: the config it
+/// resolved (preset, file, overrides, `--fit-minutes`) and the run's options.
+#[derive(Serialize, Deserialize)]
+struct Start {
+    config: String,
+    dir: PathBuf,
+    preset: Option<String>,
+    resume: bool,
+    pretrain: bool,
+}
+
+/// Where rank 0 publishes [`Start`].
+const START_KEY: &str = "pixelseq/start";
+
+/// Rank 0 of a data-parallel run: tells the other ranks ([`follow`]) the run it resolved, then
+/// makes the process groups.
+pub fn lead(member: Member, cfg: &RunConfig, opts: &Options) -> Result<Dist> {
+    let start = Start {
+        config: cfg.to_toml(),
+        dir: opts.dir.clone(),
+        preset: opts.preset.clone(),
+        resume: opts.resume,
+        pretrain: opts.pretrain,
+    };
+    member.store.set(START_KEY, &serde_json::to_vec(&start)?)?;
+    member.group(cfg.train.backend, opts.device)
+}
+
+/// A rank other than 0 (of `pixelseq train`, or `pretrain` when `pretrain`): takes the run rank
+/// 0 resolved (config, folder, resume), loads the data from `data` (its `--data`) and trains its
+/// share. It reads nothing of the run folder, so that need not be shared between machines.
+pub fn follow(member: Member, device: Device, data: Option<&Path>, pretrain: bool) -> Result<()> {
+    let start = member
+        .store
+        .get(START_KEY, crate::dist::COLLECTIVE_TIMEOUT)
+        .context("rank 0 stopped before the run began (its error is above)")?;
+    let start: Start = serde_json::from_slice(&start).context("rank 0 sent an unreadable run description")?;
+    let cfg = RunConfig::from_toml_str(&start.config, "rank 0's config")?;
+    let dataset = crate::data::load_task(data, &cfg.task)?.to_device(device);
+    let dist = member.group(cfg.train.backend, device)?;
+    if start.pretrain != pretrain {
+        bail!(
+            "rank 0 runs `pixelseq {}`; every rank must run the same subcommand",
+            if start.pretrain { "pretrain" } else { "train" }
+        );
+    }
+    let opts = Options {
+        pretrain,
+        device,
+        dir: start.dir,
+        resume: start.resume,
+        preset: start.preset,
+    };
+    run_with(&cfg, &dataset, &opts, Some(&dist))?;
+    Ok(())
 }
 
 /// [`run`], as one rank of the data-parallel run `dist` when given (see `train::ddp`).
@@ -145,18 +180,19 @@ pub fn run_with(cfg: &RunConfig, data: &Dataset, opts: &Options, dist: Option<&D
         let out = train_step_synced(&tr.learner, &mut tr.opt, &batch, &settings, &mut tr.scaler, tr.peers.grads())?;
         tally.add(&out, batch.len());
         step += 1;
-        tr.board.step(step, &out, batch.len(), lr_factor)?;
+        tr.board.step(step, &out, batch.len(), &tr.opt)?;
         // A CPU step waits for its result anyway; on CUDA, reading the loss every step would stall the queue.
         if !opts.device.is_cuda() || step.is_multiple_of(50) {
             tr.check_finite(out.loss.double_value(&[]), step)?;
         }
-        let lr = cfg.optim.lr * lr_factor;
+        let lr = tr.lr();
         progress.step(step, &tally, lr, tr.started.elapsed().as_secs_f64(), tr.time_left(step, &tally));
         // Every rank stops at the same step: the ranks vote when a time budget is set.
         let out_of_time = tr.deadline.is_some() && tr.peers.any(tr.out_of_time(&tally))?;
         if step.is_multiple_of(tr.plan.eval_every) || step == tr.plan.total || out_of_time {
             progress.clear();
-            tr.evaluate_and_save(step, lr, &tally)?;
+            let recent = tr.train_ips(&tally);
+            tr.evaluate_and_save(step, &tally, recent)?;
             tally = Tally::new(opts.device, tr.learner.classifies());
             if out_of_time && step < tr.plan.total {
                 say!(
@@ -166,10 +202,191 @@ pub fn run_with(cfg: &RunConfig, data: &Dataset, opts: &Options, dist: Option<&D
                 stopped_early = true;
                 break;
             }
+            if let Some(ips) = recent {
+                tr.replan(step, ips)?;
+            }
         }
     }
     progress.clear();
     tr.finish(opts, stopped_early)
+}
+
+/// The model a run trains, built under the run's seed once its weights, their gradients and
+/// AdamW's two moments are known to fit: the classifier, or for `pretrain` the backbone with its
+/// mask vector and reconstruction head.
+fn build(cfg: &RunConfig, opts: &Options) -> Result<(nn::VarStore, Learner)> {
+    let input = cfg.task.input_spec();
+    cfg.model.admit(&input, opts.device, 4.0)?;
+    tch::manual_seed(cfg.train.seed as i64);
+    let vs = nn::VarStore::new(opts.device);
+    let learner = if opts.pretrain {
+        let method = cfg.pretrain.clone().unwrap_or_default().method;
+        Learner::Pretrainer(Pretrainer::new(&vs.root(), &cfg.model, &method, &input)?)
+    } else {
+        Learner::Classifier(cfg.model.build(&vs.root(), &input)?)
+    };
+    Ok((vs, learner))
+}
+
+/// Where the run starts: the last checkpoint (`--resume`, read by rank 0 and given to the other
+/// ranks), else step 0 from the weights every rank takes from rank 0, with the backbone of the
+/// pretraining run `train.init` when given. Returns the state and the step of the checkpoint
+/// resumed from.
+#[allow(clippy::too_many_arguments)]
+fn restore(
+    cfg: &RunConfig,
+    dir: &RunDir,
+    opts: &Options,
+    plan: &Plan,
+    peers: &Peers,
+    vs: &mut nn::VarStore,
+    opt: &mut AdamW,
+    scaler: &LossScaler,
+) -> Result<(State, Option<u64>)> {
+    let main = peers.main();
+    let none_yet = peers.any(main && opts.resume && checkpoint::existing(&dir.last()).is_none())?;
+    // Rank 0 reads the pretraining run; the others receive its weights below. A resumed run
+    // without a checkpoint yet starts from it too.
+    let from_init = !opts.resume || none_yet;
+    if let (Some(init), true, false, true) = (&cfg.train.init, from_init, opts.pretrain, main) {
+        init_backbone(vs, Path::new(init), cfg.train.init_checkpoint, &cfg.model)?;
+    }
+    if !opts.resume || none_yet {
+        if opts.resume {
+            say!("no checkpoint in `{}` yet; starting from step 0", dir.last().display());
+        }
+        peers.sync(vs, Some(opt))?;
+        let mut state = State::default();
+        scaler.save_to(&mut state);
+        state.world_size = peers.world();
+        return Ok((state, None));
+    }
+    let state = peers
+        .load(&dir.last(), vs, Some(opt))
+        .with_context(|| format!("cannot resume `{}`", dir.root.display()))?;
+    if state.step > plan.total {
+        bail!(
+            "cannot resume `{}`: its last checkpoint is at step {}, beyond the run's {} steps; raise the budget (--max-steps, --epochs) to continue",
+            dir.root.display(),
+            state.step,
+            plan.total
+        );
+    }
+    let best = match state.best_val_loss {
+        Some(loss) => format!("best val loss {loss:.4}"),
+        None => format!("best val {:.2}%", 100.0 * state.best_val_acc),
+    };
+    say!(
+        "resuming at step {} of {} ({best} at step {})",
+        state.step,
+        plan.total,
+        state.best_step
+    );
+    let step = state.step;
+    Ok((state, Some(step)))
+}
+
+/// Chooses the micro-batch and the evaluation batch of `plan` from the memory plan (a resumed
+/// run keeps the micro-batch it started with, recorded in `state`: dropout masks are drawn part by
+/// part); returns the memory plan's note for the log.
+fn size(
+    cfg: &RunConfig,
+    plan: &mut Plan,
+    state: &mut State,
+    learner: &Learner,
+    vs: &nn::VarStore,
+    peers: &Peers,
+    precision: Precision,
+) -> Result<String> {
+    let device = vs.device();
+    let memory = memory::plan(
+        learner,
+        vs,
+        cfg.task.input_spec(),
+        peers.share(plan.batch_size)?,
+        plan.eval_batch,
+        cfg.train.micro_batch,
+        device,
+        precision,
+    )?;
+    plan.micro_batch = match state.micro_batch {
+        0 => peers.min(memory.micro_batch)?,
+        kept => kept,
+    };
+    state.micro_batch = plan.micro_batch;
+    plan.eval_batch = memory.eval_batch;
+    if !device.is_cuda() && cfg.train.eval_batch_size == 0 {
+        // On a CPU a larger batch is not faster, and evaluation passes no larger than the
+        // training micro-batch reuse the caching allocator's blocks instead of faulting in new ones.
+        plan.eval_batch = plan.eval_batch.min(plan.micro_batch);
+    }
+    Ok(memory.note)
+}
+
+/// Prints what the run will do.
+#[allow(clippy::too_many_arguments)]
+fn announce(
+    cfg: &RunConfig,
+    data: &Dataset,
+    plan: &Plan,
+    vs: &nn::VarStore,
+    opt: &AdamW,
+    peers: &Peers,
+    precision: Precision,
+    memory_note: &str,
+) {
+    say!(
+        "{} on {} | {} parameters | {} train / {} val / {} test images | batch {}, {} steps ({} per epoch) | {:?}, {precision}",
+        cfg.model.name(),
+        cfg.task.name,
+        param_count(vs),
+        data.train.len(),
+        data.val.len(),
+        data.test.len(),
+        plan.batch_size,
+        plan.total,
+        plan.steps_per_epoch,
+        vs.device()
+    );
+    for line in opt.describe().into_iter().chain(peers.describe()) {
+        say!("  {line}");
+    }
+    say!("  {memory_note}, evaluation batch {}", plan.eval_batch);
+}
+
+/// The evaluation speed now: the last measured one scaled by the training speed's change since
+/// (`recent`, when measured), else as measured, else twice the training speed (`recent`, or the
+/// run's `average`).
+fn eval_ips_now(speed: Option<EvalSpeed>, recent: Option<f64>, average: f64) -> f64 {
+    let ips = match (speed, recent) {
+        (
+            Some(EvalSpeed {
+                img_per_s,
+                train_img_per_s: Some(then),
+            }),
+            Some(now),
+        ) => img_per_s * now / then.max(1e-9),
+        (Some(e), _) => e.img_per_s,
+        (None, now) => 2.0 * now.unwrap_or(average),
+    };
+    ips.max(1e-9)
+}
+
+/// The seconds a run's remaining parts take: one training step, one evaluation during
+/// training, and the final validation and test passes.
+struct Speeds {
+    step_s: f64,
+    eval_s: f64,
+    final_s: f64,
+}
+
+/// The step a run sized to `left_s` more seconds from `step` should end at: as many steps as fit
+/// in 97% of what is left after the final passes, with an evaluation every `eval_every` steps;
+/// at least one more step and at most `recipe` in all.
+fn fitted_total(step: u64, left_s: f64, eval_every: u64, recipe: u64, s: &Speeds) -> u64 {
+    let per_step = s.step_s + s.eval_s / eval_every.max(1) as f64;
+    let more = ((0.97 * left_s - s.final_s) / per_step).floor().max(1.0) as u64;
+    (step + more).min(recipe).max(step + 1)
 }
 
 impl<'a> Trainer<'a> {
@@ -185,119 +402,30 @@ impl<'a> Trainer<'a> {
         let lock = if main { check_dir(&dir, opts)? } else { None };
         let precision = amp::resolve(cfg.train.precision, opts.device);
         let mut plan = Plan::new(cfg, data.train.len());
-
-        // The weights, their gradients and AdamW's two moments must fit before any is made.
-        cfg.model.admit(&cfg.task.input_spec(), opts.device, 4.0)?;
-        tch::manual_seed(cfg.train.seed as i64);
-        let mut vs = nn::VarStore::new(opts.device);
-        let input = cfg.task.input_spec();
-        let learner = if opts.pretrain {
-            let method = cfg.pretrain.clone().unwrap_or_default().method();
-            Learner::Pretrainer(Pretrainer::new(&vs.root(), &cfg.model, &method, &input)?)
-        } else {
-            Learner::Classifier(cfg.model.build(&vs.root(), &input)?)
-        };
+        let (mut vs, learner) = build(cfg, opts)?;
         let mut opt = AdamW::new(&vs, &cfg.optim)?;
         let mut scaler = LossScaler::new(precision);
-        let mut state = State::new();
-        scaler.save_to(&mut state);
         let peers = Peers::new(dist, &vs)?;
-        state.world_size = peers.world();
-        let mut saved = None;
-        let none_yet = peers.any(main && opts.resume && checkpoint::existing(&dir.last()).is_none())?;
-        // Rank 0 reads the pretraining run; the others receive its weights below. A resumed run
-        // without a checkpoint yet starts from it too.
-        let from_init = !opts.resume || none_yet;
-        if let (Some(init), true, Learner::Classifier(_), true) = (&cfg.train.init, from_init, &learner, main) {
-            init_backbone(&mut vs, Path::new(init), cfg.train.init_checkpoint, &cfg.model)?;
-        }
-        if opts.resume && !none_yet {
-            state = peers
-                .load(&dir.last(), &mut vs, Some(&mut opt))
-                .with_context(|| format!("cannot resume `{}`", dir.root.display()))?;
-            if state.step > plan.total {
-                bail!(
-                    "cannot resume `{}`: its last checkpoint is at step {}, beyond the run's {} steps; raise the budget (--max-steps, --epochs) to continue",
-                    dir.root.display(),
-                    state.step,
-                    plan.total
-                );
-            }
-            scaler.restore_from(&state);
-            saved = Some(state.step);
-            let best = match state.best_val_loss {
-                Some(loss) => format!("best val loss {loss:.4}"),
-                None => format!("best val {:.2}%", 100.0 * state.best_val_acc),
-            };
-            say!(
-                "resuming at step {} of {} ({best} at step {})",
-                state.step,
-                plan.total,
-                state.best_step
-            );
-        } else {
-            if opts.resume {
-                say!("no checkpoint in `{}` yet; starting from step 0", dir.last().display());
-            }
-            peers.sync(&vs, Some(&opt))?;
-        }
-        let memory = memory::plan(
-            &learner,
-            &vs,
-            input,
-            peers.share(plan.batch_size)?,
-            plan.eval_batch,
-            cfg.train.micro_batch,
-            opts.device,
-            precision,
-        )?;
-        // A resumed run keeps the micro-batch it started with: dropout masks are drawn part by part.
-        plan.micro_batch = if state.micro_batch > 0 {
-            state.micro_batch
-        } else {
-            peers.min(memory.micro_batch)?
-        };
-        state.micro_batch = plan.micro_batch;
-        plan.eval_batch = memory.eval_batch;
-        if !opts.device.is_cuda() && cfg.train.eval_batch_size == 0 {
-            // On a CPU a larger batch is not faster, and evaluation passes no larger than the
-            // training micro-batch reuse the caching allocator's blocks instead of faulting in new ones.
-            plan.eval_batch = plan.eval_batch.min(plan.micro_batch);
-        }
-        say!(
-            "{} on {} | {} parameters | {} train / {} val / {} test images | batch {}, {} steps ({} per epoch) | {:?}, {precision}",
-            cfg.model.name(),
-            cfg.task.name,
-            param_count(&vs),
-            data.train.len(),
-            data.val.len(),
-            data.test.len(),
-            plan.batch_size,
-            plan.total,
-            plan.steps_per_epoch,
-            opts.device
-        );
-        for line in opt.describe().into_iter().chain(peers.describe()) {
-            say!("  {line}");
-        }
-        say!("  {}, evaluation batch {}", memory.note, plan.eval_batch);
+        let (mut state, saved) = restore(cfg, &dir, opts, &plan, &peers, &mut vs, &mut opt, &scaler)?;
+        scaler.restore_from(&state);
+        let note = size(cfg, &mut plan, &mut state, &learner, &vs, &peers, precision)?;
+        announce(cfg, data, &plan, &vs, &opt, &peers, precision, &note);
         let lock = match main {
             true => Some(claim_dir(&dir, cfg, opts, lock, state.step)?),
             false => None,
         };
-        let started = Instant::now() - Duration::from_secs_f64(state.elapsed_s);
         let board = Board::open(
             main.then_some(&dir.root),
             cfg,
-            &opt,
             state.step,
             opts.resume,
             opts.device,
             learner.classifies(),
         )?;
-        Ok(Trainer {
-            eval_img_per_s: None,
+        let mut trainer = Trainer {
+            eval_speed: None,
             deadline: cfg.train.max_minutes.map(|m| Duration::from_secs_f64(m * 60.0)),
+            started: Instant::now() - Duration::from_secs_f64(state.elapsed_s),
             cfg,
             data,
             dir,
@@ -309,20 +437,98 @@ impl<'a> Trainer<'a> {
             scaler,
             state,
             saved,
-            started,
             _lock: lock,
             board,
             peers,
-        })
+        };
+        if trainer.deadline.is_some() {
+            trainer.time_an_evaluation();
+        }
+        Ok(trainer)
     }
 
-    /// Seconds the validation pass at a stop and the final test pass take: at the speed of the
-    /// last evaluation, or before the first at twice the training speed (an evaluation pass has
-    /// no backward pass and larger batches).
+    /// The last step's learning rate, as the update took it: `optim.lr` times the schedule's
+    /// factor (the decay group's, or the no-decay group's in a model without matrices).
+    fn lr(&self) -> f64 {
+        self.opt.lr_of("decay").or_else(|| self.opt.lr_of("no-decay")).unwrap_or(f64::NAN)
+    }
+
+    /// Seconds the validation pass at a stop and the final test pass take, re-estimated at every
+    /// step: at the speed of the last evaluation scaled by how the training speed has changed
+    /// since (once it has been measured over [`SPEED_WINDOW_S`]), or, before any evaluation was
+    /// timed, at twice the training speed (an evaluation pass has no backward pass and larger
+    /// batches).
     fn final_passes_s(&self, tally: &Tally) -> f64 {
-        let train_ips = self.train_ips(tally).unwrap_or_else(|| self.state.throughput(self.plan.batch_size));
-        let eval_ips = self.eval_img_per_s.unwrap_or(2.0 * train_ips).max(1e-9);
-        (self.val_images() + self.data.test.len()) as f64 / eval_ips
+        (self.val_images() + self.data.test.len()) as f64 / self.eval_ips(tally)
+    }
+
+    /// The evaluation speed now, images per second (see [`Trainer::final_passes_s`]).
+    fn eval_ips(&self, tally: &Tally) -> f64 {
+        let recent = self.train_ips(tally).filter(|_| tally.seconds() >= SPEED_WINDOW_S);
+        eval_ips_now(self.eval_speed, recent, self.state.throughput(self.plan.batch_size))
+    }
+
+    /// Times one evaluation batch before the first step of a run with a time budget, so that the
+    /// final passes are not estimated from the training speed alone (a busy first step once ended
+    /// a 10-minute run at step 1).
+    fn time_an_evaluation(&mut self) {
+        let images = self.plan.eval_batch.min(self.data.val.len());
+        let score = evaluate(
+            &self.learner,
+            &self.data.val,
+            &self.cfg.task,
+            self.plan.eval_batch,
+            Some(images),
+            self.precision,
+            "timing",
+        );
+        self.eval_speed = Some(EvalSpeed {
+            img_per_s: score.img_per_s,
+            train_img_per_s: None,
+        });
+    }
+
+    /// `--fit-minutes` (`train.fit`): after an evaluation, sizes the run's remaining steps again
+    /// from the speeds just measured (`train_ips`, and the evaluation's), so that it ends within
+    /// its budget and no more than a few percent short of it, never beyond the recipe's steps.
+    /// A change of more than 2% is taken (every rank takes the smallest), printed and recorded in
+    /// config.toml's `train.max_steps`, so that `--resume` continues the same plan; the schedule
+    /// follows the new length from here.
+    fn replan(&mut self, step: u64, train_ips: f64) -> Result<()> {
+        let (Some(fit), Some(eval)) = (&self.cfg.train.fit, self.eval_speed) else {
+            return Ok(());
+        };
+        if step >= self.plan.total {
+            return Ok(());
+        }
+        let plan = &self.plan;
+        let left_s = fit.minutes * 60.0 - self.started.elapsed().as_secs_f64();
+        let speeds = Speeds {
+            step_s: plan.batch_size as f64 / train_ips.max(1e-9),
+            eval_s: self.val_images() as f64 / eval.img_per_s.max(1e-9),
+            final_s: (self.val_images() + self.data.test.len()) as f64 / eval.img_per_s.max(1e-9),
+        };
+        let total = self
+            .peers
+            .min(fitted_total(step, left_s, plan.eval_every, fit.recipe_steps, &speeds) as i64)? as u64;
+        if (total as f64 - plan.total as f64).abs() <= 0.02 * plan.total as f64 {
+            return Ok(());
+        }
+        say!(
+            "re-planned for the {} minutes of --fit-minutes at {:.0} img/s training and {:.0} img/s evaluation (measured): {} steps instead of {}",
+            fit.minutes,
+            train_ips,
+            eval.img_per_s,
+            total,
+            plan.total
+        );
+        self.plan.total = total;
+        if self.peers.main() {
+            let mut cfg = self.cfg.clone();
+            cfg.train.max_steps = Some(total);
+            files::write_bytes(&self.dir.config(), cfg.to_toml().as_bytes())?;
+        }
+        Ok(())
     }
 
     fn val_images(&self) -> i64 {
@@ -343,7 +549,7 @@ impl<'a> Trainer<'a> {
         let Some(train_ips) = self.train_ips(tally) else { return 0.0 };
         let steps_left = plan.total.saturating_sub(step);
         let evals_left = plan.total / plan.eval_every - step / plan.eval_every;
-        let eval_ips = self.eval_img_per_s.unwrap_or(2.0 * train_ips).max(1e-9);
+        let eval_ips = self.eval_ips(tally);
         let left = (steps_left * plan.batch_size as u64) as f64 / train_ips
             + (evals_left as i64 * self.val_images() + self.data.test.len()) as f64 / eval_ips;
         match self.deadline {
@@ -381,7 +587,8 @@ impl<'a> Trainer<'a> {
     /// Scores the validation split, appends a metrics line, saves `best` (when improved) and
     /// `last`, and prints the evaluation line. A non-finite validation loss, weight or optimizer
     /// moment stops the run instead: nothing of such a step is written.
-    fn evaluate_and_save(&mut self, step: u64, lr: f64, tally: &Tally) -> Result<()> {
+    fn evaluate_and_save(&mut self, step: u64, tally: &Tally, train_ips: Option<f64>) -> Result<()> {
+        let lr = self.lr();
         let (train_loss, train_acc) = self.peers.tally(tally)?;
         self.state.train_s += tally.seconds();
         self.check_finite(train_loss, step)?;
@@ -396,7 +603,10 @@ impl<'a> Trainer<'a> {
             self.precision,
             "validation",
         )?;
-        self.eval_img_per_s = Some(val.img_per_s);
+        self.eval_speed = Some(EvalSpeed {
+            img_per_s: val.img_per_s,
+            train_img_per_s: train_ips,
+        });
         let (val_loss, val_acc) = (val.loss, val.acc);
         if !val_loss.is_finite() {
             return Err(self.diverged(format!("validation loss became {val_loss} at step {step}")));
@@ -425,6 +635,7 @@ impl<'a> Trainer<'a> {
             step,
             epoch: plan.epoch(step),
             lr,
+            ssm_lr: self.opt.lr_of("ssm"),
             train_loss,
             train_acc: train_acc.unwrap_or(f64::NAN),
             val_loss,
@@ -497,9 +708,7 @@ impl<'a> Trainer<'a> {
         let (cfg, state) = (self.cfg, &self.state);
         let pretrain = match (&self.learner, &cfg.pretrain) {
             (Learner::Pretrainer(_), Some(p)) => Some(PretrainResult {
-                objective: p.objective,
-                loss: p.loss,
-                mask_ratio: p.mask_ratio,
+                method: p.method.clone(),
                 best_val_loss: state.best_val_loss.unwrap_or(f64::NAN),
             }),
             _ => None,
@@ -884,12 +1093,70 @@ seed = 7
         restore(&files.config());
     }
 
+    /// The final passes are re-estimated from the latest speeds: an evaluation measured while the
+    /// machine trained at 10 img/s runs twice as fast when training now runs at 20; a batch timed
+    /// before any step stands as measured; with nothing measured, twice the training speed.
+    #[test]
+    fn the_final_passes_follow_the_latest_speed() {
+        let measured = |then| {
+            Some(EvalSpeed {
+                img_per_s: 100.0,
+                train_img_per_s: then,
+            })
+        };
+        assert_eq!(eval_ips_now(measured(Some(10.0)), Some(20.0), 5.0), 200.0);
+        assert_eq!(eval_ips_now(measured(Some(10.0)), Some(2.5), 5.0), 25.0);
+        assert_eq!(eval_ips_now(measured(Some(10.0)), None, 5.0), 100.0);
+        assert_eq!(eval_ips_now(measured(None), Some(1.0), 5.0), 100.0);
+        assert_eq!(eval_ips_now(None, Some(9.0), 5.0), 18.0);
+        assert_eq!(eval_ips_now(None, None, 5.0), 10.0);
+    }
+
+    /// `--fit-minutes` re-plans from measured speeds: as many steps as fill 97% of the time left
+    /// after the final passes (evaluations included), never past the recipe, always one more.
+    #[test]
+    fn a_fitted_run_is_re_planned_to_its_budget() {
+        let speeds = Speeds {
+            step_s: 0.5,
+            eval_s: 10.0,
+            final_s: 20.0,
+        };
+        // 600 s left: 0.97 · 600 − 20 = 562 s at 0.5 + 10/100 = 0.6 s a step: 936 more steps.
+        assert_eq!(fitted_total(100, 600.0, 100, 10_000, &speeds), 1_036);
+        let used = 936.0 * 0.6 + 20.0;
+        assert!(used <= 600.0 && used >= 0.95 * 600.0, "{used}");
+        assert_eq!(fitted_total(100, 600.0, 100, 500, &speeds), 500, "never past the recipe");
+        assert_eq!(fitted_total(100, 10.0, 100, 10_000, &speeds), 101, "always one more step");
+    }
+
+    /// A fitted run whose machine is faster than its fit assumed takes more steps at its first
+    /// evaluation, prints why and records them in config.toml for `--resume`.
+    #[test]
+    fn a_fitted_run_takes_the_steps_its_budget_allows() {
+        let data = Dataset {
+            train: split(12),
+            val: split(4),
+            test: split(4),
+        };
+        let mut cfg = tiny(&["train.max_steps=2", "train.eval_every=1", "train.max_minutes=0.1"]);
+        cfg.train.fit = Some(crate::config::Fit {
+            minutes: 0.1,
+            recipe_steps: 40,
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let record = run(&cfg, &data, &options(&dir.path().join("run"), false)).unwrap();
+        assert!(record.planned_steps > 2 && record.planned_steps <= 40, "{}", record.planned_steps);
+        let recorded = RunDir::new(dir.path().join("run")).load_config().unwrap();
+        assert_eq!(recorded.train.max_steps, Some(record.planned_steps));
+    }
+
     /// The loop's update is exactly `step::train_step` (the step `bench` times) on the sampler's
     /// batches at the schedule's learning rates: driving the step by hand from the same seed ends
     /// with the weights the trainer saved.
     #[test]
     fn the_loop_is_the_shared_step() {
-        if !crate::testing::alone_in_a_process("train::run::tests::the_loop_is_the_shared_step") {
+        let name = format!("{}::the_loop_is_the_shared_step", module_path!().trim_start_matches("pixelseq::"));
+        if !crate::testing::alone_in_a_process(&name) {
             return;
         }
         tch::manual_seed(0);
@@ -1004,10 +1271,12 @@ seed = 7
         let pre = RunDir::new(dir.path().join("pre"));
         let cfg = tiny(&["train.mixup=0.0"]);
         let stage = cfg.for_pretraining().unwrap();
-        let method = stage.pretrain.clone().unwrap().method();
+        let method = stage.pretrain.clone().unwrap().method;
         let input = cfg.task.input_spec();
-        let mut state = State::new();
-        state.best_val_loss = Some(0.5);
+        let state = State {
+            best_val_loss: Some(0.5),
+            ..State::default()
+        };
         let mut saved = Vec::new();
         for (seed, folder) in [(1, pre.best()), (2, pre.last())] {
             tch::manual_seed(seed);
