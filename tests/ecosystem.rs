@@ -439,6 +439,43 @@ fn exports_score_as_the_run_does() {
     let diff = (probs(&hf) - probs(&run)).abs().max().double_value(&[]);
     assert!(diff <= 1e-6, "predictions differ by {diff}");
 
+    // A config.json edited to other sizes is one line naming the tensor that does not fit, not
+    // libtorch's stack of C++ frames.
+    let resized = dir.path().join("hf-resized");
+    std::fs::create_dir(&resized).unwrap();
+    for f in ["README.md", "model.safetensors"] {
+        std::fs::copy(hf.join(f), resized.join(f)).unwrap();
+    }
+    let config = std::fs::read_to_string(hf.join("config.json")).unwrap();
+    assert!(config.contains("\"d_model\": 8,"), "{config}");
+    std::fs::write(resized.join("config.json"), config.replace("\"d_model\": 8,", "\"d_model\": 16,")).unwrap();
+    for cmd in [
+        vec![
+            "eval".as_ref(),
+            "--device".as_ref(),
+            "cpu".as_ref(),
+            "--run".as_ref(),
+            resized.as_os_str(),
+        ],
+        vec![
+            "predict".as_ref(),
+            "--device".as_ref(),
+            "cpu".as_ref(),
+            "--run".as_ref(),
+            resized.as_os_str(),
+            img.as_os_str(),
+        ],
+    ] {
+        let out: std::process::Output = Command::new(env!("CARGO_BIN_EXE_pixelseq")).args(&cmd).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.code() == Some(2)
+                && err.lines().count() == 1
+                && err.contains("has shape [8], the model's has [16]: its config.json does not match it"),
+            "{cmd:?}: {err}"
+        );
+    }
+
     // What an exported folder cannot do, and what export needs.
     let err = Command::new(env!("CARGO_BIN_EXE_pixelseq"))
         .args(["eval", "--last", "--run"])

@@ -589,6 +589,10 @@ fn claim_dir(dir: &RunDir, cfg: &RunConfig, opts: &Options, lock: Option<RunLock
 /// of the model whose shape differs is an error naming it. The log lists what was loaded.
 fn init_backbone(vs: &mut nn::VarStore, dir: &Path, which: InitCheckpoint, model: &ModelConfig) -> Result<()> {
     let run = RunDir::new(dir);
+    // A path without checkpoints: say what it is (a file, an exported folder, …).
+    if let Some(why) = run.not_a_run().filter(|_| !run.root.join("checkpoints").is_dir()) {
+        bail!("--init: {why}");
+    }
     let folder = match which {
         InitCheckpoint::Best => run.best(),
         InitCheckpoint::Last => run.last(),
