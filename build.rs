@@ -4,7 +4,7 @@
 //! `LD_LIBRARY_PATH` on the machine that built it; elsewhere `LD_LIBRARY_PATH` (searched first)
 //! points at that machine's `torch/lib`. `csrc/` (libtorch's fused multi-tensor kernels, its
 //! Kineto profiler and its per-device autocast state, which tch does not wrap, a multithreaded
-//! CPU dropout mask, FNet's Fourier mixing with half the transforms, a caching CPU allocator and c10d's distributed backends) is compiled against
+//! CPU dropout mask, FNet's Fourier mixing with half the transforms, a caching CPU allocator, c10d's distributed backends and the TorchScript export's input checks) is compiled against
 //! the same libtorch's headers.
 
 fn main() {
@@ -37,6 +37,7 @@ fn csrc(lib: &std::path::Path) {
         "fourier",
         "multi_tensor",
         "profile",
+        "script",
     ] {
         build.file(format!("csrc/{file}.cpp"));
     }

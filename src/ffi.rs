@@ -29,6 +29,12 @@ pub(crate) struct PixelseqGroup {
     _opaque: [u8; 0],
 }
 
+/// A TorchScript module (`torch::jit::Module`, csrc/script.cpp), owned by [`Module`].
+#[repr(C)]
+pub(crate) struct PixelseqModule {
+    _opaque: [u8; 0],
+}
+
 /// The bucketed gradient reducer (csrc/dist.cpp), owned by `dist::GradReducer`.
 #[repr(C)]
 pub(crate) struct PixelseqReducer {
@@ -173,6 +179,33 @@ extern "C" {
     pub(crate) fn pixelseq_profile_stop(trace_path: *const c_char, summary: *mut *mut c_char, err: *mut c_char, err_len: usize) -> bool;
     pub(crate) fn pixelseq_free(p: *mut c_char);
 
+    // csrc/script.cpp
+    pub(crate) fn pixelseq_trace_begin(
+        name: *const c_char,
+        inputs: *const *mut C_tensor,
+        n: usize,
+        out: *mut *mut PixelseqModule,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> bool;
+    pub(crate) fn pixelseq_trace_end(
+        module: *mut PixelseqModule,
+        outputs: *const *mut C_tensor,
+        n: usize,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> bool;
+    pub(crate) fn pixelseq_module_free(module: *mut PixelseqModule);
+    pub(crate) fn pixelseq_script_wrap(
+        model: *const PixelseqModule,
+        name: *const c_char,
+        source: *const c_char,
+        data: *mut *mut c_char,
+        len: *mut usize,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> bool;
+
     // glibc: a symbol of the libraries already loaded (the CUDA runtime, for memory figures).
     fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
     // libc: a signal's disposition.
@@ -214,7 +247,7 @@ pub(crate) fn call(what: &str, f: impl FnOnce(*mut c_char, usize) -> bool) -> Re
     }
     // SAFETY: the shim wrote a NUL-terminated message (snprintf) into the zeroed buffer.
     let msg = unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy();
-    bail!("{what}: {}", msg.lines().next().unwrap_or_default())
+    bail!("{what}: {}", msg.lines().find(|l| !l.trim().is_empty()).unwrap_or_default())
 }
 
 /// [`call`] for a shim that returns a new tensor through an out pointer: on success the shim
@@ -229,6 +262,53 @@ pub(crate) fn call_for_tensor(what: &str, f: impl FnOnce(*mut *mut C_tensor, *mu
 /// tch handles of `ts`, borrowed for one shim call (the shim neither frees nor keeps them).
 pub(crate) fn handles(ts: &[Tensor]) -> Vec<*mut C_tensor> {
     ts.iter().map(|t| t.as_ptr() as *mut C_tensor).collect()
+}
+
+/// A traced TorchScript module (csrc/script.cpp), freed on drop. tch's `CModule` keeps its handle
+/// private, so a module that a shim must see is made here.
+pub(crate) struct Module(*mut PixelseqModule);
+
+impl Drop for Module {
+    fn drop(&mut self) {
+        // SAFETY: the module came from pixelseq_trace_begin and is released once.
+        unsafe { pixelseq_module_free(self.0) }
+    }
+}
+
+/// Traces `f` on `inputs` into the method `forward` of a new module of class `name`, as
+/// `torch.jit.trace` does (csrc/script.cpp).
+pub(crate) fn trace(name: &str, inputs: &[Tensor], f: impl FnOnce(&[Tensor]) -> Vec<Tensor>) -> Result<Module> {
+    let name = std::ffi::CString::new(name)?;
+    let ins = handles(inputs);
+    let mut raw: *mut PixelseqModule = std::ptr::null_mut();
+    // SAFETY: a NUL-terminated name, live tensor handles (only read) and an out pointer.
+    call("failed to start tracing", |err, len| unsafe {
+        pixelseq_trace_begin(name.as_ptr(), ins.as_ptr(), ins.len(), &mut raw, err, len)
+    })?;
+    let module = Module(raw);
+    let outputs = f(inputs);
+    let outs = handles(&outputs);
+    // SAFETY: the module being traced on this thread and live tensor handles (only read).
+    call("failed to trace", |err, len| unsafe {
+        pixelseq_trace_end(module.0, outs.as_ptr(), outs.len(), err, len)
+    })?;
+    Ok(module)
+}
+
+/// `model` as the submodule `model` of a new module `name` whose methods are compiled from the
+/// TorchScript `source` (csrc/script.cpp), serialised as `torch.jit.save` writes it.
+pub(crate) fn script_wrap(model: &Module, name: &str, source: &str) -> Result<Vec<u8>> {
+    let (name, source) = (std::ffi::CString::new(name)?, std::ffi::CString::new(source)?);
+    let (mut data, mut n): (*mut c_char, usize) = (std::ptr::null_mut(), 0);
+    // SAFETY: a live module (borrowed), two NUL-terminated strings and two out pointers.
+    call("failed to compile the TorchScript module", |err, len| unsafe {
+        pixelseq_script_wrap(model.0, name.as_ptr(), source.as_ptr(), &mut data, &mut n, err, len)
+    })?;
+    // SAFETY: the shim malloc'd `n` bytes at `data`, which are ours to copy and free.
+    let bytes = unsafe { std::slice::from_raw_parts(data as *const u8, n) }.to_vec();
+    // SAFETY: `data` came from the shim's malloc and is freed once.
+    unsafe { pixelseq_free(data) };
+    Ok(bytes)
 }
 
 /// `cudaMemGetInfo(free, total)` of the CUDA runtime libtorch loaded.

@@ -342,3 +342,132 @@ fn runs_that_cannot_fit_are_refused_before_they_allocate() {
     );
     assert!(!out.exists());
 }
+
+/// The first line of a refusal that clap reports (exit code 2, `error:` naming the flag and the
+/// value; clap adds its usage hint below), never a panic.
+fn assert_clap_error(args: &[&str], needle: &str) {
+    let (code, err) = pixelseq(args);
+    assert_eq!(code, 2, "{args:?}: {err}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{args:?} panicked: {err}");
+    let first = err.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("error: ") && first.contains(needle),
+        "{args:?}: `{first}` lacks `{needle}`"
+    );
+}
+
+fn help(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_pixelseq"))
+        .args(args)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{args:?} --help");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Each subcommand's `--help` offers only what the subcommand takes: `pretrain` has no `--init`
+/// or `--last` (it refuses them, saying where they belong), `data export` no task but lra-image
+/// and no prepared cache (it reads the official files), `bench` no fp16.
+#[test]
+fn help_offers_only_what_is_taken() {
+    let train = help(&["train"]);
+    assert!(train.contains("--init <PRETRAIN_RUN_DIR>") && train.contains("--last"), "{train}");
+    let pretrain = help(&["pretrain"]);
+    assert!(!pretrain.contains("--init <") && !pretrain.contains("--last"), "{pretrain}");
+    for flag in ["--init=runs/pre", "--last"] {
+        assert_clear_error(
+            &["pretrain", "--preset", "transformer-spt", flag],
+            "`pixelseq pretrain` starts from scratch",
+        );
+    }
+    let export = help(&["data", "export"]);
+    assert!(
+        !export.contains("Possible values") && !export.contains("PREPARED") && !export.contains("prepared cache ["),
+        "{export}"
+    );
+    assert_clear_error(&["data", "export", "--task", "scifar", "--out", "x.bin"], "--task lra-image");
+    let bench = help(&["bench"]);
+    assert!(!bench.contains("- fp16") && bench.contains("fp16 is not benchmarked"), "{bench}");
+}
+
+/// Refusals found weak in issue 26, each now one line naming the value and what to do: budgets
+/// that are no number of minutes (NaN was a TOML type error, 1e300 for --fit-minutes a panic),
+/// `--init` of a file, a folder that is no run (what it is and what it lacks), an exported folder
+/// without its weights.
+#[test]
+fn refusals_name_the_value_and_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = out.to_str().unwrap();
+    let tiny = ["train", "--preset", "transformer-small", "--device", "cpu", "--out", o];
+    for (flag, value) in [
+        ("--max-minutes", "nan"),
+        ("--max-minutes", "0"),
+        ("--max-minutes", "-3"),
+        ("--fit-minutes", "nan"),
+        ("--fit-minutes", "1e300"),
+        ("--fit-minutes", "inf"),
+    ] {
+        assert_clap_error(
+            &[&tiny[..], &[flag, value]].concat(),
+            &format!("invalid value '{value}' for '{flag} <"),
+        );
+        assert_clap_error(&[&tiny[..], &[flag, value]].concat(), "must be a positive number of minutes");
+    }
+    assert!(!out.exists());
+
+    let data = shared_data();
+    let d = data.to_str().unwrap();
+    let file = dir.path().join("notes.txt");
+    std::fs::write(&file, "a file").unwrap();
+    let f = file.to_str().unwrap();
+    let init = [
+        "train",
+        "--preset",
+        "transformer-spt",
+        "--device",
+        "cpu",
+        "--data",
+        d,
+        "--out",
+        o,
+        "--init",
+        f,
+    ];
+    assert_clear_error(&init, &format!("--init: `{f}` is a file, not a run directory"));
+    assert!(!out.exists());
+
+    let hf = dir.path().join("hf");
+    std::fs::create_dir(&hf).unwrap();
+    std::fs::write(hf.join("config.json"), "{}").unwrap();
+    let h = hf.to_str().unwrap();
+    for cmd in [
+        &["eval", "--run", h][..],
+        &["predict", "--run", h, f],
+        &["export", "--format", "hf", "--out", o, "--run", h],
+    ] {
+        assert_clear_error(
+            cmd,
+            &format!("`{h}` is an exported model folder without its model.safetensors; export the run again"),
+        );
+    }
+    std::fs::write(hf.join("model.safetensors"), "weights").unwrap();
+    assert_clear_error(&["train", "--resume", h], "is an exported model folder, not a run directory");
+    let init = [&init[..init.len() - 1], &[h]].concat();
+    assert_clear_error(&init, &format!("--init: `{h}` is an exported model folder, not a run directory"));
+    let missing = dir.path().join("missing");
+    let m = missing.to_str().unwrap();
+    assert_clear_error(&["eval", "--run", m], &format!("`{m}` does not exist"));
+    assert_clear_error(
+        &["export", "--format", "torchscript", "--out", o, "--run", f],
+        &format!("`{f}` is a file, not a run directory"),
+    );
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    assert_clear_error(
+        &["train", "--resume", empty.to_str().unwrap()],
+        "is not a run directory: it has no config.toml",
+    );
+    assert!(!out.exists());
+}

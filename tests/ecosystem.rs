@@ -263,6 +263,12 @@ expected = torch.frombuffer(bytearray(open(sys.argv[3], "rb").read()), dtype=tor
 labels = torch.frombuffer(bytearray(open(sys.argv[4], "rb").read()), dtype=torch.int64)
 with torch.no_grad():
     logits = torch.cat([model(pixels[i:i + 128]) for i in range(0, n, 128)])
+    for bad, got in [(pixels[:2].float(), "got dtype float32"), (pixels[:2].reshape(2, 3, 32, 32), "got shape [2, 3, 32, 32]")]:
+        try:
+            model(bad)
+            raise SystemExit("the module took pixels it should refuse: " + got)
+        except torch.jit.Error as e:
+            assert "ValueError: this pixelseq model takes pixels of shape (batch, 1024, 3)" in str(e) and got in str(e), str(e)
 print((logits - expected).abs().max().item(), (logits.argmax(-1) == labels).sum().item())
 "#;
 
@@ -278,8 +284,9 @@ fn score(eval_line: &str) -> &str {
 
 /// A finished sCIFAR run with a pixel permutation, exported both ways: the TorchScript module
 /// in plain PyTorch scores test images as `pixelseq eval` does (logits to 1e-5, the same
-/// accuracy); the hf folder's `config.json` holds the run's config, its card the run's scores,
-/// and `eval`/`predict` on the folder give what they give on the run.
+/// accuracy) and refuses float pixels and an image tensor (2, 3, 32, 32) with its message; the
+/// hf folder's `config.json` holds the run's config, its card the run's scores, and
+/// `eval`/`predict` on the folder give what they give on the run.
 #[test]
 fn exports_score_as_the_run_does() {
     let dir = tempfile::tempdir().unwrap();
@@ -431,6 +438,43 @@ fn exports_score_as_the_run_does() {
     };
     let diff = (probs(&hf) - probs(&run)).abs().max().double_value(&[]);
     assert!(diff <= 1e-6, "predictions differ by {diff}");
+
+    // A config.json edited to other sizes is one line naming the tensor that does not fit, not
+    // libtorch's stack of C++ frames.
+    let resized = dir.path().join("hf-resized");
+    std::fs::create_dir(&resized).unwrap();
+    for f in ["README.md", "model.safetensors"] {
+        std::fs::copy(hf.join(f), resized.join(f)).unwrap();
+    }
+    let config = std::fs::read_to_string(hf.join("config.json")).unwrap();
+    assert!(config.contains("\"d_model\": 8,"), "{config}");
+    std::fs::write(resized.join("config.json"), config.replace("\"d_model\": 8,", "\"d_model\": 16,")).unwrap();
+    for cmd in [
+        vec![
+            "eval".as_ref(),
+            "--device".as_ref(),
+            "cpu".as_ref(),
+            "--run".as_ref(),
+            resized.as_os_str(),
+        ],
+        vec![
+            "predict".as_ref(),
+            "--device".as_ref(),
+            "cpu".as_ref(),
+            "--run".as_ref(),
+            resized.as_os_str(),
+            img.as_os_str(),
+        ],
+    ] {
+        let out: std::process::Output = Command::new(env!("CARGO_BIN_EXE_pixelseq")).args(&cmd).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.code() == Some(2)
+                && err.lines().count() == 1
+                && err.contains("has shape [8], the model's has [16]: its config.json does not match it"),
+            "{cmd:?}: {err}"
+        );
+    }
 
     // What an exported folder cannot do, and what export needs.
     let err = Command::new(env!("CARGO_BIN_EXE_pixelseq"))

@@ -41,7 +41,8 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub device: DeviceArgs,
     /// fp32, bf16 or auto (bf16 on CUDA, fp32 on CPU); default: each preset's train.precision.
-    #[arg(long, value_enum)]
+    /// fp16 is not benchmarked (its loss scaling syncs with the host).
+    #[arg(long, value_enum, hide_possible_values = true)]
     pub precision: Option<Precision>,
     /// Write the results as a JSON array to this file.
     #[arg(long, value_name = "FILE")]

@@ -11,9 +11,10 @@ use crate::files;
 /// Get, check and convert CIFAR-10.
 #[derive(Debug, clap::Args)]
 pub struct DataArgs {
-    /// CIFAR-10 location: a folder, the official `cifar-10-binary.tar.gz` or a prepared cache
+    /// CIFAR-10 location: the folder of the official files or the official
+    /// `cifar-10-binary.tar.gz` (these commands read the official files, not a prepared cache)
     /// [default: $PIXELSEQ_DATA, else $XDG_CACHE_HOME/pixelseq/data or ~/.cache/pixelseq/data]
-    #[arg(long, global = true, value_name = "DIR|ARCHIVE|PREPARED_FILE")]
+    #[arg(long, global = true, value_name = "DIR|ARCHIVE")]
     pub data: Option<PathBuf>,
     #[command(subcommand)]
     pub command: DataCommand,
@@ -41,8 +42,9 @@ pub enum DataCommand {
     /// Write raw records (1 label byte + 1,024 grayscale bytes): 50,000 training images in
     /// official order, then the 10,000 test images.
     Export {
-        /// The task of the records (only lra-image: grayscale)
-        #[arg(long)]
+        /// lra-image, the one task with records of its own (grayscale); sCIFAR's raw records are
+        /// the official .bin files
+        #[arg(long, value_name = "lra-image", hide_possible_values = true)]
         task: TaskName,
         /// File to write the 60,000 records to (61,500,000 bytes); a FIFO or device is written in place
         #[arg(long, value_name = "FILE")]

@@ -11,7 +11,8 @@ use crate::export::{hf, torchscript};
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Format {
     /// A TorchScript module (FILE.pt) for `torch.jit.load`: uint8 pixels in raster order, (B, 1024)
-    /// for lra-image or (B, 1024, 3) for scifar → (B, 10) logits, computed on the CPU in float32.
+    /// for lra-image or (B, 1024, 3) for scifar → (B, 10) logits, computed on the CPU in float32;
+    /// another dtype, shape or range raises an error naming what it takes.
     Torchscript,
     /// A folder with model.safetensors, config.json and a README.md model card, which `eval` and
     /// `predict` take as --run (the run must have finished).

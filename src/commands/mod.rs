@@ -35,6 +35,7 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Self-pretrain a model's backbone on the task's own images ([pretrain] of the config): the
     /// run `train --init` fine-tunes from.
+    #[command(mut_arg("init", |a| a.hide(true)), mut_arg("last", |a| a.hide(true)))]
     Pretrain(train::TrainArgs),
     /// Score a run's best checkpoint on a split.
     Eval(eval::EvalArgs),
@@ -82,6 +83,16 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Predict(args) => predict::exec(args),
         Command::Bench(args) => bench::exec(args),
         Command::Export(args) => export::exec(args),
+    }
+}
+
+/// A budget in minutes (`--max-minutes`, `--fit-minutes`): a positive number up to
+/// [`crate::config::MAX_MINUTES`]; clap's error names the flag and the value.
+fn minutes(s: &str) -> Result<f64, String> {
+    let max = crate::config::MAX_MINUTES;
+    match s.trim().parse::<f64>() {
+        Ok(m) if m.is_finite() && m > 0.0 && m <= max => Ok(m),
+        _ => Err(format!("must be a positive number of minutes, at most {max}")),
     }
 }
 

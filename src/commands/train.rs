@@ -47,13 +47,13 @@ pub struct TrainArgs {
     pub max_steps: Option<u64>,
     /// Wall-clock budget in minutes for the whole run, evaluations and the final test included
     /// (train.max_minutes).
-    #[arg(long)]
+    #[arg(long, value_parser = super::minutes, allow_negative_numbers = true)]
     pub max_minutes: Option<f64>,
     /// Size the run to this many minutes of this machine: time the training step and an
     /// evaluation pass first (as `bench` does), then set train.max_steps so that training, its
     /// evaluations and the final test fit (the warm-up scaled with it), with train.max_minutes as
     /// the hard stop.
-    #[arg(long, value_name = "MINUTES", conflicts_with_all = ["epochs", "max_steps", "max_minutes", "resume"])]
+    #[arg(long, value_name = "MINUTES", value_parser = super::minutes, allow_negative_numbers = true, conflicts_with_all = ["epochs", "max_steps", "max_minutes", "resume"])]
     pub fit_minutes: Option<f64>,
     /// Random seed (train.seed).
     #[arg(long)]
@@ -101,11 +101,11 @@ impl TrainArgs {
 /// `pixelseq train` (`pretrain` false) or `pixelseq pretrain` (true; the same arguments: the
 /// run's config is the pretraining stage of the preset, see [`RunConfig::for_pretraining`]).
 pub fn exec(a: TrainArgs, pretrain: bool) -> Result<()> {
+    if pretrain && (a.init.is_some() || a.last) {
+        bail!("--init and --last fine-tune from a pretraining run (`pixelseq train --init`); `pixelseq pretrain` starts from scratch");
+    }
     if a.last && a.init.is_none() {
         bail!("--last picks the last checkpoint of the pretraining run given by --init; pass --init PRETRAIN_RUN_DIR too");
-    }
-    if pretrain && a.init.is_some() {
-        bail!("--init fine-tunes from a pretraining run; `pixelseq pretrain` starts from scratch");
     }
     let Part::Worker { device, member } = dist::join(a.nproc, &a.device.device, a.device.threads)? else {
         return Ok(());

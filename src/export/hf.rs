@@ -22,6 +22,9 @@ pub fn export(run: &Path, out: &Path) -> Result<()> {
         bail!("`{}` already exists; choose another --out or remove it", out.display());
     }
     let dir = RunDir::new(run);
+    if let Some(why) = dir.not_a_run() {
+        bail!("{why}");
+    }
     let result = dir.result();
     let text = files::read_regular_to_string(&result).with_context(|| {
         format!(

@@ -1,5 +1,8 @@
 //! TorchScript export: the model of a run, traced in evaluation mode with its input pipeline in
-//! front, so that plain PyTorch (`torch.jit.load`) classifies raw pixels without pixelseq.
+//! front, so that plain PyTorch (`torch.jit.load`) classifies raw pixels without pixelseq. The
+//! trace is the submodule `model` of a scripted module whose `forward` first checks its input
+//! ([`checked_forward`]): a trace records tensor operations only, and would take floats, NaN, any
+//! shape whose size divides and values outside 0..255 without a word.
 
 use std::path::Path;
 
@@ -7,6 +10,7 @@ use anyhow::{anyhow, Context, Result};
 use tch::{nn::ModuleT, CModule, Device, Kind, Tensor};
 
 use crate::data::{permutation, InputSpec, TaskConfig};
+use crate::ffi;
 use crate::files;
 use crate::run::exported::input_shape;
 use crate::run::{open_run, Which};
@@ -14,7 +18,7 @@ use crate::run::{open_run, Which};
 /// Images in the example batch the model is traced with.
 const TRACE_BATCH: i64 = 2;
 
-/// What the exported module computes: raw pixels in raster order ([`input_shape`]) → the model's
+/// What the traced module computes: raw pixels in raster order ([`input_shape`]) → the model's
 /// input (B, 1024, C), its steps reordered by `order` (the task's fixed permutation, made before
 /// tracing: a trace records a tensor copied from a slice as an uninitialised one) → logits
 /// (B, 10), in evaluation mode.
@@ -27,15 +31,83 @@ fn forward(model: &dyn ModuleT, spec: InputSpec, order: Option<&Tensor>, pixels:
     model.forward_t(&xs, false) // (B, 10)
 }
 
+/// libtorch's numbers (`c10::ScalarType`, stable across releases) and PyTorch's names of the dtypes
+/// the module refuses: TorchScript compiled without Python cannot name `torch.float32`, and reads a
+/// dtype as its number.
+const DTYPES: [(i64, &str); 7] = [
+    (5, "float16"),
+    (6, "float32"),
+    (7, "float64"),
+    (9, "complex64"),
+    (10, "complex128"),
+    (11, "bool"),
+    (15, "bfloat16"),
+];
+/// `torch.uint8` and `torch.bool` as TorchScript reads them.
+const UINT8: i64 = 0;
+const BOOL: i64 = 11;
+
+/// The exported module's `forward` in TorchScript: the input must be an integer tensor (uint8,
+/// or another integer dtype whose values lie in 0..255, converted to uint8) of the shape
+/// [`input_shape`] gives, with at least one image; anything else raises a `ValueError` naming what
+/// the model takes and what it got. Then the trace (`self.model`) on uint8 pixels, as it was
+/// traced. Floats are refused whatever their values, so NaN never reaches the model.
+fn checked_forward(spec: InputSpec) -> String {
+    let (shape, what) = match spec.channels {
+        1 => (format!("(batch, {})", spec.seq_len), "grayscale images".to_string()),
+        3 => (format!("(batch, {}, 3)", spec.seq_len), "RGB images".to_string()),
+        c => (format!("(batch, {}, {c})", spec.seq_len), format!("images of {c} channels")),
+    };
+    let shape_ok = match spec.channels {
+        1 => format!("pixels.dim() == 2 and pixels.size(1) == {}", spec.seq_len),
+        c => format!("pixels.dim() == 3 and pixels.size(1) == {} and pixels.size(2) == {c}", spec.seq_len),
+    };
+    let takes = format!(
+        "this pixelseq model takes pixels of shape {shape}, {what} flattened in raster order, as uint8 (or another integer dtype) with values 0..255"
+    );
+    let names: Vec<String> = DTYPES.iter().map(|(n, name)| format!("({n}, \"{name}\")")).collect();
+    let names = names.join(", ");
+    format!(
+        r#"
+def _dtype_name(self, dtype: int) -> str:
+    for pair in [{names}]:
+        if pair[0] == dtype:
+            return pair[1]
+    return "number {{}}".format(dtype)
+
+def forward(self, pixels: Tensor) -> Tensor:
+    if pixels.is_floating_point() or pixels.is_complex() or pixels.dtype == {BOOL}:
+        raise ValueError("{takes}; got dtype {{}}".format(self._dtype_name(pixels.dtype)))
+    if not ({shape_ok}):
+        raise ValueError("{takes}; got shape {{}}".format(pixels.shape))
+    if pixels.size(0) == 0:
+        raise ValueError("{takes}; got an empty batch, shape {{}}".format(pixels.shape))
+    if pixels.dtype != {UINT8}:
+        lo = int(pixels.min())
+        hi = int(pixels.max())
+        if lo < 0 or hi > 255:
+            raise ValueError("{takes}; got values from {{}} to {{}}".format(lo, hi))
+        pixels = pixels.to(dtype={UINT8})
+    return self.model.forward(pixels)
+"#
+    )
+}
+
 /// Traces `model` (whose variables must not require gradients: traced weights become constants of
-/// the module) on `device` and returns the TorchScript module.
+/// the module) on `device` and returns the TorchScript module: the trace behind the input checks
+/// of [`checked_forward`].
 pub fn trace(model: &dyn ModuleT, task: &TaskConfig, device: Device) -> Result<CModule> {
     let example = Tensor::zeros(input_shape(task, TRACE_BATCH), (Kind::Uint8, device));
     let order = task.permute.map(|seed| Tensor::from_slice(&permutation(seed)).to_device(device)); // (L)
     let spec = task.input_spec();
-    let mut closure = |inputs: &[Tensor]| vec![forward(model, spec, order.as_ref(), &inputs[0])];
-    tch::no_grad(|| CModule::create_by_tracing("PixelSeq", "forward", &[example], &mut closure))
-        .map_err(|e| anyhow!("failed to trace the model: {}", first_line(&e)))
+    let traced = tch::no_grad(|| {
+        ffi::trace("PixelSeqModel", &[example], |inputs| {
+            vec![forward(model, spec, order.as_ref(), &inputs[0])]
+        })
+    })?;
+    let bytes = ffi::script_wrap(&traced, "PixelSeq", &checked_forward(spec))?;
+    CModule::load_data_on_device(&mut bytes.as_slice(), device)
+        .map_err(|e| anyhow!("failed to load the TorchScript module just made: {}", first_line(&e)))
 }
 
 /// Traces the best checkpoint of the run (or exported folder) in `run` on the CPU and writes the
@@ -213,4 +285,149 @@ for name in sys.argv[2:]:
         let out = python(CHECK, &args);
         assert_eq!(out.lines().count(), names.len(), "{out}");
     }
+
+    /// The module checks its input before the trace sees it: a float (NaN included), bool or
+    /// complex tensor, another shape (an image tensor (2, 3, 32, 32), a flat (2, 512), an RGB
+    /// model given grayscale pixels and the reverse, an empty batch) and integers outside 0..255
+    /// raise an error naming what the model takes and what it got, in pixelseq (tch) and in plain
+    /// PyTorch; uint8 and in-range integers give the eager model's logits.
+    #[test]
+    fn the_module_refuses_what_it_cannot_classify() {
+        let attn = [
+            "model.d_model=16",
+            "model.n_heads=2",
+            "model.qkv_dim=16",
+            "model.mlp_dim=16",
+            "model.n_layers=1",
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = vec![dir.path().as_os_str().to_owned()];
+        for (preset, task, layout) in [
+            (
+                "transformer-small",
+                &["task.name=\"scifar\"", "model.input=\"linear\""][..],
+                "(batch, 1024, 3), RGB images",
+            ),
+            ("transformer-lra", &["task.permute=4"][..], "(batch, 1024), grayscale images"),
+        ] {
+            let cfg = tiny(preset, &[&attn[..], task].concat());
+            tch::manual_seed(0);
+            let mut vs = nn::VarStore::new(Device::Cpu);
+            let model = cfg.model.build(&vs.root(), &cfg.task.input_spec()).unwrap();
+            vs.freeze();
+            let module = trace(model.as_ref(), &cfg.task, Device::Cpu).unwrap();
+            let rgb = cfg.task.input_spec().channels == 3;
+            let shape = input_shape(&cfg.task, 2);
+            let other = if rgb { vec![2, 1024] } else { vec![2, 1024, 3] };
+            let u8s = |dims: &[i64]| Tensor::randint(256, dims, (Kind::Uint8, Device::Cpu));
+            let nan = Tensor::rand(&shape, (Kind::Float, Device::Cpu));
+            let _ = nan.get(0).get(5).fill_(f64::NAN);
+            let high = Tensor::randint(256, &shape, (Kind::Int64, Device::Cpu));
+            let _ = high.get(1).get(7).fill_(300);
+            let low = Tensor::randint(256, &shape, (Kind::Int, Device::Cpu));
+            let _ = low.get(0).get(0).fill_(-1);
+            let bad: Vec<(Tensor, String)> = [
+                (Tensor::rand(&shape, (Kind::Float, Device::Cpu)) * 255, "got dtype float32"),
+                (nan, "got dtype float32"),
+                (Tensor::zeros(&shape, (Kind::Double, Device::Cpu)), "got dtype float64"),
+                (Tensor::ones(&shape, (Kind::Bool, Device::Cpu)), "got dtype bool"),
+                (u8s(&[2, 3, 32, 32]), "got shape [2, 3, 32, 32]"),
+                (u8s(&[2, 512]), "got shape [2, 512]"),
+                (u8s(&other), &*format!("got shape {other:?}")),
+                (u8s(&[0, 1024, 3][..shape.len()]), "got an empty batch"),
+                (high, "got values from 0 to 300"),
+                (low, "got values from -1 to 255"),
+            ]
+            .into_iter()
+            .map(|(t, got)| (t, got.to_string()))
+            .collect();
+            for (i, (input, got)) in bad.iter().enumerate() {
+                let err = module.forward_ts(&[input]).expect_err(got).to_string();
+                let last = err.lines().last().unwrap();
+                assert!(
+                    last.contains(&format!("ValueError: this pixelseq model takes pixels of shape {layout}")) && last.contains(got),
+                    "{preset}, case {i}: {err}"
+                );
+            }
+            // Correct inputs: uint8, and the same values as any integer dtype, give the eager logits;
+            // each refused dtype is named.
+            let images = u8s(&[2, cfg.task.input_spec().channels, 32, 32]); // (2, C, 32, 32)
+            let pixels = images.permute([0, 2, 3, 1]).reshape(&shape);
+            let eager = tch::no_grad(|| model.forward_t(&batch_input(&images, &cfg.task, false), false));
+            let kinds = [
+                Kind::Half,
+                Kind::Float,
+                Kind::Double,
+                Kind::ComplexFloat,
+                Kind::ComplexDouble,
+                Kind::Bool,
+                Kind::BFloat16,
+            ];
+            for (kind, (_, name)) in kinds.into_iter().zip(DTYPES) {
+                let err = module.forward_ts(&[pixels.to_kind(kind)]).expect_err(name).to_string();
+                assert!(err.trim_end().ends_with(&format!("got dtype {name}")), "{kind:?}: {err}");
+            }
+            let halved = images.divide_scalar_mode(2, "floor").to_kind(Kind::Uint8); // (2, C, 32, 32), values 0..127
+            let eager_halved = tch::no_grad(|| model.forward_t(&batch_input(&halved, &cfg.task, false), false));
+            let halved = halved.permute([0, 2, 3, 1]).reshape(&shape);
+            for kind in [Kind::Int8, Kind::Int16, Kind::Int, Kind::Int64] {
+                let diff = (module.forward_ts(&[halved.to_kind(kind)]).unwrap() - &eager_halved)
+                    .abs()
+                    .max()
+                    .double_value(&[]);
+                assert!(diff <= 1e-6, "{preset}, {kind:?}: logits differ by {diff}");
+            }
+            for input in [pixels.shallow_clone(), pixels.to_kind(Kind::Int64)] {
+                let diff = (module.forward_ts(&[input]).unwrap() - &eager).abs().max().double_value(&[]);
+                assert!(diff <= 1e-6, "{preset}: logits differ by {diff}");
+            }
+            save(&module, &dir.path().join(format!("{preset}.pt"))).unwrap();
+            args.push(format!("{preset}={layout}").into());
+        }
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        let out = python(REFUSES, &args);
+        assert_eq!(out.lines().count(), 20, "{out}");
+    }
+
+    /// Plain PyTorch gets the same errors from each saved module (`torch.jit.Error`, its last line
+    /// the `ValueError`), and the same logits for uint8 and in-range int64 pixels.
+    const REFUSES: &str = r#"
+import sys, torch
+for arg in sys.argv[2:]:
+    name, layout = arg.split("=")
+    model = torch.jit.load(sys.argv[1] + "/" + name + ".pt")
+    assert not model.training
+    rgb = layout.endswith("RGB images")
+    shape = (2, 1024, 3) if rgb else (2, 1024)
+    nan = torch.rand(shape)
+    nan[0, 5] = float("nan")
+    high = torch.randint(256, shape)
+    high[1, 7] = 300
+    low = torch.randint(256, shape, dtype=torch.int32)
+    low[0, 0] = -1
+    cases = [
+        (torch.rand(shape) * 255, "got dtype float32"),
+        (nan, "got dtype float32"),
+        (torch.zeros(shape, dtype=torch.float64), "got dtype float64"),
+        (torch.ones(shape, dtype=torch.bool), "got dtype bool"),
+        (torch.zeros(2, 3, 32, 32, dtype=torch.uint8), "got shape [2, 3, 32, 32]"),
+        (torch.zeros(2, 512, dtype=torch.uint8), "got shape [2, 512]"),
+        (torch.zeros((2, 1024) if rgb else (2, 1024, 3), dtype=torch.uint8), "got shape [2, 1024" + ("]" if rgb else ", 3]")),
+        (torch.zeros((0,) + shape[1:], dtype=torch.uint8), "got an empty batch"),
+        (high, "got values from 0 to 300"),
+        (low, "got values from -1 to 255"),
+    ]
+    for pixels, got in cases:
+        try:
+            model(pixels)
+        except torch.jit.Error as e:
+            last = str(e).splitlines()[-1]
+            assert "ValueError: this pixelseq model takes pixels of shape " + layout in last and got in last, (name, got, str(e))
+            print(name, got)
+            continue
+        raise AssertionError(name + ": accepted a tensor that should give " + got)
+    pixels = torch.randint(256, shape, dtype=torch.uint8)
+    with torch.no_grad():
+        assert (model(pixels) - model(pixels.long())).abs().max().item() == 0
+"#;
 }

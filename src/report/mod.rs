@@ -772,7 +772,8 @@ mod tests {
         assert!(!inside.exists());
     }
 
-    /// Numbers no run could have are skipped as absurd, not printed with hundreds of digits.
+    /// Numbers no run could have are skipped as absurd, not printed with hundreds of digits: not
+    /// in the report, nor in the note that skips the run.
     #[test]
     fn huge_numbers_are_absurd() {
         let tmp = tempfile::tempdir().unwrap();
@@ -795,6 +796,8 @@ mod tests {
             None,
             task("name = \"lra-image\""),
         );
+        let note = runs::read_run(&results.join("huge")).unwrap().implausible();
+        assert_eq!(note.as_deref(), Some("result.json has wall_s = 1e308"));
         let report = generate(&[results], &tmp.path().join("out"), &[]).unwrap();
         assert_eq!(report.runs.len(), 1);
         let md = std::fs::read_to_string(tmp.path().join("out/results.md")).unwrap();

@@ -163,7 +163,7 @@ pub fn read_bench(path: &Path) -> Result<Vec<Record>> {
                 .find(|(_, v)| v.is_some_and(|v| !(v.is_finite() && (0.0..=MAX_IMG_PER_S).contains(&v))));
             if let Some((key, v)) = bad {
                 eprintln!(
-                    "skipping a record of `{}` ({} {} L={}): {key} = {}",
+                    "skipping a record of `{}` ({} {} L={}): {key} = {:?}",
                     path.display(),
                     e.implementation,
                     e.preset,
@@ -234,7 +234,7 @@ impl Run {
             ("params", r.params as f64, amount(r.params as f64, MAX_PARAMS)),
         ] {
             if !ok {
-                return Some(format!("result.json has {key} = {v}"));
+                return Some(format!("result.json has {key} = {v:?}"));
             }
         }
         for (i, m) in self.metrics.iter().enumerate() {
@@ -244,7 +244,7 @@ impl Run {
                 ("wall_s", m.wall_s, amount(m.wall_s, MAX_WALL_S)),
             ] {
                 if !ok {
-                    return Some(format!("metrics.jsonl line {} has {key} = {v}", i + 1));
+                    return Some(format!("metrics.jsonl line {} has {key} = {v:?}", i + 1));
                 }
             }
         }

@@ -127,10 +127,37 @@ impl RunDir {
 
     /// The run's resolved config.
     pub fn load_config(&self) -> Result<RunConfig> {
-        if self.config().exists() {
-            crate::files::check_regular(&self.config())?;
+        if let Some(why) = self.not_a_run() {
+            bail!("{why}");
         }
+        crate::files::check_regular(&self.config())?;
         RunConfig::load(None, Some(&self.config()), &[]).with_context(|| format!("`{}` is not a run directory", self.root.display()))
+    }
+
+    /// Why this path is no run directory, in one line naming what it is and what it lacks; `None`
+    /// when it has a config.toml (or something in its place, which the reader then refuses).
+    pub fn not_a_run(&self) -> Option<String> {
+        use super::exported::{CONFIG, WEIGHTS};
+        let root = self.root.display();
+        let has = |name: &str| self.root.join(name).symlink_metadata().is_ok();
+        if self.config().symlink_metadata().is_ok() {
+            return None;
+        }
+        Some(if self.root.symlink_metadata().is_err() {
+            format!("`{root}` does not exist")
+        } else if !self.root.is_dir() {
+            format!("`{root}` is a file, not a run directory (a folder written by `pixelseq train` or `pixelseq pretrain`)")
+        } else {
+            match (has(CONFIG), has(WEIGHTS)) {
+                (true, false) => format!("`{root}` is an exported model folder without its {WEIGHTS}; export the run again"),
+                (false, true) => format!("`{root}` has {WEIGHTS} but neither the {CONFIG} of an exported folder nor the config.toml of a run"),
+                (true, true) => match [CONFIG, WEIGHTS].iter().find_map(|f| crate::files::check_regular(&self.root.join(f)).err()) {
+                    Some(e) => format!("{e:#}"),
+                    None => format!("`{root}` is an exported model folder, not a run directory: `eval`, `predict` and `export` take it, a run cannot continue or start from it"),
+                },
+                (false, false) => format!("`{root}` is not a run directory: it has no config.toml (a folder written by `pixelseq train` or `pixelseq pretrain`, or {CONFIG} and {WEIGHTS} written by `pixelseq export --format hf`)"),
+            }
+        })
     }
 
     /// The preset the run was started from, if any.

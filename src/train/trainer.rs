@@ -799,6 +799,10 @@ fn claim_dir(dir: &RunDir, cfg: &RunConfig, opts: &Options, lock: Option<RunLock
 /// of the model whose shape differs is an error naming it. The log lists what was loaded.
 fn init_backbone(vs: &mut nn::VarStore, dir: &Path, which: InitCheckpoint, model: &ModelConfig) -> Result<()> {
     let run = RunDir::new(dir);
+    // A path without checkpoints: say what it is (a file, an exported folder, …).
+    if let Some(why) = run.not_a_run().filter(|_| !run.root.join("checkpoints").is_dir()) {
+        bail!("--init: {why}");
+    }
     let folder = match which {
         InitCheckpoint::Best => run.best(),
         InitCheckpoint::Last => run.last(),
@@ -1124,7 +1128,7 @@ seed = 7
         // 600 s left: 0.97 · 600 − 20 = 562 s at 0.5 + 10/100 = 0.6 s a step: 936 more steps.
         assert_eq!(fitted_total(100, 600.0, 100, 10_000, &speeds), 1_036);
         let used = 936.0 * 0.6 + 20.0;
-        assert!(used <= 600.0 && used >= 0.95 * 600.0, "{used}");
+        assert!((0.95 * 600.0..=600.0).contains(&used), "{used}");
         assert_eq!(fitted_total(100, 600.0, 100, 500, &speeds), 500, "never past the recipe");
         assert_eq!(fitted_total(100, 10.0, 100, 10_000, &speeds), 101, "always one more step");
     }
