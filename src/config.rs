@@ -288,7 +288,7 @@ pub struct RunConfig {
 /// once there and recorded as it is in `result.json`), and the stage's own optimizer, schedule
 /// and budget where they differ from the top-level ones (which then stay the recipe of fine-tuning
 /// with `train --init`). serde cannot refuse unknown keys through a flattened table, so
-/// [`RunConfig::from_table`] does ([`Pretrain::check_keys`]).
+/// [`RunConfig::from_table`] does ([`Pretrain::check_table`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Pretrain {
@@ -303,20 +303,34 @@ pub struct Pretrain {
 }
 
 impl Pretrain {
-    /// Refuses a key of the `[pretrain]` table `table` that is neither a setting of the method nor
-    /// one of the stage's sections, naming it and the keys there are.
-    fn check_keys(table: &toml::Table) -> Result<()> {
+    /// Checks the `[pretrain]` table `table` before it is read through the flattened settings,
+    /// which would lose the key at fault: a key that is neither a setting of the method nor one
+    /// of the stage's sections, and a setting of the wrong type or value, are named
+    /// (`pretrain.KEY`).
+    fn check_table(table: &toml::Table) -> Result<()> {
         let method = toml::Table::try_from(pretrain::Config::default()).expect("the pretraining settings serialise");
-        let known: Vec<&str> = method.keys().map(String::as_str).chain(["optim", "schedule", "train"]).collect();
-        match table.keys().find(|k| !known.contains(&k.as_str())) {
-            Some(key) => bail!(
+        let known: Vec<&str> = method.keys().map(String::as_str).chain(STAGE_SECTIONS).collect();
+        if let Some(key) = table.keys().find(|k| !known.contains(&k.as_str())) {
+            bail!(
                 "key `pretrain.{key}`: unknown field `{key}`, expected one of {}",
                 known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
-            ),
-            None => Ok(()),
+            );
         }
+        let settings: toml::Table = table
+            .iter()
+            .filter(|(k, _)| !STAGE_SECTIONS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        serde_path_to_error::deserialize::<_, pretrain::Config>(toml::Value::Table(settings)).map_err(|e| {
+            let path = e.path().to_string();
+            anyhow!("key `pretrain.{path}`: {}", e.into_inner().message().trim())
+        })?;
+        Ok(())
     }
 }
+
+/// The `[pretrain]` sections that hold the stage's own settings.
+const STAGE_SECTIONS: [&str; 3] = ["optim", "schedule", "train"];
 
 /// The folder of shipped presets: `$PIXELSEQ_PRESETS`, else `presets/` beside the executable's
 /// repository (found from the build), else `./presets`.
@@ -427,7 +441,7 @@ impl RunConfig {
     /// Deserialises a TOML tree, naming the key at fault, then validates.
     pub fn from_table(table: toml::Table, origin: &str) -> Result<RunConfig> {
         if let Some(toml::Value::Table(p)) = table.get("pretrain") {
-            Pretrain::check_keys(p).map_err(|e| anyhow!("{origin}: {e}"))?;
+            Pretrain::check_table(p).map_err(|e| anyhow!("{origin}: {e}"))?;
         }
         let cfg: RunConfig = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let path = e.path().to_string();
@@ -712,7 +726,7 @@ mod tests {
     }
 
     /// `[pretrain]` reads the method's settings from their one declaration (`pretrain::Config`,
-    /// flattened): an unknown key is still refused naming it, a wrong type names the table, and a
+    /// flattened): an unknown key is still refused naming it, a wrong type names its key, and a
     /// resolved config reads back as itself.
     #[test]
     fn pretrain_keys_are_checked_through_the_flattened_settings() {
@@ -722,7 +736,7 @@ mod tests {
             "{err}"
         );
         let err = error("transformer-spt", "pretrain.mask_ratio=\"half\"");
-        assert!(err.contains("key `pretrain`") && err.contains("invalid type"), "{err}");
+        assert!(err.contains("key `pretrain.mask_ratio`") && err.contains("invalid type"), "{err}");
         let cfg = RunConfig::load(Some("transformer-spt"), None, &[]).unwrap();
         assert_eq!(cfg.pretrain.as_ref().unwrap().method.mask, pretrain::MaskDraw::Bernoulli);
         assert_eq!(RunConfig::from_toml_str(&cfg.to_toml(), "again").unwrap().pretrain, cfg.pretrain);
