@@ -160,21 +160,23 @@ mod tests {
         RunConfig::from_table(table, preset).unwrap()
     }
 
+    /// The attention models' sizes in these tests.
+    const ATTN: [&str; 5] = [
+        "model.d_model=16",
+        "model.n_heads=2",
+        "model.qkv_dim=16",
+        "model.mlp_dim=16",
+        "model.n_layers=1",
+    ];
+
     /// Every model of the zoo, small, with the presets' variants that take other paths (CLS or
     /// mean pooling, black-pixel masks, Nyström landmarks, BatchNorm, the LRU's two scans) and a
     /// permuted task.
     fn zoo() -> Vec<(&'static str, RunConfig)> {
-        let attn = [
-            "model.d_model=16",
-            "model.n_heads=2",
-            "model.qkv_dim=16",
-            "model.mlp_dim=16",
-            "model.n_layers=1",
-        ];
         vec![
-            ("transformer-small", tiny("transformer-small", &attn)),
-            ("transformer-lra", tiny("transformer-lra", &attn)),
-            ("nystromformer-lra", tiny("nystromformer-lra", &attn)),
+            ("transformer-small", tiny("transformer-small", &ATTN)),
+            ("transformer-lra", tiny("transformer-lra", &ATTN)),
+            ("nystromformer-lra", tiny("nystromformer-lra", &ATTN)),
             (
                 "fnet-lra",
                 tiny(
@@ -293,13 +295,6 @@ for name in sys.argv[2:]:
     /// PyTorch; uint8 and in-range integers give the eager model's logits.
     #[test]
     fn the_module_refuses_what_it_cannot_classify() {
-        let attn = [
-            "model.d_model=16",
-            "model.n_heads=2",
-            "model.qkv_dim=16",
-            "model.mlp_dim=16",
-            "model.n_layers=1",
-        ];
         let dir = tempfile::tempdir().unwrap();
         let mut args = vec![dir.path().as_os_str().to_owned()];
         for (preset, task, layout) in [
@@ -310,7 +305,7 @@ for name in sys.argv[2:]:
             ),
             ("transformer-lra", &["task.permute=4"][..], "(batch, 1024), grayscale images"),
         ] {
-            let cfg = tiny(preset, &[&attn[..], task].concat());
+            let cfg = tiny(preset, &[&ATTN[..], task].concat());
             tch::manual_seed(0);
             let mut vs = nn::VarStore::new(Device::Cpu);
             let model = cfg.model.build(&vs.root(), &cfg.task.input_spec()).unwrap();

@@ -88,8 +88,9 @@ pub struct RunRecord {
 /// reconstruction loss (`test_loss` of [`RunRecord`] is the test split's).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PretrainResult {
-    /// The method's settings, as `[pretrain]` gives them (records written before some of them
-    /// existed read their defaults, which were then the only choice).
+    /// The method's settings, as `[pretrain]` gives them. Records written before all of them
+    /// were kept (2026-12-06) read the missing ones as their defaults: the run's `config.toml`
+    /// holds what it used.
     #[serde(flatten)]
     pub method: pretrain::Config,
     #[serde(deserialize_with = "f64_or_nan")]
