@@ -12,7 +12,7 @@ use super::{measure, Timing};
 use crate::amp;
 use crate::config::{Fit, RunConfig};
 use crate::data::Dataset;
-use crate::train::plan::Plan;
+use crate::train::plan::{fitted_total, Plan, Speeds};
 
 /// Seconds a run takes before its first step and after its last that a fit does not time: data
 /// already loaded, the model built, the memory probe, checkpoints.
@@ -38,9 +38,12 @@ pub fn fit(cfg: &mut RunConfig, data: &Dataset, device: Device, minutes: f64, wo
     let share = (plan.batch_size / world as i64).max(1);
     let m = measure(cfg, cfg.task.input_spec(), (share, plan.eval_batch), &timing, device, precision)?;
     let infer = m.infer_img_per_s * world as f64;
-    let per_step = share as f64 / m.train_img_per_s + val as f64 / (infer * plan.eval_every as f64);
-    let fixed = START_UP_S + (val + data.test.len()) as f64 / infer;
-    let steps = (((0.9 * minutes * 60.0 - fixed) / per_step).floor() as u64).clamp(1, plan.total.max(1));
+    let speeds = Speeds {
+        step_s: share as f64 / m.train_img_per_s,
+        eval_s: val as f64 / infer,
+        final_s: (val + data.test.len()) as f64 / infer,
+    };
+    let steps = fitted_total(0, 0.9 * minutes * 60.0 - START_UP_S, plan.eval_every, plan.total.max(1), &speeds);
     let warmup = cfg.schedule.warmup_steps;
     if warmup > 0 {
         cfg.schedule.warmup_steps = ((warmup as f64 * steps as f64 / plan.total as f64).round() as u64).max(1);

@@ -42,3 +42,21 @@ impl Plan {
         step as f64 / self.steps_per_epoch as f64
     }
 }
+
+/// The seconds a run's remaining parts take: one training step, one evaluation during
+/// training, and the final validation and test passes.
+pub struct Speeds {
+    pub step_s: f64,
+    pub eval_s: f64,
+    pub final_s: f64,
+}
+
+/// The step a run with `usable_s` more seconds from `step` should end at: as many steps as fit
+/// in them after the final passes, with an evaluation every `eval_every` steps; at least one more
+/// step and at most `recipe` in all. `--fit-minutes` sizes a run with it before the first step,
+/// and the trainer re-plans with it at each evaluation.
+pub fn fitted_total(step: u64, usable_s: f64, eval_every: u64, recipe: u64, s: &Speeds) -> u64 {
+    let per_step = s.step_s + s.eval_s / eval_every.max(1) as f64;
+    let more = ((usable_s - s.final_s) / per_step).floor().max(1.0) as u64;
+    (step + more).min(recipe).max(step + 1)
+}

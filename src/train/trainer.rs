@@ -15,7 +15,7 @@ use super::ddp::{evaluate_across, Peers};
 use super::eval::evaluate;
 use super::memory;
 use super::optim::AdamW;
-use super::plan::Plan;
+use super::plan::{fitted_total, Plan, Speeds};
 use super::progress::{self, clock, Progress, Tally};
 use super::sampler::Sampler;
 use super::schedule;
@@ -372,23 +372,6 @@ fn eval_ips_now(speed: Option<EvalSpeed>, recent: Option<f64>, average: f64) -> 
     ips.max(1e-9)
 }
 
-/// The seconds a run's remaining parts take: one training step, one evaluation during
-/// training, and the final validation and test passes.
-struct Speeds {
-    step_s: f64,
-    eval_s: f64,
-    final_s: f64,
-}
-
-/// The step a run sized to `left_s` more seconds from `step` should end at: as many steps as fit
-/// in 97% of what is left after the final passes, with an evaluation every `eval_every` steps;
-/// at least one more step and at most `recipe` in all.
-fn fitted_total(step: u64, left_s: f64, eval_every: u64, recipe: u64, s: &Speeds) -> u64 {
-    let per_step = s.step_s + s.eval_s / eval_every.max(1) as f64;
-    let more = ((0.97 * left_s - s.final_s) / per_step).floor().max(1.0) as u64;
-    (step + more).min(recipe).max(step + 1)
-}
-
 impl<'a> Trainer<'a> {
     /// Takes the run directory's lock, writes the config (a new run, or the one `--resume`
     /// continues with), loads the last checkpoint (`--resume`), builds the model and the
@@ -502,7 +485,7 @@ impl<'a> Trainer<'a> {
             return Ok(());
         }
         let plan = &self.plan;
-        let left_s = fit.minutes * 60.0 - self.started.elapsed().as_secs_f64();
+        let usable_s = 0.97 * (fit.minutes * 60.0 - self.started.elapsed().as_secs_f64());
         let speeds = Speeds {
             step_s: plan.batch_size as f64 / train_ips.max(1e-9),
             eval_s: self.val_images() as f64 / eval.img_per_s.max(1e-9),
@@ -510,7 +493,7 @@ impl<'a> Trainer<'a> {
         };
         let total = self
             .peers
-            .min(fitted_total(step, left_s, plan.eval_every, fit.recipe_steps, &speeds) as i64)? as u64;
+            .min(fitted_total(step, usable_s, plan.eval_every, fit.recipe_steps, &speeds) as i64)? as u64;
         if (total as f64 - plan.total as f64).abs() <= 0.02 * plan.total as f64 {
             return Ok(());
         }
@@ -1126,11 +1109,11 @@ seed = 7
             final_s: 20.0,
         };
         // 600 s left: 0.97 · 600 − 20 = 562 s at 0.5 + 10/100 = 0.6 s a step: 936 more steps.
-        assert_eq!(fitted_total(100, 600.0, 100, 10_000, &speeds), 1_036);
+        assert_eq!(fitted_total(100, 0.97 * 600.0, 100, 10_000, &speeds), 1_036);
         let used = 936.0 * 0.6 + 20.0;
         assert!((0.95 * 600.0..=600.0).contains(&used), "{used}");
-        assert_eq!(fitted_total(100, 600.0, 100, 500, &speeds), 500, "never past the recipe");
-        assert_eq!(fitted_total(100, 10.0, 100, 10_000, &speeds), 101, "always one more step");
+        assert_eq!(fitted_total(100, 0.97 * 600.0, 100, 500, &speeds), 500, "never past the recipe");
+        assert_eq!(fitted_total(100, 0.97 * 10.0, 100, 10_000, &speeds), 101, "always one more step");
     }
 
     /// A fitted run whose machine is faster than its fit assumed takes more steps at its first
