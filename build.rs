@@ -3,9 +3,10 @@
 //! Every executable also records libtorch's folder as its run path, so it starts without
 //! `LD_LIBRARY_PATH` on the machine that built it; elsewhere `LD_LIBRARY_PATH` (searched first)
 //! points at that machine's `torch/lib`. `csrc/` (libtorch's fused multi-tensor kernels, its
-//! Kineto profiler and its per-device autocast state, which tch does not wrap, a multithreaded
-//! CPU dropout mask, FNet's Fourier mixing with half the transforms, a caching CPU allocator, c10d's distributed backends and the TorchScript export's input checks) is compiled against
-//! the same libtorch's headers.
+//! Kineto profiler, its per-device autocast state and its CUDA graphs, which tch does not wrap, a
+//! multithreaded CPU dropout mask, FNet's Fourier mixing with half the transforms, a caching CPU
+//! allocator, c10d's distributed backends and the TorchScript export's input checks) is compiled
+//! against the same libtorch's headers.
 
 fn main() {
     commit();
@@ -31,6 +32,7 @@ fn csrc(lib: &std::path::Path) {
     for file in [
         "autocast",
         "cpu_allocator",
+        "cuda_graph",
         "dist",
         "dist_nccl",
         "dropout",
@@ -46,9 +48,10 @@ fn csrc(lib: &std::path::Path) {
         Ok(dirs) => {
             system.extend(dirs);
             build.define("PIXELSEQ_NCCL", None);
+            build.define("PIXELSEQ_CUDA", None);
             println!("cargo:rustc-link-lib=dylib=c10_cuda");
         }
-        Err(why) => println!("cargo:warning=building without NCCL: {why}"),
+        Err(why) => println!("cargo:warning=building without NCCL and CUDA graphs: {why}"),
     }
     for dir in system {
         build.flag("-isystem").flag(dir.to_str().expect("include folders are UTF-8"));
@@ -62,10 +65,10 @@ fn csrc(lib: &std::path::Path) {
         .compile("pixelseq_csrc");
 }
 
-/// The headers c10d's NCCL backend needs (`csrc/dist_nccl.cpp`): NCCL's and the CUDA runtime's
-/// from the torch wheel's dependencies beside `torch/` (`nvidia/nccl`, `nvidia/cu13`), the CUDA C
-/// runtime and CCCL headers they include from `$PIXELSEQ_CUDA_HEADERS` (installed by
-/// scripts/env.sh). Only when libtorch has CUDA.
+/// The headers c10d's NCCL backend (`csrc/dist_nccl.cpp`) and CUDA graphs (`csrc/cuda_graph.cpp`)
+/// need: NCCL's and the CUDA runtime's from the torch wheel's dependencies beside `torch/`
+/// (`nvidia/nccl`, `nvidia/cu13`), the CUDA C runtime and CCCL headers they include from
+/// `$PIXELSEQ_CUDA_HEADERS` (installed by scripts/env.sh). Only when libtorch has CUDA.
 fn cuda_headers(lib: &std::path::Path) -> Result<Vec<std::path::PathBuf>, String> {
     println!("cargo:rerun-if-env-changed=PIXELSEQ_CUDA_HEADERS");
     if !lib.join("libtorch_cuda.so").exists() {

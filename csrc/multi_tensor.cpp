@@ -29,14 +29,22 @@ extern "C" {
 
 // One AdamW step (decoupled weight decay, bias-corrected moments, eps outside the square root) of
 // n parameters of one dtype and device; `step` holds the step count, starting at 1, as a float32
-// scalar on that device.
+// scalar on that device. The learning rate is `lr`, or when `lr_tensor` is given the float32
+// scalar it holds on that device (the kernel's capturable form: a CUDA graph replays it with
+// whatever value the tensor holds then).
 bool pixelseq_fused_adamw(at::Tensor *const *params, at::Tensor *const *grads, at::Tensor *const *exp_avgs,
-                          at::Tensor *const *exp_avg_sqs, const at::Tensor *step, size_t n, double lr, double beta1,
-                          double beta2, double weight_decay, double eps, char *err, size_t err_len) {
+                          at::Tensor *const *exp_avg_sqs, const at::Tensor *step, size_t n, double lr,
+                          const at::Tensor *lr_tensor, double beta1, double beta2, double weight_decay, double eps,
+                          char *err, size_t err_len) {
   return guard(err, err_len, [&] {
     std::vector<at::Tensor> steps(n, *step);
-    at::_fused_adamw_(list(params, n), list(grads, n), list(exp_avgs, n), list(exp_avg_sqs, n), {}, steps, lr, beta1,
-                      beta2, weight_decay, eps, /*amsgrad=*/false, /*maximize=*/false);
+    auto ps = list(params, n), gs = list(grads, n), ms = list(exp_avgs, n), vs = list(exp_avg_sqs, n);
+    if (lr_tensor)
+      at::_fused_adamw_(ps, gs, ms, vs, {}, steps, *lr_tensor, beta1, beta2, weight_decay, eps, /*amsgrad=*/false,
+                        /*maximize=*/false);
+    else
+      at::_fused_adamw_(ps, gs, ms, vs, {}, steps, lr, beta1, beta2, weight_decay, eps, /*amsgrad=*/false,
+                        /*maximize=*/false);
   });
 }
 

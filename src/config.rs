@@ -161,6 +161,57 @@ pub struct Train {
     /// Data-parallel runs (`--nproc`, torchrun, srun): the c10d backend of the gradient
     /// all-reduce, `"auto"` (NCCL on CUDA, Gloo on the CPU), `"nccl"` or `"gloo"`.
     pub backend: Backend,
+    /// Capture the training step as one CUDA graph and replay it (`train::graph`): `"auto"` (on
+    /// where it is known to work, off elsewhere with the reason in the log), `true` (refused
+    /// where it cannot work) or `false`.
+    #[serde(skip_serializing_if = "CudaGraphs::is_auto")]
+    pub cuda_graphs: CudaGraphs,
+}
+
+/// `train.cuda_graphs`: `"auto"`, `true` or `false`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CudaGraphs {
+    Auto,
+    On,
+    Off,
+}
+
+impl CudaGraphs {
+    fn is_auto(&self) -> bool {
+        *self == CudaGraphs::Auto
+    }
+}
+
+impl Serialize for CudaGraphs {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            CudaGraphs::Auto => s.serialize_str("auto"),
+            CudaGraphs::On => s.serialize_bool(true),
+            CudaGraphs::Off => s.serialize_bool(false),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CudaGraphs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = CudaGraphs;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"auto\", true or false")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<CudaGraphs, E> {
+                match v {
+                    "auto" => Ok(CudaGraphs::Auto),
+                    _ => Err(E::custom(format!("`{v}`: expected \"auto\", true or false"))),
+                }
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<CudaGraphs, E> {
+                Ok(if v { CudaGraphs::On } else { CudaGraphs::Off })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// `train.init_checkpoint`: which checkpoint of the pretraining run fine-tuning starts from.
@@ -261,6 +312,7 @@ impl Default for Train {
             micro_batch: MicroBatch::Auto,
             tensorboard: true,
             backend: Backend::Auto,
+            cuda_graphs: CudaGraphs::Auto,
         }
     }
 }

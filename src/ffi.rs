@@ -35,6 +35,12 @@ pub(crate) struct PixelseqModule {
     _opaque: [u8; 0],
 }
 
+/// A CUDA graph and its side stream (csrc/cuda_graph.cpp), owned by `train::graph::CudaGraph`.
+#[repr(C)]
+pub(crate) struct PixelseqGraph {
+    _opaque: [u8; 0],
+}
+
 /// The bucketed gradient reducer (csrc/dist.cpp), owned by `dist::GradReducer`.
 #[repr(C)]
 pub(crate) struct PixelseqReducer {
@@ -60,6 +66,15 @@ extern "C" {
     ) -> bool;
     pub(crate) fn pixelseq_cpu_allocator_trim(err: *mut c_char, err_len: usize) -> bool;
     pub(crate) fn pixelseq_cpu_allocator_configure(limit: u64, peaks: u64, err: *mut c_char, err_len: usize) -> bool;
+
+    // csrc/cuda_graph.cpp
+    pub(crate) fn pixelseq_graph_built() -> bool;
+    pub(crate) fn pixelseq_graph_new(device: c_int, out: *mut *mut PixelseqGraph, err: *mut c_char, err_len: usize) -> bool;
+    pub(crate) fn pixelseq_graph_free(graph: *mut PixelseqGraph);
+    pub(crate) fn pixelseq_graph_side(graph: *mut PixelseqGraph, side: bool, err: *mut c_char, err_len: usize) -> bool;
+    pub(crate) fn pixelseq_graph_capture_begin(graph: *mut PixelseqGraph, err: *mut c_char, err_len: usize) -> bool;
+    pub(crate) fn pixelseq_graph_capture_end(graph: *mut PixelseqGraph, err: *mut c_char, err_len: usize) -> bool;
+    pub(crate) fn pixelseq_graph_replay(graph: *mut PixelseqGraph, err: *mut c_char, err_len: usize) -> bool;
 
     // csrc/dist.cpp, csrc/dist_nccl.cpp
     #[allow(clippy::too_many_arguments)]
@@ -157,6 +172,7 @@ extern "C" {
         step: *const C_tensor,
         n: usize,
         lr: f64,
+        lr_tensor: *const C_tensor,
         beta1: f64,
         beta2: f64,
         weight_decay: f64,

@@ -12,6 +12,7 @@ use super::{measure, Timing};
 use crate::amp;
 use crate::config::{Fit, RunConfig};
 use crate::data::Dataset;
+use crate::train::graph;
 use crate::train::plan::{fitted_total, Plan, Speeds};
 
 /// Seconds a run takes before its first step and after its last that a fit does not time: data
@@ -21,8 +22,10 @@ const START_UP_S: f64 = 15.0;
 /// Sets `train.max_steps` (and the warm-up in proportion) so that the run of `cfg` on `data` fits
 /// `minutes` on `device`, from the measured speed of its training step and evaluation pass, and
 /// `train.max_minutes` to `minutes`. With `world` data-parallel processes the step is timed on one
-/// process's share of the batch (the all-reduce is not timed) and evaluations are shared.
-pub fn fit(cfg: &mut RunConfig, data: &Dataset, device: Device, minutes: f64, world: usize) -> Result<()> {
+/// process's share of the batch (the all-reduce is not timed) and evaluations are shared. A run
+/// that captures its step as a CUDA graph (`train.cuda_graphs`; never `pretrain`) is sized by
+/// the graph's speed.
+pub fn fit(cfg: &mut RunConfig, data: &Dataset, device: Device, minutes: f64, world: usize, pretrain: bool) -> Result<()> {
     if !(minutes.is_finite() && minutes > 0.0) {
         bail!("--fit-minutes {minutes}: must be a positive number of minutes");
     }
@@ -38,8 +41,11 @@ pub fn fit(cfg: &mut RunConfig, data: &Dataset, device: Device, minutes: f64, wo
     let share = (plan.batch_size / world as i64).max(1);
     let m = measure(cfg, cfg.task.input_spec(), (share, plan.eval_batch), &timing, device, precision)?;
     let infer = m.infer_img_per_s * world as f64;
+    // The step the run will take: the CUDA graph's where the trainer captures one.
+    let (graphs, _) = graph::decide(cfg, device, precision, world, pretrain)?;
+    let train = m.graph_train_img_per_s.filter(|_| graphs).unwrap_or(m.train_img_per_s);
     let speeds = Speeds {
-        step_s: share as f64 / m.train_img_per_s,
+        step_s: share as f64 / train,
         eval_s: val as f64 / infer,
         final_s: (val + data.test.len()) as f64 / infer,
     };
@@ -58,7 +64,7 @@ pub fn fit(cfg: &mut RunConfig, data: &Dataset, device: Device, minutes: f64, wo
         "fitted to {minutes} minutes: {steps} steps ({:.2} epochs, warm-up {} steps) at {:.0} img/s training and {:.0} img/s evaluation (measured)",
         plan.epoch(steps),
         cfg.schedule.warmup_steps,
-        m.train_img_per_s * world as f64,
+        train * world as f64,
         infer
     );
     Ok(())

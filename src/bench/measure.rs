@@ -1,5 +1,6 @@
-//! Timing one model in the child process: the trainer's step and inference, each the median of
-//! `steps` after `warmup`, between device synchronisations. Both take the batch in the parts the
+//! Timing one model in the child process: the trainer's step (eager, and on CUDA also captured as
+//! a CUDA graph where the run would capture it) and inference, each the median of `steps` after
+//! `warmup`, between device synchronisations. Both take the batch in the parts the
 //! trainer would (`train.micro_batch`, `auto` by default: see `train::memory`).
 
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use crate::config::RunConfig;
 use crate::data::InputSpec;
 use crate::models::{param_count, NUM_CLASSES};
 use crate::objective::Learner;
+use crate::train::graph::{self, StepGraph};
 use crate::train::memory;
 use crate::train::optim::AdamW;
 use crate::train::step::{train_step, Batch, LossScaler, Settings};
@@ -80,13 +82,23 @@ pub fn measure(
     let memory = memory::plan(&learner, &vs, input, batch, eval_batch, cfg.train.micro_batch, device, precision)?;
     let (inputs, settings) = step_inputs(cfg, input, batch, memory.micro_batch, device, precision);
     let mut scaler = LossScaler::new(precision);
-    let mut step = || train_step(&learner, &mut opt, &inputs, &settings, &mut scaler).map(|_| ());
-
     let train = median_seconds(warmup, steps, device, || {
-        step()?;
+        train_step(&learner, &mut opt, &inputs, &settings, &mut scaler)?;
         sample();
         Ok(())
     })?;
+    // The same step captured as a CUDA graph, where the run's `train.cuda_graphs` would capture
+    // it (after the eager figures, so that their peak memory is the eager step's alone).
+    let graph = match graph::decide(cfg, device, precision, 1, false)? {
+        (true, _) => {
+            let mut g = StepGraph::new(device)?;
+            let warmup = warmup.max(graph::WARMUP_STEPS as usize + 1);
+            Some(median_seconds(warmup, steps, device, || {
+                g.step(&learner, &mut opt, &inputs, &settings).map(|_| ())
+            })?)
+        }
+        (false, _) => None,
+    };
     let infer = median_seconds(warmup, steps, device, || {
         for start in (0..batch).step_by(memory.eval_batch as usize) {
             let xs = inputs.xs.narrow(0, start, memory.eval_batch.min(batch - start));
@@ -103,7 +115,7 @@ pub fn measure(
         let trace = PathBuf::from(format!("{}.json", prefix.display()));
         let ((), summary) = crate::profile::profile(device.is_cuda(), &trace, || {
             for _ in 0..steps {
-                step()?;
+                train_step(&learner, &mut opt, &inputs, &settings, &mut scaler)?;
             }
             device::sync(device);
             Ok(())
@@ -117,6 +129,7 @@ pub fn measure(
     Ok(Measurement {
         params: param_count(&vs),
         train_img_per_s: batch as f64 / train,
+        graph_train_img_per_s: graph.map(|t| batch as f64 / t),
         infer_img_per_s: batch as f64 / infer,
         peak_mem_mb,
         max_allocated_mb: None,

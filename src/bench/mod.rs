@@ -10,6 +10,10 @@
 //!   `zero_grad`, backward, clipping when `optim.clip_norm > 0`, the AdamW update at the
 //!   schedule's full learning rate. The loop's bookkeeping (sampling and per-step reseeding,
 //!   running loss and accuracy, the progress bar) is left out;
+//! - **training as a CUDA graph** (on CUDA, where `train.cuda_graphs` would capture the preset's
+//!   step; `--set train.cuda_graphs=false` leaves it out): the same step captured once and
+//!   replayed ([`crate::train::graph`]), reported beside the eager step (`graph_train_img_per_s`,
+//!   and in the table's note with its ratio to PyTorch's eager step);
 //! - **inference**: `forward_t(train = false)` under `no_grad` and autocast;
 //!
 //! each `--warmup` times untimed, then `--steps` times timed one by one, the device synchronised
@@ -271,6 +275,7 @@ impl Run<'_> {
             seq_len: cell.input.seq_len,
             batch: cell.batch,
             train_img_per_s: m.map(|m| m.train_img_per_s),
+            graph_train_img_per_s: m.and_then(|m| m.graph_train_img_per_s),
             infer_img_per_s: m.map(|m| m.infer_img_per_s),
             peak_mem_mb: m.map(|m| m.peak_mem_mb),
             max_allocated_mb: m.and_then(|m| m.max_allocated_mb),
@@ -292,6 +297,7 @@ fn fastest(best: Option<Result<Measurement, String>>, m: Result<Measurement, Str
     match (best, m) {
         (Some(Ok(b)), Ok(m)) => Ok(Measurement {
             train_img_per_s: b.train_img_per_s.max(m.train_img_per_s),
+            graph_train_img_per_s: b.graph_train_img_per_s.into_iter().chain(m.graph_train_img_per_s).reduce(f64::max),
             infer_img_per_s: b.infer_img_per_s.max(m.infer_img_per_s),
             peak_mem_mb: b.peak_mem_mb.max(m.peak_mem_mb),
             max_allocated_mb: b.max_allocated_mb.into_iter().chain(m.max_allocated_mb).reduce(f64::max),
@@ -314,8 +320,13 @@ fn save(path: Option<&Path>, records: &[Record]) -> Result<()> {
 fn summary(m: &Result<Measurement, String>) -> String {
     match m {
         Ok(m) => format!(
-            "train {:.1} img/s, inference {:.1} img/s, {:.0} MiB, {} parameters",
-            m.train_img_per_s, m.infer_img_per_s, m.peak_mem_mb, m.params
+            "train {:.1} img/s{}, inference {:.1} img/s, {:.0} MiB, {} parameters",
+            m.train_img_per_s,
+            m.graph_train_img_per_s
+                .map_or(String::new(), |g| format!(" ({g:.1} as a CUDA graph)")),
+            m.infer_img_per_s,
+            m.peak_mem_mb,
+            m.params
         ),
         Err(e) => e.clone(),
     }
@@ -338,6 +349,7 @@ mod tests {
         let m = |train: f64, infer: f64| Measurement {
             params: 7,
             train_img_per_s: train,
+            graph_train_img_per_s: Some(10.0 / train),
             infer_img_per_s: infer,
             peak_mem_mb: train,
             max_allocated_mb: None,
@@ -346,6 +358,7 @@ mod tests {
         };
         let best = fastest(Some(Ok(m(2.0, 9.0))), Ok(m(3.0, 5.0))).unwrap();
         assert_eq!((best.train_img_per_s, best.infer_img_per_s, best.peak_mem_mb), (3.0, 9.0, 3.0));
+        assert_eq!(best.graph_train_img_per_s, Some(5.0), "each figure keeps its own fastest round");
         assert!(fastest(Some(Ok(m(2.0, 9.0))), Err("killed".into())).is_ok());
         assert!(fastest(None, Err("killed".into())).is_err());
     }

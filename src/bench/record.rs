@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 pub struct Measurement {
     pub params: i64,
     pub train_img_per_s: f64,
+    /// pixelseq on CUDA: the training step replayed as a CUDA graph (`train.cuda_graphs`), where
+    /// the preset allows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph_train_img_per_s: Option<f64>,
     pub infer_img_per_s: f64,
     pub peak_mem_mb: f64,
     /// PyTorch on CUDA: `torch.cuda.max_memory_allocated`, MiB.
@@ -29,6 +33,10 @@ pub struct Record {
     pub seq_len: i64,
     pub batch: i64,
     pub train_img_per_s: Option<f64>,
+    /// pixelseq on CUDA: the training step replayed as a CUDA graph (`train_img_per_s` is the
+    /// eager step), where the preset allows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph_train_img_per_s: Option<f64>,
     pub infer_img_per_s: Option<f64>,
     /// MiB; see `memory` for what it measures.
     pub peak_mem_mb: Option<f64>,

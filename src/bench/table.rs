@@ -38,6 +38,12 @@ pub fn table(records: &[Record], memory: &str) -> String {
             (None, None) => "—".into(),
         };
         let mut notes = vec![ours.note.clone()];
+        if let Some(g) = ours.graph_train_img_per_s {
+            notes.push(format!(
+                "as a CUDA graph: train {g:.1} img/s, ratio {}",
+                ratio(Some(g), pt(|r| r.train_img_per_s))
+            ));
+        }
         if let Some(m) = ours.micro_batch {
             notes.push(format!("micro-batch {m}"));
         }
@@ -121,6 +127,7 @@ mod tests {
             seq_len,
             batch: 2,
             train_img_per_s: train,
+            graph_train_img_per_s: None,
             infer_img_per_s: train.map(|t| 3.0 * t),
             peak_mem_mb: Some(10.0),
             max_allocated_mb: None,
@@ -147,5 +154,16 @@ mod tests {
         assert!(text.contains("2.00"), "{text}");
         assert!(text.contains("L^1.00"), "{text}");
         assert_eq!(text.lines().filter(|l| l.starts_with("p    ")).count(), 2, "{text}");
+        assert!(!text.contains("CUDA graph"), "{text}");
+    }
+
+    /// A step measured as a CUDA graph too gets its throughput and its ratio to PyTorch's
+    /// (eager) step in the note.
+    #[test]
+    fn a_graph_step_is_noted_with_its_ratio() {
+        let mut ours = rec("pixelseq", 1024, Some(100.0));
+        ours.graph_train_img_per_s = Some(300.0);
+        let text = table(&[ours, rec("pytorch", 1024, Some(120.0))], "device");
+        assert!(text.contains("as a CUDA graph: train 300.0 img/s, ratio 2.50"), "{text}");
     }
 }

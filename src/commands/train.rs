@@ -153,7 +153,14 @@ pub fn exec(a: TrainArgs, pretrain: bool) -> Result<()> {
     }
     let dataset = data::load_task(a.data.as_deref(), &cfg.task)?.to_device(device);
     if let Some(minutes) = a.fit_minutes {
-        bench::fit::fit(&mut cfg, &dataset, device, minutes, member.as_ref().map_or(1, |m| m.world.size))?;
+        bench::fit::fit(
+            &mut cfg,
+            &dataset,
+            device,
+            minutes,
+            member.as_ref().map_or(1, |m| m.world.size),
+            pretrain,
+        )?;
     }
     let opts = train::Options {
         pretrain,

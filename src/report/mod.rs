@@ -280,6 +280,7 @@ mod tests {
             seq_len,
             batch,
             train_img_per_s: None,
+            graph_train_img_per_s: None,
             infer_img_per_s: None,
             peak_mem_mb: Some(1000.0),
             max_allocated_mb: None,

@@ -1,9 +1,10 @@
-//! Training: the step shared with `bench`, the loop around it, AdamW with parameter groups,
+//! Training: the step shared with `bench` (eager, or captured as a CUDA graph), the loop around it, AdamW with parameter groups,
 //! schedules, the memory plan and the data-parallel ranks. What a run writes is [`crate::run`]'s.
 
 pub mod board;
 pub mod ddp;
 pub mod eval;
+pub mod graph;
 pub mod memory;
 mod multi_tensor;
 pub mod optim;

@@ -8,11 +8,19 @@ use tch::Tensor;
 use crate::ffi::{call, call_for_tensor, handles, pixelseq_clear_grads, pixelseq_fused_adamw, pixelseq_mul_, pixelseq_total_norm};
 
 /// Hyperparameters of one fused AdamW call.
-pub struct AdamWStep {
-    pub lr: f64,
+pub struct AdamWStep<'a> {
+    /// The learning rate: a number, or a float32 scalar on the parameters' device that the kernel
+    /// reads when it runs (what a CUDA graph replays).
+    pub lr: Lr<'a>,
     pub betas: [f64; 2],
     pub weight_decay: f64,
     pub eps: f64,
+}
+
+/// Where the fused kernel takes its learning rate from.
+pub enum Lr<'a> {
+    Value(f64),
+    Tensor(&'a Tensor),
 }
 
 /// One AdamW update of `params` in place (PyTorch's `AdamW(fused=True)` kernel). All tensors
@@ -24,8 +32,13 @@ pub fn fused_adamw(params: &[Tensor], grads: &[Tensor], m: &[Tensor], v: &[Tenso
         "fused_adamw: lists of different lengths"
     );
     let (p, g, m, v) = (handles(params), handles(grads), handles(m), handles(v));
+    let (lr, lr_tensor) = match h.lr {
+        Lr::Value(lr) => (lr, std::ptr::null()),
+        Lr::Tensor(t) => (0.0, t.as_ptr() as *const _),
+    };
     call("fused AdamW", |err, len| {
-        // SAFETY: four arrays of n live tensor handles and one scalar tensor, borrowed for the call.
+        // SAFETY: four arrays of n live tensor handles and one or two scalar tensors (or null),
+        // borrowed for the call.
         unsafe {
             pixelseq_fused_adamw(
                 p.as_ptr(),
@@ -34,7 +47,8 @@ pub fn fused_adamw(params: &[Tensor], grads: &[Tensor], m: &[Tensor], v: &[Tenso
                 v.as_ptr(),
                 step.as_ptr(),
                 n,
-                h.lr,
+                lr,
+                lr_tensor,
                 h.betas[0],
                 h.betas[1],
                 h.weight_decay,

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use anyhow::{bail, Result};
 use tch::{nn, Kind, Tensor};
 
-use super::multi_tensor::{self, AdamWStep};
+use super::multi_tensor::{self, AdamWStep, Lr};
 use crate::config::Optim;
 use crate::models::{NO_DECAY, SSM};
 use crate::run::checkpoint::Moments;
@@ -46,8 +46,11 @@ pub struct AdamW {
     /// `t` as a float32 scalar on the parameters' device, read by the fused kernel.
     step: Tensor,
     /// The learning rate each non-empty group took at the last update, by label: computed once
-    /// per step, by [`AdamW::step`], and what the log and the metrics record.
+    /// per step, by [`AdamW::schedule`], and what the log and the metrics record.
     applied: Vec<(&'static str, f64)>,
+    /// Each non-empty group's learning rate as a float32 scalar on the device, read by a captured
+    /// update; empty until [`AdamW::capturable`].
+    lrs: Vec<Tensor>,
 }
 
 impl AdamW {
@@ -115,6 +118,7 @@ impl AdamW {
             t: 0,
             step: Tensor::zeros([], (Kind::Float, vs.device())),
             applied: Vec::new(),
+            lrs: Vec::new(),
         })
     }
 
@@ -189,17 +193,51 @@ impl AdamW {
     /// One AdamW update with every group's lr multiplied by `factor` (the schedule): one fused
     /// kernel per group, PyTorch's `AdamW(fused=True)`.
     pub fn step(&mut self, factor: f64) -> Result<()> {
-        self.t += 1;
+        self.schedule(factor);
         let _ = self.step.fill_(self.t as f64);
+        self.update(|g| Lr::Value(self.applied[g].1))
+    }
+
+    /// The host's half of a step: counts the update and sets each group's learning rate (`factor`
+    /// of its own), and, once [`AdamW::capturable`] made them, the device scalars a captured
+    /// update reads. [`AdamW::step`] calls it; a CUDA graph's replay follows it instead.
+    pub fn schedule(&mut self, factor: f64) {
+        self.t += 1;
         self.applied = self
             .groups
             .iter()
             .filter(|g| !g.params.is_empty())
             .map(|g| (g.label, g.lr * factor))
             .collect();
-        let applied = &self.applied;
+        for (lr, (_, value)) in self.lrs.iter_mut().zip(&self.applied) {
+            let _ = lr.fill_(*value);
+        }
+    }
+
+    /// Makes the device scalars a captured update reads its learning rates from (PyTorch's
+    /// `capturable` AdamW), before the capture; [`AdamW::schedule`] fills them from then on.
+    pub fn capturable(&mut self) {
+        let device = self.step.device();
+        let live = self.groups.iter().filter(|g| !g.params.is_empty()).count();
+        let lr = |i: usize| self.applied.get(i).map_or(0.0, |(_, lr)| *lr) as f32;
+        self.lrs = (0..live).map(|i| Tensor::from(lr(i)).to_device(device)).collect();
+    }
+
+    /// The device's half of a step, as a CUDA graph captures it: the step count advances on the
+    /// device, and each group reads its learning rate from its scalar (float32: the fused
+    /// kernel's capturable form rounds the rate to float32, where [`AdamW::step`] passes it as a
+    /// double). Needs [`AdamW::capturable`] first.
+    pub fn update_captured(&mut self) -> Result<()> {
+        assert!(!self.lrs.is_empty(), "AdamW::capturable comes before a captured update");
+        let _ = self.step.g_add_scalar_(1.0);
+        self.update(|g| Lr::Tensor(&self.lrs[g]))
+    }
+
+    /// One fused kernel per non-empty group (`lr` of its index among them) over the parameters
+    /// the last backward pass reached.
+    fn update<'a>(&'a self, lr: impl Fn(usize) -> Lr<'a>) -> Result<()> {
         tch::no_grad(|| {
-            for g in &self.groups {
+            for (i, g) in self.groups.iter().filter(|g| !g.params.is_empty()).enumerate() {
                 let (live, grads): (Vec<&Param>, Vec<Tensor>) = g
                     .params
                     .iter()
@@ -210,9 +248,8 @@ impl AdamW {
                     continue;
                 }
                 let list = |f: fn(&Param) -> Tensor| live.iter().map(|p| f(p)).collect::<Vec<_>>();
-                let lr = applied.iter().find(|(label, _)| *label == g.label).map_or(0.0, |(_, lr)| *lr);
                 let hyper = AdamWStep {
-                    lr,
+                    lr: lr(i),
                     betas: self.betas,
                     weight_decay: g.weight_decay,
                     eps: self.eps,
@@ -266,6 +303,7 @@ impl Moments for AdamW {
             }
         }
         self.t = t;
+        let _ = self.step.fill_(t as f64);
         Ok(())
     }
 }
@@ -328,6 +366,74 @@ mod tests {
         for (name, tb) in vs_b.variables() {
             let diff = (&a[&name] - &tb).abs().max().double_value(&[]);
             assert!(diff < 1e-5, "{name}: {diff}");
+        }
+    }
+
+    /// The update a CUDA graph captures (learning rates and step count read from device scalars,
+    /// set by `schedule`) is the eager one, through a schedule that changes every step, with
+    /// three groups of different rates and weight decays, and after a resume of the moments.
+    #[test]
+    fn the_capturable_update_is_the_eager_one() {
+        let cfg = Optim {
+            lr: 1e-2,
+            weight_decay: 0.1,
+            ssm_lr: Some(3e-3),
+            ..Default::default()
+        };
+        let xs = Tensor::from_slice(&[0.5f32, -1.0, 2.0, 0.25, 1.5, -0.5, 0.0, 1.0]).view([2, 4]);
+        let ys = Tensor::from_slice(&[0i64, 2]);
+        let build = || {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let net = model(&vs, true);
+            let ssm = vs.root().set_group(SSM).var("log_dt", &[3], nn::Init::Const(0.5));
+            let init: Vec<f32> = (0..vs.variables().len() * 64)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 100.0)
+                .collect();
+            tch::no_grad(|| {
+                let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+                vars.sort_by(|a, b| a.0.cmp(&b.0));
+                for (k, (_, mut t)) in vars.into_iter().enumerate() {
+                    let n = t.numel() as i64;
+                    t.copy_(&Tensor::from_slice(&init[k * 64..k * 64 + n as usize]).view(t.size().as_slice()));
+                }
+            });
+            (vs, net, ssm)
+        };
+        let (vs_a, net_a, ssm_a) = build();
+        let (vs_b, net_b, ssm_b) = build();
+        let mut eager = AdamW::new(&vs_a, &cfg).unwrap();
+        let mut captured = AdamW::new(&vs_b, &cfg).unwrap();
+        captured.capturable();
+        for step in 0..12 {
+            let factor = 1.0 - step as f64 / 12.0;
+            eager.zero_grad().unwrap();
+            (net_a.forward(&xs) * &ssm_a.sum(Kind::Float))
+                .cross_entropy_for_logits(&ys)
+                .backward();
+            eager.step(factor).unwrap();
+            captured.zero_grad().unwrap();
+            (net_b.forward(&xs) * &ssm_b.sum(Kind::Float))
+                .cross_entropy_for_logits(&ys)
+                .backward();
+            captured.schedule(factor);
+            captured.update_captured().unwrap();
+            if step == 5 {
+                let moments = captured.moments().into_iter().map(|(n, t)| (n, t.copy())).collect();
+                captured.load_moments(moments, captured.t).unwrap();
+            }
+        }
+        assert_eq!((eager.t, captured.t), (12, 12));
+        assert_eq!(eager.applied(), captured.applied());
+        assert_eq!(
+            captured.step.double_value(&[]),
+            12.0,
+            "the device's step count advanced with the host's"
+        );
+        let a = vs_a.variables();
+        for (name, b) in vs_b.variables() {
+            let scale = a[&name].abs().max().double_value(&[]).max(1e-3);
+            let diff = (&a[&name] - &b).abs().max().double_value(&[]);
+            assert!(diff <= 1e-6 * scale, "{name}: {diff} (scale {scale})");
         }
     }
 

@@ -65,6 +65,16 @@ pub struct Outcome {
     pub correct: Tensor,
 }
 
+impl Outcome {
+    /// A copy that the next step cannot overwrite (a CUDA graph's outcome is its static tensors).
+    pub fn copy(&self) -> Outcome {
+        Outcome {
+            loss: self.loss.copy(),
+            correct: self.correct.copy(),
+        }
+    }
+}
+
 /// PyTorch's `torch.amp.GradScaler` defaults: the initial scale 2^16, ×2 after 2,000 steps in a
 /// row without an inf/NaN gradient, ×0.5 and the step skipped when one appears.
 pub const INIT_SCALE: f64 = 65536.0;
@@ -134,9 +144,39 @@ pub fn train_step_synced(
     batch: &Batch,
     s: &Settings,
     scaler: &mut LossScaler,
-    mut grads: Option<&mut GradReducer>,
+    grads: Option<&mut GradReducer>,
 ) -> Result<Outcome> {
     opt.zero_grad()?;
+    let out = accumulate(learner, batch, s, scaler.enabled.then_some(scaler.scale), grads)?;
+    if scaler.enabled {
+        opt.scale_grads(1.0 / scaler.scale)?;
+        let max_norm = if s.clip_norm > 0.0 { s.clip_norm } else { f64::MAX };
+        let finite = opt.clip_grad_norm(max_norm)?.double_value(&[]).is_finite();
+        if finite {
+            opt.step(s.lr_factor)?;
+        }
+        scaler.update(!finite);
+    } else {
+        if s.clip_norm > 0.0 {
+            let _ = opt.clip_grad_norm(s.clip_norm)?;
+        }
+        opt.step(s.lr_factor)?;
+    }
+    Ok(out)
+}
+
+/// The forward and backward passes of a step, part by part (`s.micro_batch` images each), into
+/// gradients that were set to none: each part's mean loss weighted by its share of the batch, and
+/// multiplied by `loss_scale` (fp16) before its backward pass. `grads` all-reduces the gradients
+/// of a data-parallel run after the last part. What a CUDA graph captures of a step
+/// (`train::graph`), with the clipping and the update.
+pub(crate) fn accumulate(
+    learner: &Learner,
+    batch: &Batch,
+    s: &Settings,
+    loss_scale: Option<f64>,
+    mut grads: Option<&mut GradReducer>,
+) -> Result<Outcome> {
     let n = batch.len();
     let part = s.micro_batch.clamp(1, n);
     let (mut loss, mut correct) = (
@@ -159,10 +199,9 @@ pub fn train_step_synced(
         if let Some(g) = grads.as_deref_mut().filter(|_| start + len == n) {
             g.arm()?;
         }
-        if scaler.enabled {
-            (&part_loss * scaler.scale).backward();
-        } else {
-            part_loss.backward();
+        match loss_scale {
+            Some(scale) => (&part_loss * scale).backward(),
+            None => part_loss.backward(),
         }
         tch::no_grad(|| {
             loss += part_loss.detach();
@@ -173,20 +212,6 @@ pub fn train_step_synced(
     }
     if let Some(g) = grads {
         g.finish()?;
-    }
-    if scaler.enabled {
-        opt.scale_grads(1.0 / scaler.scale)?;
-        let max_norm = if s.clip_norm > 0.0 { s.clip_norm } else { f64::MAX };
-        let finite = opt.clip_grad_norm(max_norm)?.double_value(&[]).is_finite();
-        if finite {
-            opt.step(s.lr_factor)?;
-        }
-        scaler.update(!finite);
-    } else {
-        if s.clip_norm > 0.0 {
-            let _ = opt.clip_grad_norm(s.clip_norm)?;
-        }
-        opt.step(s.lr_factor)?;
     }
     Ok(Outcome { loss, correct })
 }

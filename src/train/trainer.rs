@@ -13,6 +13,7 @@ use tch::{nn, Device};
 use super::board::Board;
 use super::ddp::{evaluate_across, Peers};
 use super::eval::evaluate;
+use super::graph::{self, StepGraph};
 use super::memory;
 use super::optim::AdamW;
 use super::plan::{fitted_total, Plan, Speeds};
@@ -91,6 +92,8 @@ struct Trainer<'a> {
     _lock: Option<RunLock>,
     board: Board,
     peers: Peers<'a>,
+    /// The training step captured as a CUDA graph (`train.cuda_graphs`); `None`: eager steps.
+    graph: Option<StepGraph>,
 }
 
 /// Trains `cfg` on `data` in `opts.dir`, then scores the best checkpoint on the test split.
@@ -177,7 +180,10 @@ pub fn run_with(cfg: &RunConfig, data: &Dataset, opts: &Options, dist: Option<&D
             lr_factor,
             micro_batch: tr.plan.micro_batch,
         };
-        let out = train_step_synced(&tr.learner, &mut tr.opt, &batch, &settings, &mut tr.scaler, tr.peers.grads())?;
+        let out = match &mut tr.graph {
+            Some(g) => g.step(&tr.learner, &mut tr.opt, &batch, &settings)?,
+            None => train_step_synced(&tr.learner, &mut tr.opt, &batch, &settings, &mut tr.scaler, tr.peers.grads())?,
+        };
         tally.add(&out, batch.len());
         step += 1;
         tr.board.step(step, &out, batch.len(), &tr.opt)?;
@@ -384,6 +390,8 @@ impl<'a> Trainer<'a> {
         // before the first write: a refused run changes nothing in its folder. `claim_dir` writes.
         let lock = if main { check_dir(&dir, opts)? } else { None };
         let precision = amp::resolve(cfg.train.precision, opts.device);
+        let world = dist.map_or(1, |d| d.world.size);
+        let (graphs, graph_note) = graph::decide(cfg, opts.device, precision, world, opts.pretrain)?;
         let mut plan = Plan::new(cfg, data.train.len());
         let (mut vs, learner) = build(cfg, opts)?;
         let mut opt = AdamW::new(&vs, &cfg.optim)?;
@@ -393,6 +401,8 @@ impl<'a> Trainer<'a> {
         scaler.restore_from(&state);
         let note = size(cfg, &mut plan, &mut state, &learner, &vs, &peers, precision)?;
         announce(cfg, data, &plan, &vs, &opt, &peers, precision, &note);
+        say!("  {graph_note}");
+        let graph = graphs.then(|| StepGraph::new(opts.device)).transpose()?;
         let lock = match main {
             true => Some(claim_dir(&dir, cfg, opts, lock, state.step)?),
             false => None,
@@ -423,6 +433,7 @@ impl<'a> Trainer<'a> {
             _lock: lock,
             board,
             peers,
+            graph,
         };
         if trainer.deadline.is_some() {
             trainer.time_an_evaluation();
@@ -995,6 +1006,10 @@ seed = 7
             (vec![init(&dir.path().join("missing"))], "missing"),
             (vec![init(&classifier)], "not a self-pretraining run"),
             (vec![init(&pre), "model.d_model=32".into(), "model.qkv_dim=32".into()], "has shape"),
+            (
+                vec!["train.cuda_graphs=true".into()],
+                "key `train.cuda_graphs` = true: the run is not on a CUDA device",
+            ),
         ] {
             let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
             let opts = Options {
