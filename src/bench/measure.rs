@@ -87,17 +87,17 @@ pub fn measure(
         sample();
         Ok(())
     })?;
-    // The same step captured as a CUDA graph, where the run's `train.cuda_graphs` would capture
-    // it (after the eager figures, so that their peak memory is the eager step's alone).
-    let graph = match graph::decide(cfg, device, precision, 1, false)? {
-        (true, _) => {
-            let mut g = StepGraph::new(device)?;
+    // The same step captured as a CUDA graph, where a run could capture it (after the eager
+    // figures, so that their peak memory is the eager step's alone).
+    let graph = match graph::measurable(cfg, device, precision) {
+        true => {
+            let mut g = StepGraph::new(device, &mut opt)?;
             let warmup = warmup.max(graph::WARMUP_STEPS as usize + 1);
             Some(median_seconds(warmup, steps, device, || {
                 g.step(&learner, &mut opt, &inputs, &settings).map(|_| ())
             })?)
         }
-        (false, _) => None,
+        false => None,
     };
     let infer = median_seconds(warmup, steps, device, || {
         for start in (0..batch).step_by(memory.eval_batch as usize) {

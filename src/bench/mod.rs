@@ -10,8 +10,8 @@
 //!   `zero_grad`, backward, clipping when `optim.clip_norm > 0`, the AdamW update at the
 //!   schedule's full learning rate. The loop's bookkeeping (sampling and per-step reseeding,
 //!   running loss and accuracy, the progress bar) is left out;
-//! - **training as a CUDA graph** (on CUDA, where `train.cuda_graphs` would capture the preset's
-//!   step; `--set train.cuda_graphs=false` leaves it out): the same step captured once and
+//! - **training as a CUDA graph** (on CUDA, where a run could capture the preset's step, see
+//!   [`crate::train::graph::obstacle`]; `--set train.cuda_graphs=false` leaves it out): the same step captured once and
 //!   replayed ([`crate::train::graph`]), reported beside the eager step (`graph_train_img_per_s`,
 //!   and in the table's note with its ratio to PyTorch's eager step);
 //! - **inference**: `forward_t(train = false)` under `no_grad` and autocast;

@@ -20,7 +20,8 @@
 //! - micro-batches: the graph holds every part of the step, replayed as one;
 //! - BatchNorm's running statistics are updated in place inside the graph.
 //!
-//! What it cannot meet is refused for `true` and turned off with the reason for `"auto"`
+//! `"auto"` leaves graphs off until the GPU checks have passed ([`AUTO_CAPTURES`]); `true` turns
+//! them on. What capture cannot meet is refused for `true` and turned off with the reason for `"auto"`
 //! ([`obstacle`]): the CPU; fp16, whose loss scaler reads on the host whether each step's
 //! gradients are finite; data-parallel runs, whose bucketed all-reduce runs between the backward
 //! pass and the update outside libtorch's graph; mixup and CutMix, whose weight λ changes every
@@ -35,7 +36,7 @@ use anyhow::{anyhow, Result};
 use tch::{Device, Tensor};
 
 use super::optim::AdamW;
-use super::step::{accumulate, train_step, Batch, LossScaler, Outcome, Settings};
+use super::step::{accumulate, Batch, Outcome, Settings};
 use crate::amp::Precision;
 use crate::config::{CudaGraphs, RunConfig};
 use crate::ffi::{
@@ -70,6 +71,13 @@ pub fn obstacle(cfg: &RunConfig, device: Device, precision: Precision, world: us
     }
 }
 
+/// Whether `"auto"` captures where no [`obstacle`] stands in the way. Not until the GPU checks
+/// (`scripts/gpu-check`: graph and eager runs end with the same weights, with dropout, micro-batches
+/// and a resume) have passed on a GPU: a replay that ran but computed something else (the same
+/// dropout masks every step, say) would cost a scarce GPU window's runs without an error.
+/// Until then `true` asks for graphs.
+const AUTO_CAPTURES: bool = false;
+
 /// Whether a run captures its step, from `train.cuda_graphs` and [`obstacle`], with the line the
 /// log gives it; `true` where graphs cannot work is refused, naming the key and the reason.
 pub fn decide(cfg: &RunConfig, device: Device, precision: Precision, world: usize, pretrain: bool) -> Result<(bool, String)> {
@@ -78,11 +86,21 @@ pub fn decide(cfg: &RunConfig, device: Device, precision: Precision, world: usiz
         (CudaGraphs::Off, _) => Ok((false, "CUDA graphs off (train.cuda_graphs = false)".into())),
         (CudaGraphs::On, Some(why)) => Err(anyhow!("key `train.cuda_graphs` = true: {why}; set it to \"auto\" or false")),
         (CudaGraphs::Auto, Some(why)) => Ok((false, format!("CUDA graphs off: {why}"))),
+        (CudaGraphs::Auto, None) if !AUTO_CAPTURES => Ok((
+            false,
+            "CUDA graphs off: not yet verified on a GPU (scripts/gpu-check); train.cuda_graphs = true captures the step".into(),
+        )),
         (_, None) => Ok((
             true,
             format!("CUDA graphs on: the training step is captured after {WARMUP_STEPS} eager steps and replayed"),
         )),
     }
+}
+
+/// Whether `bench` times the step as a graph too: wherever a run could capture it (no
+/// [`obstacle`]) and `train.cuda_graphs` is not `false`.
+pub fn measurable(cfg: &RunConfig, device: Device, precision: Precision) -> bool {
+    cfg.train.cuda_graphs != CudaGraphs::Off && obstacle(cfg, device, precision, 1, false).is_none()
 }
 
 /// Whether this binary was built with CUDA graphs (`csrc/cuda_graph.cpp`).
@@ -164,10 +182,14 @@ struct Captured {
 }
 
 impl StepGraph {
-    /// A step graph on CUDA device `device`, to capture once warmed up.
-    pub fn new(device: Device) -> Result<StepGraph> {
+    /// A step graph on CUDA device `device` for the updates of `opt`, to capture once warmed up.
+    /// From here on `opt` takes the capturable form of its update, in the warm-up steps too, so
+    /// that every step of a run with graphs computes the same way.
+    pub fn new(device: Device, opt: &mut AdamW) -> Result<StepGraph> {
+        let graph = CudaGraph::new(device)?;
+        opt.capturable();
         Ok(StepGraph {
-            graph: CudaGraph::new(device)?,
+            graph,
             warmups_left: WARMUP_STEPS,
             captured: None,
         })
@@ -195,29 +217,21 @@ impl StepGraph {
             self.graph.replay()?;
             return Ok(c.out.copy());
         }
+        opt.zero_grad()?;
+        opt.schedule(s.lr_factor);
         if self.warmups_left > 0 {
             self.warmups_left -= 1;
             self.graph.side(true)?;
-            let out = train_step(learner, opt, batch, s, &mut LossScaler::new(Precision::Fp32));
+            let out = device_step(learner, opt, batch, s);
             self.graph.side(false)?;
             return out;
         }
-        opt.zero_grad()?;
-        opt.capturable();
-        opt.schedule(s.lr_factor);
         let input = Batch {
             xs: batch.xs.copy(),
             labels: batch.labels.copy(),
             mix: None,
         };
-        let out = self.graph.capture(|| {
-            let out = accumulate(learner, &input, s, None, None)?;
-            if s.clip_norm > 0.0 {
-                let _ = opt.clip_grad_norm(s.clip_norm)?;
-            }
-            opt.update_captured()?;
-            Ok(out)
-        })?;
+        let out = self.graph.capture(|| device_step(learner, opt, &input, s))?;
         self.graph.replay()?;
         let c = self.captured.insert(Captured {
             xs: input.xs,
@@ -226,6 +240,18 @@ impl StepGraph {
         });
         Ok(c.out.copy())
     }
+}
+
+/// The device's half of a step with graphs, after the gradients were set to none and the
+/// learning rates scheduled ([`AdamW::schedule`]): the passes of every micro-batch, clipping and
+/// the capturable update. What the graph captures, and what the warm-up steps run eagerly.
+fn device_step(learner: &Learner, opt: &mut AdamW, batch: &Batch, s: &Settings) -> Result<Outcome> {
+    let out = accumulate(learner, batch, s, None, None)?;
+    if s.clip_norm > 0.0 {
+        let _ = opt.clip_grad_norm(s.clip_norm)?;
+    }
+    opt.update_captured()?;
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -245,12 +271,16 @@ mod tests {
         assert!(built(), "the build found the CUDA runtime headers (scripts/env.sh installs them)");
         let cuda = Device::Cuda(0);
         let (on, line) = decide(&config(&[]), cuda, Precision::Bf16, 1, false).unwrap();
-        assert!(on && line.contains("captured after 3 eager steps"), "{line}");
+        assert_eq!(on, AUTO_CAPTURES, "{line}");
         assert!(
-            decide(&config(&["train.cuda_graphs=true"]), cuda, Precision::Fp32, 1, false)
-                .unwrap()
-                .0
+            line.contains(if on { "captured after 3 eager steps" } else { "not yet verified" }),
+            "{line}"
         );
+        let (on, line) = decide(&config(&["train.cuda_graphs=true"]), cuda, Precision::Fp32, 1, false).unwrap();
+        assert!(on && line.contains("captured after 3 eager steps"), "{line}");
+        assert!(measurable(&config(&[]), cuda, Precision::Bf16));
+        assert!(!measurable(&config(&["train.cuda_graphs=false"]), cuda, Precision::Bf16));
+        assert!(!measurable(&config(&[]), Device::Cpu, Precision::Fp32));
         let (on, line) = decide(&config(&["train.cuda_graphs=false"]), cuda, Precision::Bf16, 1, false).unwrap();
         assert!(!on && line.contains("train.cuda_graphs = false"), "{line}");
         // (overrides, device, precision, ranks, pretrain, the reason)
@@ -296,7 +326,74 @@ mod tests {
     /// Without a CUDA device a step graph is an error, not a crash.
     #[test]
     fn a_graph_on_the_cpu_is_an_error() {
-        let err = StepGraph::new(Device::Cpu).err().expect("no graph on the CPU").to_string();
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let _ = tch::nn::linear(vs.root(), 2, 2, Default::default());
+        let mut opt = AdamW::new(&vs, &Default::default()).unwrap();
+        let err = StepGraph::new(Device::Cpu, &mut opt)
+            .err()
+            .expect("no graph on the CPU")
+            .to_string();
         assert!(err.contains("CUDA graphs need a CUDA device"), "{err}");
+    }
+
+    /// What a run with graphs computes at each step (gradients to none, the schedule, then
+    /// [`device_step`]: what is captured and what the warm-up runs), run eagerly on the CPU,
+    /// is the trainer's eager step within 1e-6 of each weight's scale: dropout from the step's
+    /// seed, label smoothing, clipping, micro-batches and a schedule that changes every step.
+    #[test]
+    fn the_graphed_step_is_the_trainers_step() {
+        use crate::train::step::{train_step, LossScaler};
+        use tch::{nn, Kind};
+        let cfg: crate::models::ModelConfig = toml::from_str(
+            "name = \"transformer\"\nd_model = 16\nn_heads = 2\nqkv_dim = 16\nmlp_dim = 16\ndropout = 0.1\nattn_dropout = 0.1",
+        )
+        .unwrap();
+        let input = crate::data::InputSpec { channels: 1, seq_len: 64 };
+        let optim = crate::config::Optim {
+            lr: 3e-3,
+            weight_decay: 0.1,
+            clip_norm: 0.5,
+            ..Default::default()
+        };
+        let build = || {
+            tch::manual_seed(11);
+            let vs = nn::VarStore::new(Device::Cpu);
+            let learner = Learner::Classifier(cfg.build(&vs.root(), &input).unwrap());
+            let opt = AdamW::new(&vs, &optim).unwrap();
+            (vs, learner, opt)
+        };
+        let (vs_eager, eager, mut opt_eager) = build();
+        let (vs_graph, graphed, mut opt_graph) = build();
+        opt_graph.capturable();
+        let mut scaler = LossScaler::new(Precision::Fp32);
+        for step in 0..8 {
+            tch::manual_seed(1000 + step);
+            let batch = Batch {
+                xs: Tensor::randint(256, [8, 64, 1], (Kind::Uint8, Device::Cpu)),
+                labels: Tensor::randint(10, [8], (Kind::Int64, Device::Cpu)),
+                mix: None,
+            };
+            let s = Settings {
+                precision: Precision::Fp32,
+                label_smoothing: 0.1,
+                clip_norm: optim.clip_norm,
+                lr_factor: 1.0 - step as f64 / 10.0,
+                micro_batch: 4,
+            };
+            tch::manual_seed(step);
+            let a = train_step(&eager, &mut opt_eager, &batch, &s, &mut scaler).unwrap();
+            tch::manual_seed(step);
+            opt_graph.zero_grad().unwrap();
+            opt_graph.schedule(s.lr_factor);
+            let b = device_step(&graphed, &mut opt_graph, &batch, &s).unwrap();
+            assert!((a.loss.double_value(&[]) - b.loss.double_value(&[])).abs() < 1e-6, "step {step}");
+            assert_eq!(a.correct.double_value(&[]), b.correct.double_value(&[]));
+        }
+        let eager = vs_eager.variables();
+        for (name, w) in vs_graph.variables() {
+            let scale = eager[&name].abs().max().double_value(&[]).max(1e-3);
+            let diff = (&eager[&name] - &w).abs().max().double_value(&[]);
+            assert!(diff <= 1e-6 * scale, "{name}: {diff} (scale {scale})");
+        }
     }
 }

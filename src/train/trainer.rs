@@ -402,7 +402,7 @@ impl<'a> Trainer<'a> {
         let note = size(cfg, &mut plan, &mut state, &learner, &vs, &peers, precision)?;
         announce(cfg, data, &plan, &vs, &opt, &peers, precision, &note);
         say!("  {graph_note}");
-        let graph = graphs.then(|| StepGraph::new(opts.device)).transpose()?;
+        let graph = graphs.then(|| StepGraph::new(opts.device, &mut opt)).transpose()?;
         let lock = match main {
             true => Some(claim_dir(&dir, cfg, opts, lock, state.step)?),
             false => None,
