@@ -68,6 +68,7 @@ pub fn exec(a: EvalArgs) -> Result<()> {
         a.limit,
         run.precision,
         &a.split,
+        None,
     )?;
     let (loss, acc) = (score.loss, score.acc.expect("open_run builds a classifier"));
     if dist.as_ref().is_some_and(|d| !d.is_main()) {

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
 use super::eval::{evaluate, Score};
+use super::graph::InferenceGraphs;
 use super::optim::AdamW;
 use super::progress::{self, Tally};
 use crate::amp::Precision;
@@ -198,7 +199,8 @@ impl<'a> Peers<'a> {
 
 /// Scores the first `limit` images of `split` (`None`: all): alone, all of them; as a rank of
 /// `dist`, its contiguous share, the sums then combined so that every rank gets the score of the
-/// whole, each image counted once.
+/// whole, each image counted once. `graphs`: the inference graphs of a run with CUDA graphs
+/// (never data-parallel).
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_across(
     dist: Option<&Dist>,
@@ -209,9 +211,10 @@ pub fn evaluate_across(
     limit: Option<i64>,
     precision: Precision,
     what: &str,
+    graphs: Option<&mut InferenceGraphs>,
 ) -> Result<Score> {
     let Some(dist) = dist else {
-        return Ok(evaluate(learner, split, task, batch, limit, precision, what));
+        return evaluate(learner, split, task, batch, limit, precision, what, graphs);
     };
     let n = limit.map_or(split.len(), |l| l.min(split.len()));
     let (start, len) = shard(n, dist.world.rank, dist.world.size);
@@ -220,7 +223,7 @@ pub fn evaluate_across(
             images: split.images.narrow(0, start, len),
             labels: split.labels.narrow(0, start, len),
         };
-        let s = evaluate(learner, &part, task, batch, None, precision, what);
+        let s = evaluate(learner, &part, task, batch, None, precision, what, None)?;
         [
             s.loss * len as f64,
             s.correct as f64,

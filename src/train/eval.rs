@@ -2,8 +2,10 @@
 //! remainder), or a pretrainer's mean reconstruction loss, in eval mode and without gradients,
 //! with progress shown as it goes.
 
+use anyhow::Result;
 use tch::{Kind, Reduction, Tensor};
 
+use super::graph::InferenceGraphs;
 use super::progress::EvalProgress;
 use crate::amp::{self, Precision};
 use crate::data::{batch_input, Split, TaskConfig};
@@ -30,7 +32,9 @@ pub struct Score {
 }
 
 /// Loss and accuracy of `learner` on the first `limit` images of a split (`None`: every image);
-/// `what` names the pass in the progress display.
+/// `what` names the pass in the progress display. A classifier's forward passes replay `graphs`
+/// when given (a run with CUDA graphs).
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     learner: &Learner,
     split: &Split,
@@ -39,7 +43,8 @@ pub fn evaluate(
     limit: Option<i64>,
     precision: Precision,
     what: &str,
-) -> Score {
+    mut graphs: Option<&mut InferenceGraphs>,
+) -> Result<Score> {
     let n = limit.map_or(split.len(), |l| l.min(split.len()));
     let mut progress = EvalProgress::new(what, n);
     let (mut loss, mut correct) = (
@@ -49,7 +54,7 @@ pub fn evaluate(
     if !learner.classifies() {
         tch::manual_seed(EVAL_MASK_SEED);
     }
-    tch::no_grad(|| {
+    tch::no_grad(|| -> Result<()> {
         let mut start = 0;
         while start < n {
             let len = batch.min(n - start);
@@ -57,7 +62,10 @@ pub fn evaluate(
             let ys = split.labels.narrow(0, start, len);
             match learner {
                 Learner::Classifier(model) => {
-                    let logits = amp::autocast(precision, || model.forward_t(&xs, false)).to_kind(Kind::Float);
+                    let logits = match graphs.as_deref_mut() {
+                        Some(g) => g.logits(model.as_ref(), &xs, precision)?,
+                        None => amp::autocast(precision, || model.forward_t(&xs, false)).to_kind(Kind::Float),
+                    };
                     loss += logits.cross_entropy_loss::<Tensor>(&ys, None, Reduction::Sum, -100, 0.0);
                     correct += logits.argmax(-1, false).eq_tensor(&ys).sum(Kind::Int64);
                 }
@@ -66,13 +74,14 @@ pub fn evaluate(
             start += len;
             progress.update(start);
         }
-    });
+        Ok(())
+    })?;
     let correct = correct.int64_value(&[]);
-    Score {
+    Ok(Score {
         loss: loss.double_value(&[]) / n as f64,
         acc: learner.classifies().then(|| correct as f64 / n as f64),
         images: n,
         correct,
         img_per_s: progress.rate(),
-    }
+    })
 }

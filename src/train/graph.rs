@@ -28,16 +28,19 @@
 //! step; and pretraining, whose loss gathers the masked positions with `nonzero` (a count the
 //! host reads).
 //!
+//! Evaluation passes replay an inference graph per batch shape ([`InferenceGraphs`]).
+//!
 //! Checkpoints are unchanged: the graph holds no state of its own (weights, moments and the step
 //! count live where eager steps keep them), so a run with graphs saves and resumes as one without,
 //! and a resumed run warms up and captures again.
 
 use anyhow::{anyhow, Result};
-use tch::{Device, Tensor};
+use tch::nn::ModuleT;
+use tch::{Device, Kind, Tensor};
 
 use super::optim::AdamW;
 use super::step::{accumulate, Batch, Outcome, Settings};
-use crate::amp::Precision;
+use crate::amp::{self, Precision};
 use crate::config::{CudaGraphs, RunConfig};
 use crate::ffi::{
     call, pixelseq_graph_built, pixelseq_graph_capture_begin, pixelseq_graph_capture_end, pixelseq_graph_free, pixelseq_graph_new,
@@ -252,6 +255,53 @@ fn device_step(learner: &Learner, opt: &mut AdamW, batch: &Batch, s: &Settings) 
     }
     opt.update_captured()?;
     Ok(out)
+}
+
+/// The evaluation passes of a run with graphs: one inference graph per batch shape (the full
+/// evaluation batch, and a split's last, smaller one), captured at the shape's first batch after
+/// one eager forward pass on the side stream, and replayed for every later batch of that shape,
+/// in every later evaluation. The graphs read the weights where they live, so the best
+/// checkpoint loaded for the test pass is what they score.
+pub struct InferenceGraphs {
+    device: Device,
+    shapes: Vec<Inference>,
+}
+
+/// One batch shape's graph: the static input and the logits each replay overwrites.
+struct Inference {
+    graph: CudaGraph,
+    xs: Tensor,
+    logits: Tensor,
+}
+
+impl InferenceGraphs {
+    pub fn new(device: Device) -> InferenceGraphs {
+        InferenceGraphs {
+            device,
+            shapes: Vec::new(),
+        }
+    }
+
+    /// The float32 logits of `model` for the batch `xs` in eval mode, under autocast `precision`
+    /// (called without gradients, as evaluation is).
+    pub fn logits(&mut self, model: &dyn ModuleT, xs: &Tensor, precision: Precision) -> Result<Tensor> {
+        let forward = |xs: &Tensor| amp::autocast(precision, || model.forward_t(xs, false)).to_kind(Kind::Float);
+        if let Some(g) = self.shapes.iter_mut().find(|g| g.xs.size() == xs.size()) {
+            g.xs.copy_(xs);
+            g.graph.replay()?;
+            return Ok(g.logits.copy());
+        }
+        let graph = CudaGraph::new(self.device)?;
+        graph.side(true)?;
+        let _ = forward(xs);
+        graph.side(false)?;
+        let input = xs.copy();
+        let logits = graph.capture(|| Ok(forward(&input)))?;
+        graph.replay()?;
+        let out = logits.copy();
+        self.shapes.push(Inference { graph, xs: input, logits });
+        Ok(out)
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use tch::{nn, Device};
 use super::board::Board;
 use super::ddp::{evaluate_across, Peers};
 use super::eval::evaluate;
-use super::graph::{self, StepGraph};
+use super::graph::{self, InferenceGraphs, StepGraph};
 use super::memory;
 use super::optim::AdamW;
 use super::plan::{fitted_total, Plan, Speeds};
@@ -94,6 +94,8 @@ struct Trainer<'a> {
     peers: Peers<'a>,
     /// The training step captured as a CUDA graph (`train.cuda_graphs`); `None`: eager steps.
     graph: Option<StepGraph>,
+    /// The evaluation passes' graphs, with `graph`.
+    eval_graphs: Option<InferenceGraphs>,
 }
 
 /// Trains `cfg` on `data` in `opts.dir`, then scores the best checkpoint on the test split.
@@ -433,10 +435,11 @@ impl<'a> Trainer<'a> {
             _lock: lock,
             board,
             peers,
+            eval_graphs: graph.is_some().then(|| InferenceGraphs::new(opts.device)),
             graph,
         };
         if trainer.deadline.is_some() {
-            trainer.time_an_evaluation();
+            trainer.time_an_evaluation()?;
         }
         Ok(trainer)
     }
@@ -465,7 +468,7 @@ impl<'a> Trainer<'a> {
     /// Times one evaluation batch before the first step of a run with a time budget, so that the
     /// final passes are not estimated from the training speed alone (a busy first step once ended
     /// a 10-minute run at step 1).
-    fn time_an_evaluation(&mut self) {
+    fn time_an_evaluation(&mut self) -> Result<()> {
         let images = self.plan.eval_batch.min(self.data.val.len());
         let score = evaluate(
             &self.learner,
@@ -475,11 +478,13 @@ impl<'a> Trainer<'a> {
             Some(images),
             self.precision,
             "timing",
-        );
+            self.eval_graphs.as_mut(),
+        )?;
         self.eval_speed = Some(EvalSpeed {
             img_per_s: score.img_per_s,
             train_img_per_s: None,
         });
+        Ok(())
     }
 
     /// `--fit-minutes` (`train.fit`): after an evaluation, sizes the run's remaining steps again
@@ -596,6 +601,7 @@ impl<'a> Trainer<'a> {
             self.plan.val_limit,
             self.precision,
             "validation",
+            self.eval_graphs.as_mut(),
         )?;
         self.eval_speed = Some(EvalSpeed {
             img_per_s: val.img_per_s,
@@ -680,6 +686,7 @@ impl<'a> Trainer<'a> {
             None,
             self.precision,
             "test",
+            self.eval_graphs.as_mut(),
         )?;
         let test_loss = test.loss;
         let early = if stopped_early { ", stopped early by the time budget" } else { "" };
