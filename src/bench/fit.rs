@@ -6,26 +6,26 @@
 //! busy) still fills its budget.
 
 use anyhow::{bail, Result};
-use tch::Device;
 
 use super::{measure, Timing};
 use crate::amp;
 use crate::config::{Fit, RunConfig};
 use crate::data::Dataset;
-use crate::train::graph;
 use crate::train::plan::{fitted_total, Plan, Speeds};
+use crate::train::{graph, Options};
 
 /// Seconds a run takes before its first step and after its last that a fit does not time: data
 /// already loaded, the model built, the memory probe, checkpoints.
 const START_UP_S: f64 = 15.0;
 
 /// Sets `train.max_steps` (and the warm-up in proportion) so that the run of `cfg` on `data` fits
-/// `minutes` on `device`, from the measured speed of its training step and evaluation pass, and
+/// `minutes` on the run's device (`opts`), from the measured speed of its training step and evaluation pass, and
 /// `train.max_minutes` to `minutes`. With `world` data-parallel processes the step is timed on one
 /// process's share of the batch (the all-reduce is not timed) and evaluations are shared. A run
 /// that captures its step as a CUDA graph (`train.cuda_graphs`; never `pretrain`) is sized by
 /// the graph's speed.
-pub fn fit(cfg: &mut RunConfig, data: &Dataset, device: Device, minutes: f64, world: usize, pretrain: bool) -> Result<()> {
+pub fn fit(cfg: &mut RunConfig, data: &Dataset, opts: &Options, minutes: f64, world: usize) -> Result<()> {
+    let device = opts.device;
     if !(minutes.is_finite() && minutes > 0.0) {
         bail!("--fit-minutes {minutes}: must be a positive number of minutes");
     }
@@ -42,7 +42,7 @@ pub fn fit(cfg: &mut RunConfig, data: &Dataset, device: Device, minutes: f64, wo
     let m = measure(cfg, cfg.task.input_spec(), (share, plan.eval_batch), &timing, device, precision)?;
     let infer = m.infer_img_per_s * world as f64;
     // The step the run will take: the CUDA graph's where the trainer captures one.
-    let (graphs, _) = graph::decide(cfg, device, precision, world, pretrain)?;
+    let (graphs, _) = graph::decide(cfg, device, precision, world, opts.pretrain)?;
     let train = m.graph_train_img_per_s.filter(|_| graphs).unwrap_or(m.train_img_per_s);
     let speeds = Speeds {
         step_s: share as f64 / train,

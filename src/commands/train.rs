@@ -152,16 +152,6 @@ pub fn exec(a: TrainArgs, pretrain: bool) -> Result<()> {
         data::source::download_if_missing(a.data.as_deref(), cfg.task.name)?;
     }
     let dataset = data::load_task(a.data.as_deref(), &cfg.task)?.to_device(device);
-    if let Some(minutes) = a.fit_minutes {
-        bench::fit::fit(
-            &mut cfg,
-            &dataset,
-            device,
-            minutes,
-            member.as_ref().map_or(1, |m| m.world.size),
-            pretrain,
-        )?;
-    }
     let opts = train::Options {
         pretrain,
         device,
@@ -169,6 +159,9 @@ pub fn exec(a: TrainArgs, pretrain: bool) -> Result<()> {
         resume: a.resume.is_some(),
         preset,
     };
+    if let Some(minutes) = a.fit_minutes {
+        bench::fit::fit(&mut cfg, &dataset, &opts, minutes, member.as_ref().map_or(1, |m| m.world.size))?;
+    }
     let dist = member.map(|m| train::lead(m, &cfg, &opts)).transpose()?;
     let record = train::run_with(&cfg, &dataset, &opts, dist.as_ref())?;
     println!("{}", serde_json::to_string_pretty(&record)?);

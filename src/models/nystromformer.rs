@@ -35,7 +35,7 @@ use tch::nn::{self, Init, ModuleT};
 use tch::{Kind, Tensor};
 
 use super::common::{InputMode, Pool, MAX_SIZE};
-use super::transformer::{key_bias, Encoder, Gelu, Initialisation, Mixer};
+use super::transformer::{key_bias, AttnInit, Encoder, Gelu, Initialisation, Mixer, Positions};
 use super::{Model, Objective, Backbone, Input};
 use crate::data::InputSpec;
 
@@ -109,8 +109,10 @@ impl Default for Config {
 }
 
 impl Config {
-    /// The shared body as the reference builds it: mean pooling, biased projections, PyTorch
-    /// init, exact GELU, LayerNorm eps 1e-5 (`model.py`, `attention.py`, `model_wrapper.py`).
+    /// The shared body as the reference builds it (`model.py`, `attention.py`,
+    /// `model_wrapper.py`). Every field is written out, none taken from the Transformer's
+    /// defaults: a new field of [`super::transformer::Config`] is a compile error here, and a
+    /// change of the Transformer's defaults cannot reach the Nyströmformer.
     fn body(&self) -> super::transformer::Config {
         super::transformer::Config {
             input: self.input,
@@ -122,17 +124,18 @@ impl Config {
             qkv_dim: self.qkv_dim,
             mlp_dim: self.mlp_dim,
             dropout: self.dropout,
-            attn_dropout: 0.0,
-            pool: Pool::Mean,
-            attn_bias: true,
-            init: Initialisation::Pytorch,
-            gelu: Gelu::Exact,
-            layer_norm_eps: 1e-5,
+            attn_dropout: 0.0,               // the Nyström attention has no dropout (module doc)
+            pool: Pool::Mean,                // model_wrapper.py: mean over every position
+            attn_bias: true,                 // attention.py: nn.Linear defaults
+            init: Initialisation::Pytorch,   // PyTorch's default init outside the embeddings
+            gelu: Gelu::Exact,               // nn.GELU()
+            layer_norm_eps: 1e-5,            // nn.LayerNorm default
             mask_black_pixels: self.mask_black_pixels,
-            ..Default::default()
+            pos: Positions::Learned,         // model.py: nn.Embedding of positions, N(0, 0.02)
+            head_dim: None,                  // the classifier's hidden width is mlp_dim (128)
+            attn_init: AttnInit::Independent, // q, k, v and output projections drawn separately
         }
     }
-
 }
 
 /// Iterative Moore–Penrose pseudo-inverse of `a` (.., m, m), batched over leading dimensions:

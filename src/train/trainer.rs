@@ -592,22 +592,7 @@ impl<'a> Trainer<'a> {
         self.state.train_s += tally.seconds();
         self.check_finite(train_loss, step)?;
         self.peers.sync(&self.vs, None)?;
-        let val = evaluate_across(
-            self.peers.dist(),
-            &self.learner,
-            &self.data.val,
-            &self.cfg.task,
-            self.plan.eval_batch,
-            self.plan.val_limit,
-            self.precision,
-            "validation",
-            self.eval_graphs.as_mut(),
-        )?;
-        self.eval_speed = Some(EvalSpeed {
-            img_per_s: val.img_per_s,
-            train_img_per_s: train_ips,
-        });
-        let (val_loss, val_acc) = (val.loss, val.acc);
+        let (val_loss, val_acc) = self.validate(train_ips)?;
         if !val_loss.is_finite() {
             return Err(self.diverged(format!("validation loss became {val_loss} at step {step}")));
         }
@@ -669,6 +654,27 @@ impl<'a> Trainer<'a> {
             clock(state.elapsed_s)
         );
         Ok(())
+    }
+
+    /// Scores the validation split (its first `val_limit` images) as every rank's share, and
+    /// records the pass's speed beside the training speed `train_ips`: (loss, accuracy).
+    fn validate(&mut self, train_ips: Option<f64>) -> Result<(f64, Option<f64>)> {
+        let val = evaluate_across(
+            self.peers.dist(),
+            &self.learner,
+            &self.data.val,
+            &self.cfg.task,
+            self.plan.eval_batch,
+            self.plan.val_limit,
+            self.precision,
+            "validation",
+            self.eval_graphs.as_mut(),
+        )?;
+        self.eval_speed = Some(EvalSpeed {
+            img_per_s: val.img_per_s,
+            train_img_per_s: train_ips,
+        });
+        Ok((val.loss, val.acc))
     }
 
     /// Scores the best checkpoint on the test split and writes `result.json`.
