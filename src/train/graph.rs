@@ -30,6 +30,12 @@
 //!
 //! Evaluation passes replay an inference graph per batch shape ([`InferenceGraphs`]).
 //!
+//! Memory: each graph keeps its own pool for as long as the run lasts (PyTorch's graphs may share
+//! one only when replayed in the order they were captured, and training and evaluation
+//! interleave), so a run with graphs holds the training step's pool and each evaluation shape's
+//! at once, where an eager run reuses one cache for both; the caching allocator returns its free
+//! blocks to the device before each capture. `train::memory` plans the eager footprint.
+//!
 //! Checkpoints are unchanged: the graph holds no state of its own (weights, moments and the step
 //! count live where eager steps keep them), so a run with graphs saves and resumes as one without,
 //! and a resumed run warms up and captures again.
