@@ -75,6 +75,7 @@ pub fn measure(
             peak = peak.max(g.used().unwrap_or(0));
         }
     };
+    let graphs = graph::measurable(cfg, device, precision)?;
     tch::manual_seed(0);
     let vs = nn::VarStore::new(device);
     let learner = Learner::Classifier(cfg.model.build(&vs.root(), &input)?);
@@ -89,7 +90,7 @@ pub fn measure(
     })?;
     // The same step captured as a CUDA graph, where a run could capture it (after the eager
     // figures, so that their peak memory is the eager step's alone).
-    let graph = match graph::measurable(cfg, device, precision) {
+    let graph = match graphs {
         true => {
             let mut g = StepGraph::new(device, &mut opt)?;
             let warmup = warmup.max(graph::WARMUP_STEPS as usize + 1);

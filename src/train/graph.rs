@@ -107,9 +107,14 @@ pub fn decide(cfg: &RunConfig, device: Device, precision: Precision, world: usiz
 }
 
 /// Whether `bench` times the step as a graph too: wherever a run could capture it (no
-/// [`obstacle`]) and `train.cuda_graphs` is not `false`.
-pub fn measurable(cfg: &RunConfig, device: Device, precision: Precision) -> bool {
-    cfg.train.cuda_graphs != CudaGraphs::Off && obstacle(cfg, device, precision, 1, false).is_none()
+/// [`obstacle`]) and `train.cuda_graphs` is not `false`; `true` where it cannot is refused, as a
+/// run refuses it.
+pub fn measurable(cfg: &RunConfig, device: Device, precision: Precision) -> Result<bool> {
+    match cfg.train.cuda_graphs {
+        CudaGraphs::Off => Ok(false),
+        CudaGraphs::On => decide(cfg, device, precision, 1, false).map(|(on, _)| on),
+        CudaGraphs::Auto => Ok(obstacle(cfg, device, precision, 1, false).is_none()),
+    }
 }
 
 /// Whether this binary was built with CUDA graphs (`csrc/cuda_graph.cpp`).
@@ -334,9 +339,11 @@ mod tests {
         );
         let (on, line) = decide(&config(&["train.cuda_graphs=true"]), cuda, Precision::Fp32, 1, false).unwrap();
         assert!(on && line.contains("captured after 3 eager steps"), "{line}");
-        assert!(measurable(&config(&[]), cuda, Precision::Bf16));
-        assert!(!measurable(&config(&["train.cuda_graphs=false"]), cuda, Precision::Bf16));
-        assert!(!measurable(&config(&[]), Device::Cpu, Precision::Fp32));
+        assert!(measurable(&config(&[]), cuda, Precision::Bf16).unwrap());
+        assert!(!measurable(&config(&["train.cuda_graphs=false"]), cuda, Precision::Bf16).unwrap());
+        assert!(!measurable(&config(&[]), Device::Cpu, Precision::Fp32).unwrap());
+        let err = measurable(&config(&["train.cuda_graphs=true"]), Device::Cpu, Precision::Fp32).unwrap_err();
+        assert!(err.to_string().contains("not on a CUDA device"), "{err}");
         let (on, line) = decide(&config(&["train.cuda_graphs=false"]), cuda, Precision::Bf16, 1, false).unwrap();
         assert!(!on && line.contains("train.cuda_graphs = false"), "{line}");
         // (overrides, device, precision, ranks, pretrain, the reason)
