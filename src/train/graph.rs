@@ -40,7 +40,7 @@
 //! count live where eager steps keep them), so a run with graphs saves and resumes as one without,
 //! and a resumed run warms up and captures again.
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 use tch::nn::ModuleT;
 use tch::{Device, Kind, Tensor};
 
@@ -245,7 +245,9 @@ impl StepGraph {
             labels: batch.labels.copy(),
             mix: None,
         };
-        let out = self.graph.capture(|| device_step(learner, opt, &input, s))?;
+        let out = self.graph.capture(|| device_step(learner, opt, &input, s)).context(
+            "capturing the training step as a CUDA graph; `--resume RUN --set train.cuda_graphs=false` continues the run without graphs",
+        )?;
         self.graph.replay()?;
         let c = self.captured.insert(Captured {
             xs: input.xs,
