@@ -88,18 +88,6 @@ pub fn measure(
         sample();
         Ok(())
     })?;
-    // The same step captured as a CUDA graph, where a run could capture it (after the eager
-    // figures, so that their peak memory is the eager step's alone).
-    let graph = match graphs {
-        true => {
-            let mut g = StepGraph::new(device, &mut opt)?;
-            let warmup = warmup.max(graph::WARMUP_STEPS as usize + 1);
-            Some(median_seconds(warmup, steps, device, || {
-                g.step(&learner, &mut opt, &inputs, &settings).map(|_| ())
-            })?)
-        }
-        false => None,
-    };
     let infer = median_seconds(warmup, steps, device, || {
         for start in (0..batch).step_by(memory.eval_batch as usize) {
             let xs = inputs.xs.narrow(0, start, memory.eval_batch.min(batch - start));
@@ -127,10 +115,20 @@ pub fn measure(
         );
         files::write_bytes(&prefix.with_extension("txt"), text.as_bytes())?;
     }
+    // The same step captured as a CUDA graph, where a run could capture it, last: the eager
+    // figures and their peak memory are the eager step's alone, and a graph that fails leaves
+    // them measured (its error goes into the record's note).
+    let graph = graphs.then(|| {
+        let warmup = warmup.max(graph::WARMUP_STEPS as usize + 1);
+        StepGraph::new(device, &mut opt)
+            .and_then(|mut g| median_seconds(warmup, steps, device, || g.step(&learner, &mut opt, &inputs, &settings).map(|_| ())))
+            .map_err(|e| format!("{e:#}"))
+    });
     Ok(Measurement {
         params: param_count(&vs),
         train_img_per_s: batch as f64 / train,
-        graph_train_img_per_s: graph.map(|t| batch as f64 / t),
+        graph_train_img_per_s: graph.as_ref().and_then(|g| g.as_ref().ok()).map(|t| batch as f64 / t),
+        graph_error: graph.and_then(Result::err),
         infer_img_per_s: batch as f64 / infer,
         peak_mem_mb,
         max_allocated_mb: None,

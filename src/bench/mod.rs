@@ -265,10 +265,7 @@ impl Run<'_> {
 
     /// The record of one implementation: its measurement and `note`, or why there is none.
     fn record(&self, cell: &Cell, implementation: &str, m: &Result<Measurement, String>, note: String) -> Record {
-        let (m, note) = match m {
-            Ok(m) => (Some(m), note),
-            Err(e) => (None, e.clone()),
-        };
+        let (m, note) = measured(m, note);
         Record {
             model: cell.cfg.model.name().to_string(),
             preset: cell.source.label(),
@@ -288,6 +285,19 @@ impl Run<'_> {
             formulation: m.map(|m| m.formulation.clone()).unwrap_or_default(),
             micro_batch: m.and_then(|m| m.micro_batch),
         }
+    }
+}
+
+/// A measurement, if there is one, and the record's note: `note`, with why the step could not be
+/// timed as a CUDA graph if it could not, or why nothing was measured.
+fn measured(m: &Result<Measurement, String>, note: String) -> (Option<&Measurement>, String) {
+    match m {
+        Ok(m) => match &m.graph_error {
+            Some(e) if note.is_empty() => (Some(m), format!("CUDA graph failed: {e}")),
+            Some(e) => (Some(m), format!("{note}; CUDA graph failed: {e}")),
+            None => (Some(m), note),
+        },
+        Err(e) => (None, e.clone()),
     }
 }
 
@@ -350,6 +360,7 @@ mod tests {
             params: 7,
             train_img_per_s: train,
             graph_train_img_per_s: Some(10.0 / train),
+            graph_error: None,
             infer_img_per_s: infer,
             peak_mem_mb: train,
             max_allocated_mb: None,
@@ -361,5 +372,32 @@ mod tests {
         assert_eq!(best.graph_train_img_per_s, Some(5.0), "each figure keeps its own fastest round");
         assert!(fastest(Some(Ok(m(2.0, 9.0))), Err("killed".into())).is_ok());
         assert!(fastest(None, Err("killed".into())).is_err());
+    }
+
+    /// A step that failed as a CUDA graph keeps its eager figures and says why in the note.
+    #[test]
+    fn a_failed_graph_is_noted_beside_the_eager_figures() {
+        let m = Measurement {
+            params: 7,
+            train_img_per_s: 2.0,
+            graph_train_img_per_s: None,
+            graph_error: Some("capture failed".into()),
+            infer_img_per_s: 4.0,
+            peak_mem_mb: 1.0,
+            max_allocated_mb: None,
+            formulation: String::new(),
+            micro_batch: None,
+        };
+        let ok = Ok(m);
+        let (m, note) = measured(&ok, String::new());
+        assert_eq!(
+            (m.map(|m| m.train_img_per_s), note.as_str()),
+            (Some(2.0), "CUDA graph failed: capture failed")
+        );
+        let (_, note) = measured(&ok, "PARAMETER COUNTS DIFFER".into());
+        assert_eq!(note, "PARAMETER COUNTS DIFFER; CUDA graph failed: capture failed");
+        let killed = Err("killed".into());
+        let (m, note) = measured(&killed, String::new());
+        assert!(m.is_none() && note == "killed");
     }
 }

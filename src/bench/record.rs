@@ -11,6 +11,9 @@ pub struct Measurement {
     /// the preset allows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graph_train_img_per_s: Option<f64>,
+    /// Why the step could not be timed as a CUDA graph, when it was tried and failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph_error: Option<String>,
     pub infer_img_per_s: f64,
     pub peak_mem_mb: f64,
     /// PyTorch on CUDA: `torch.cuda.max_memory_allocated`, MiB.
