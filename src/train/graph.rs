@@ -6,8 +6,8 @@
 //! replays the graph (`csrc/cuda_graph.cpp`).
 //!
 //! What capture needs, and how each is met:
-//! - static shapes: every batch of a run is full (the sampler drops the epoch's remainder), and a
-//!   data-parallel rank's share is equal, so one graph serves every step;
+//! - static shapes: every batch of a run is full (the sampler drops the epoch's remainder, on both
+//!   sides of a resume alike), so one graph serves every step;
 //! - gradients written, not accumulated: they are set to none before the capture, the captured
 //!   backward passes allocate them in the graph's pool, and each replay overwrites them (the
 //!   second micro-batch's backward adds into the first's, as eagerly);
@@ -81,7 +81,7 @@ pub fn obstacle(cfg: &RunConfig, device: Device, precision: Precision, world: us
 }
 
 /// Whether `"auto"` captures where no [`obstacle`] stands in the way. Not until the GPU checks
-/// (`scripts/gpu-check`: graph and eager runs end with the same weights, with dropout, micro-batches
+/// (`.gpu/run check`: graph and eager runs end with the same weights, with dropout, micro-batches
 /// and a resume) have passed on a GPU: a replay that ran but computed something else (the same
 /// dropout masks every step, say) would cost a scarce GPU window's runs without an error.
 /// Until then `true` asks for graphs.
@@ -97,7 +97,7 @@ pub fn decide(cfg: &RunConfig, device: Device, precision: Precision, world: usiz
         (CudaGraphs::Auto, Some(why)) => Ok((false, format!("CUDA graphs off: {why}"))),
         (CudaGraphs::Auto, None) if !AUTO_CAPTURES => Ok((
             false,
-            "CUDA graphs off: not yet verified on a GPU (scripts/gpu-check); train.cuda_graphs = true captures the step".into(),
+            "CUDA graphs off: not yet verified on a GPU (.gpu/run check); train.cuda_graphs = true captures the step".into(),
         )),
         (_, None) => Ok((
             true,
