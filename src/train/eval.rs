@@ -62,9 +62,10 @@ pub fn evaluate(
             let ys = split.labels.narrow(0, start, len);
             match learner {
                 Learner::Classifier(model) => {
+                    let forward = |xs: &Tensor| amp::autocast(precision, || model.forward_t(xs, false)).to_kind(Kind::Float);
                     let logits = match graphs.as_deref_mut() {
-                        Some(g) => g.logits(model.as_ref(), &xs, precision)?,
-                        None => amp::autocast(precision, || model.forward_t(&xs, false)).to_kind(Kind::Float),
+                        Some(g) => g.logits(&xs, forward)?,
+                        None => forward(&xs),
                     };
                     loss += logits.cross_entropy_loss::<Tensor>(&ys, None, Reduction::Sum, -100, 0.0);
                     correct += logits.argmax(-1, false).eq_tensor(&ys).sum(Kind::Int64);

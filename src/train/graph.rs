@@ -41,12 +41,11 @@
 //! and a resumed run warms up and captures again.
 
 use anyhow::{anyhow, Context, Result};
-use tch::nn::ModuleT;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 use super::optim::AdamW;
 use super::step::{accumulate, Batch, Outcome, Settings};
-use crate::amp::{self, Precision};
+use crate::amp::Precision;
 use crate::config::{CudaGraphs, RunConfig};
 use crate::ffi::{
     call, pixelseq_graph_built, pixelseq_graph_capture_begin, pixelseq_graph_capture_end, pixelseq_graph_free, pixelseq_graph_new,
@@ -295,10 +294,9 @@ impl InferenceGraphs {
         }
     }
 
-    /// The float32 logits of `model` for the batch `xs` in eval mode, under autocast `precision`
-    /// (called without gradients, as evaluation is).
-    pub fn logits(&mut self, model: &dyn ModuleT, xs: &Tensor, precision: Precision) -> Result<Tensor> {
-        let forward = |xs: &Tensor| amp::autocast(precision, || model.forward_t(xs, false)).to_kind(Kind::Float);
+    /// `forward(xs)`, the logits of the batch `xs` as an evaluation pass computes them (called
+    /// without gradients), from the graph of `xs`'s shape.
+    pub fn logits(&mut self, xs: &Tensor, forward: impl Fn(&Tensor) -> Tensor) -> Result<Tensor> {
         if let Some(g) = self.shapes.iter_mut().find(|g| g.xs.size() == xs.size()) {
             g.xs.copy_(xs);
             g.graph.replay()?;

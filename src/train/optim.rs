@@ -217,10 +217,8 @@ impl AdamW {
     /// Makes the device scalars a captured update reads its learning rates from (PyTorch's
     /// `capturable` AdamW), before the capture; [`AdamW::schedule`] fills them from then on.
     pub fn capturable(&mut self) {
-        let device = self.step.device();
         let live = self.groups.iter().filter(|g| !g.params.is_empty()).count();
-        let lr = |i: usize| self.applied.get(i).map_or(0.0, |(_, lr)| *lr) as f32;
-        self.lrs = (0..live).map(|i| Tensor::from(lr(i)).to_device(device)).collect();
+        self.lrs = (0..live).map(|_| Tensor::zeros([], (Kind::Float, self.step.device()))).collect();
     }
 
     /// The device's half of a step, as a CUDA graph captures it: the step count advances on the
