@@ -20,10 +20,10 @@ const START_UP_S: f64 = 15.0;
 
 /// Sets `train.max_steps` (and the warm-up in proportion) so that the run of `cfg` on `data` fits
 /// `minutes` on the run's device (`opts`), from the measured speed of its training step and
-/// evaluation pass, and `train.max_minutes` to `minutes`. With `world` data-parallel processes the step is timed on one
-/// process's share of the batch (the all-reduce is not timed) and evaluations are shared. A run
-/// that captures its step as a CUDA graph (`train.cuda_graphs`; never `pretrain`) is sized by
-/// the graph's speed.
+/// evaluation pass, and `train.max_minutes` to `minutes`. With `world` data-parallel processes
+/// the step is timed on one process's share of the batch (the all-reduce is not timed) and
+/// evaluations are shared. A run that captures its step as a CUDA graph (`train.cuda_graphs`;
+/// never `pretrain`) is sized by the graph's speed.
 pub fn fit(cfg: &mut RunConfig, data: &Dataset, opts: &Options, minutes: f64, world: usize) -> Result<()> {
     let device = opts.device;
     if !(minutes.is_finite() && minutes > 0.0) {
